@@ -1,0 +1,201 @@
+"""Typed, validated client settings loaded once from ``conf/clients_config.yaml``.
+
+The file maps each client id to ``features`` (a non-empty list of column names) and optional
+``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``)::
+
+    client_0:
+      features: [f0, f1, f2, f3, f4]
+      params:
+        n_estimators: 100
+
+Client ids and feature names end up in Airflow dag ids, file paths and shell commands, so
+both must match ``^[A-Za-z0-9_]+$``; anything else is rejected here, before it is used.
+"""
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from categories_classification.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "conf/clients_config.yaml"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_SAFE_NAME_HINT = "letters, digits and '_' only (it is used in dag ids, paths and shell commands)"
+
+
+def config_file(path: Optional[Union[str, Path]] = None) -> Path:
+    """The config path: ``path`` if given, else ``$CONFIG_FILE``, else ``conf/clients_config.yaml``."""
+    return Path(path or os.environ.get("CONFIG_FILE") or DEFAULT_CONFIG_FILE)
+
+
+def validate_client_id(client_id: Any) -> str:
+    """Return ``client_id`` if it is a safe, non-empty name; raise :class:`ConfigError` otherwise."""
+    if not isinstance(client_id, str) or not SAFE_NAME.match(client_id):
+        raise ConfigError(f"client id: expected {_SAFE_NAME_HINT}, found {client_id!r}")
+    return client_id
+
+
+def validate_features(features: Any, client_id: Optional[str] = None) -> list[str]:
+    """Return ``features`` as a list if it is a non-empty list of distinct safe column names."""
+    try:
+        return _ClientModel(features=features).features
+    except ValidationError as exc:
+        raise _config_error(exc, client_id) from None
+
+
+def validate_model_params(params: Any, client_id: Optional[str] = None) -> dict[str, Any]:
+    """Return ``params`` if every key is a RandomForestClassifier parameter with a valid value."""
+    try:
+        return _ClientModel(features=["_"], params=params).params
+    except ValidationError as exc:
+        raise _config_error(exc, client_id) from None
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Settings of one client: the feature columns and the RandomForest parameters."""
+
+    client_id: str
+    features: tuple[str, ...]
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    """All clients of a config file, keyed and iterated in sorted client-id order."""
+
+    path: Path
+    clients: Mapping[str, ClientConfig]
+
+    def __iter__(self):
+        return iter(self.clients[key] for key in sorted(self.clients))
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def get(self, client_id: str) -> ClientConfig:
+        """The settings of ``client_id``; :class:`ConfigError` if the config does not list it."""
+        try:
+            return self.clients[client_id]
+        except KeyError:
+            raise ConfigError(
+                f"not found in {self.path}: expected one of {', '.join(sorted(self.clients)) or '(none)'}",
+                client_id,
+            ) from None
+
+
+def load_config(path: Optional[Union[str, Path]] = None) -> ClientsConfig:
+    """Load and validate the clients config (see the module docstring for the format)."""
+    source = config_file(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {source}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeySafeLoader)  # a SafeLoader: never builds objects
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {source}: not valid YAML ({_one_line(exc)})") from None
+    except ConfigError as exc:  # duplicate keys, found by the loader
+        raise ConfigError(f"config file {source}: {exc.detail}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            f"config file {source}: expected a mapping of client ids to settings, found {type(raw).__name__}"
+        )
+    clients = {}
+    for client_id, entry in raw.items():
+        try:
+            validate_client_id(client_id)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {source}: {exc.detail}") from None
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"config file {source}: expected a mapping with 'features' and optional 'params', "
+                f"found {type(entry).__name__}",
+                client_id,
+            )
+        try:
+            model = _ClientModel(**{str(key): value for key, value in entry.items()})
+        except ValidationError as exc:
+            raise _config_error(exc, client_id, source) from None
+        clients[client_id] = ClientConfig(client_id, tuple(model.features), dict(model.params))
+    return ClientsConfig(source, clients)
+
+
+class _ClientModel(BaseModel):
+    """The schema of one client entry; pydantic does the structural checks."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    features: list[str] = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("features")
+    @classmethod
+    def _safe_distinct_names(cls, features: list[str]) -> list[str]:
+        for name in features:
+            if not SAFE_NAME.match(name):
+                raise ValueError(f"column name {name!r} is not allowed: expected {_SAFE_NAME_HINT}")
+        duplicates = sorted({name for name in features if features.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"column names must be distinct, found {', '.join(duplicates)} more than once")
+        return features
+
+    @field_validator("params")
+    @classmethod
+    def _random_forest_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        _check_random_forest_params(params)
+        return params
+
+
+def _check_random_forest_params(params: dict[str, Any]) -> None:
+    # sklearn is imported here, not at module level: loading the config (DAG generation, CLI
+    # --help) must stay cheap, and only a config with params needs the estimator's signature.
+    # pylint: disable=import-outside-toplevel
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    known = RandomForestClassifier().get_params()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown RandomForestClassifier parameter(s) {', '.join(map(repr, unknown))}: "
+            f"expected some of {', '.join(sorted(known))}"
+        )
+    try:
+        # The estimator's own constraint table: the same check fit() would do, done up front.
+        RandomForestClassifier(**params)._validate_params()  # pylint: disable=protected-access
+    except InvalidParameterError as exc:
+        raise ValueError(_one_line(exc)) from None
+
+
+def _config_error(exc: ValidationError, client_id: Optional[str], source: Optional[Path] = None) -> ConfigError:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "entry"
+    where = f"config file {source}: " if source else ""
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key: expected only 'features' and 'params'"
+    found = first.get("input")
+    suffix = "" if first["type"] in {"value_error", "missing"} else f", found {found!r}"
+    return ConfigError(f"{where}key {key!r}: {message}{suffix}", client_id)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+    """``yaml.SafeLoader`` that rejects duplicate keys (safe_load silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
