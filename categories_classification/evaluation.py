@@ -1,0 +1,28 @@
+"""Classification metrics of a probabilistic classifier (pure: arrays in, numbers out)."""
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, log_loss, top_k_accuracy_score
+
+from categories_classification.topk import TOP_K
+
+
+def classification_metrics(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray, prefix: str) -> dict[str, float]:
+    """Accuracy, top-5 accuracy, log loss and macro F1 of ``proba`` (columns in ``classes`` order).
+
+    Keys are ``<prefix>_accuracy``, ``<prefix>_top_5_accuracy``, ``<prefix>_log_loss`` and
+    ``<prefix>_f1_macro``.
+    """
+    y_true = np.asarray(y_true)
+    classes = np.asarray(classes)
+    predicted = classes[np.argmax(proba, axis=1)]
+    # With at most k classes every class is in the top k, which sklearn refuses to score.
+    top_k = (
+        float(top_k_accuracy_score(y_true, proba, k=TOP_K, labels=classes)) if len(classes) > TOP_K else 1.0
+    )
+    return {
+        f"{prefix}_accuracy": float(accuracy_score(y_true, predicted)),
+        f"{prefix}_top_{TOP_K}_accuracy": top_k,
+        f"{prefix}_log_loss": float(log_loss(y_true, proba, labels=classes)),
+        f"{prefix}_f1_macro": float(f1_score(y_true, predicted, labels=classes, average="macro", zero_division=0)),
+    }

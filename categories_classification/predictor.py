@@ -1,0 +1,172 @@
+"""Prediction stage: resolve model -> Spark read -> mapInPandas(top-k) -> atomic parquet write.
+
+Atomic write: the output is written to a hidden staging folder beside the final one
+(``_staging-date=<d>-<uuid>``), then swapped in by renames; a failed or killed run leaves the
+previous output of that date untouched, and a re-run replaces it whole.
+"""
+import functools
+import logging
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import AnalysisException, PySparkException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from categories_classification import registry
+from categories_classification.config import validate_client_id
+from categories_classification.errors import InputDataError, ModelNotFoundError
+from categories_classification.paths import normalize_date, output_path, predict_path
+from categories_classification.scoring import score_batches
+from categories_classification.serialization import untrusted_types
+from categories_classification.spark import get_spark
+from categories_classification.topk import TOP_K
+
+LOGGER = logging.getLogger(__name__)
+OUTPUT_SCHEMA = "product_id string, pred_label string, pred_score double, rank int"
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """Where the predictions went and which model made them."""
+
+    client_id: str
+    inference_date: str
+    output_path: str
+    model_name: str
+    model_version: int
+    run_id: str
+    rows_written: int
+    rows_skipped: int
+    seconds: float
+
+
+def predict_categories(client_id: str, inference_date: str, *, data_prefix: Optional[str] = None,
+                       spark: Optional[SparkSession] = None) -> PredictionResult:
+    """Score the client's prediction file with its latest registered model; write top-5 parquet."""
+    started = time.perf_counter()
+    client_id = validate_client_id(client_id)
+    date = normalize_date(inference_date, "inference_date", client_id)
+    source = predict_path(client_id, data_prefix)
+    target = output_path(client_id, date, data_prefix)
+
+    registry.configure_tracking()
+    ref = registry.latest_model(client_id)
+    with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
+        model_file, features = registry.download_model_file(ref, scratch)
+        model_bytes = model_file.read_bytes()
+    refused = untrusted_types(model_bytes)
+    if refused:
+        raise ModelNotFoundError(
+            f"model {ref.name} version {ref.version} needs untrusted type(s) {', '.join(refused)}; refusing to load it",
+            client_id,
+        )
+    if not features:
+        raise ModelNotFoundError(f"model {ref.name} version {ref.version} has no input signature", client_id)
+
+    spark = spark or get_spark()
+    products = _read_products(spark, client_id, source, features)
+    shipped = spark.sparkContext.broadcast(model_bytes)
+    skipped = spark.sparkContext.accumulator(0)
+    scorer = functools.partial(
+        score_batches, model_key=f"{ref.name}/{ref.version}", model_bytes=lambda: shipped.value,
+        features=features, k=TOP_K, skipped=skipped,
+    )
+    try:
+        predictions = products.mapInPandas(scorer, schema=OUTPUT_SCHEMA)
+        rows = _write_atomically(spark, predictions, target)
+    except (PySparkException, Py4JJavaError) as exc:
+        raise _input_error(client_id, source, exc) from None
+    finally:
+        shipped.destroy()
+    if skipped.value:
+        LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s",
+                       client_id, skipped.value, source)
+    return PredictionResult(client_id, date, target, ref.name, ref.version, ref.run_id, rows,
+                            int(skipped.value), time.perf_counter() - started)
+
+
+def _read_products(spark: SparkSession, client_id: str, source: str, features: list[str]) -> DataFrame:
+    header = _header(spark, client_id, source)
+    missing = [column for column in ["product_id", *features] if column not in header]
+    if missing:
+        raise InputDataError(
+            f"file {source}: missing column(s) {', '.join(map(repr, missing))} that the model needs: "
+            f"expected product_id, {', '.join(features)}, found {', '.join(header)}",
+            client_id,
+        )
+    # An explicit schema (never all strings): features are doubles, anything else is text.
+    schema = T.StructType([
+        T.StructField(column, T.DoubleType() if column in features else T.StringType()) for column in header
+    ])
+    frame = spark.read.csv(source, header=True, schema=schema, mode="FAILFAST").select("product_id", *features)
+    # One gzip file is one unsplittable partition, i.e. one core: spread the rows deliberately.
+    parallelism = spark.sparkContext.defaultParallelism
+    if frame.rdd.getNumPartitions() < parallelism:
+        frame = frame.repartition(parallelism)
+    return frame
+
+
+def _header(spark: SparkSession, client_id: str, source: str) -> list[str]:
+    try:
+        first = spark.read.text(source).first()
+    except AnalysisException as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
+            raise InputDataError(
+                f"file {source}: not found (expected a gzip CSV at this path; is DATA_PREFIX right?)", client_id
+            ) from None
+        raise InputDataError(f"file {source}: cannot be read ({_one_line(exc)})", client_id) from None
+    except PySparkException as exc:
+        raise InputDataError(f"file {source}: cannot be read ({_one_line(exc)})", client_id) from None
+    except Exception as exc:  # pylint: disable=broad-except  # Py4J wraps Java I/O errors (bad gzip)
+        raise InputDataError(f"file {source}: cannot be read as gzip CSV ({_one_line(exc)})", client_id) from None
+    if first is None or not first.value.strip():
+        raise InputDataError(f"file {source}: is empty: expected a header row and data", client_id)
+    return [column.strip() for column in first.value.split(",")]
+
+
+def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str) -> int:
+    jvm = spark.sparkContext._jvm  # pylint: disable=protected-access
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # pylint: disable=protected-access
+    final = jvm.org.apache.hadoop.fs.Path(target)
+    filesystem = final.getFileSystem(hadoop_conf)
+    parent, name = target.rsplit("/", 1)
+    token = uuid.uuid4().hex[:12]
+    staging = f"{parent}/_staging-{name}-{token}"
+    previous = jvm.org.apache.hadoop.fs.Path(f"{parent}/_previous-{name}-{token}")
+    try:
+        predictions.write.mode("overwrite").parquet(staging)
+    except Exception:
+        filesystem.delete(jvm.org.apache.hadoop.fs.Path(staging), True)
+        raise
+    rows = spark.read.parquet(staging).count()
+    if filesystem.exists(final):
+        filesystem.rename(final, previous)
+    if not filesystem.rename(jvm.org.apache.hadoop.fs.Path(staging), final):
+        if filesystem.exists(previous):
+            filesystem.rename(previous, final)
+        raise InputDataError(f"output {target}: could not move the new output into place")
+    filesystem.delete(previous, True)
+    return int(rows)
+
+
+def _input_error(client_id: str, source: str, exc: Exception) -> Exception:
+    text = _one_line(exc)
+    if "MALFORMED_RECORD" in text or "Malformed" in text:
+        return InputDataError(
+            f"file {source}: a feature value is not a number (Spark could not parse a row as "
+            "product_id + numeric features): expected numbers in every feature column",
+            client_id,
+        )
+    if "gzip" in text.lower() or "ZipException" in text or "EOFException" in text:
+        return InputDataError(f"file {source}: is not a valid gzip CSV ({text[:200]})", client_id)
+    return exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + "..." if len(text) > 300 else text

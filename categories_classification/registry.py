@@ -1,0 +1,169 @@
+"""Everything MLflow: tracking URI, per-client experiment and model names, logging, registering,
+resolving and fetching model versions.
+
+Models are stored in skops format and loaded with *this module's* list of trusted types, never
+with the list recorded inside the artifact and never with pickle: a model file that needs any
+other type is refused.
+"""
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from categories_classification.errors import ModelNotFoundError, TrackingError
+from categories_classification.serialization import SKOPS_TRUSTED_TYPES
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODEL_ARTIFACT = "model"
+
+
+def model_name(client_id: str) -> str:
+    """Registered model name of a client: ``<client_id>_model``."""
+    return f"{client_id}_model"
+
+
+def experiment_name(client_id: str) -> str:
+    """MLflow experiment holding every run of a client."""
+    return f"categories_{client_id}"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the project's own SQLite store (``mlflow.db``)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def configure_tracking() -> str:
+    """Point MLflow's fluent API at :func:`tracking_uri` (called by entry points, never on import)."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered model version and the run that produced it."""
+
+    client_id: str
+    name: str
+    version: int
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        """``models:/<name>/<version>``."""
+        return f"models:/{self.name}/{self.version}"
+
+
+def ensure_experiment(client_id: str) -> str:
+    """Id of the client's experiment, created (tagged with the client id) if it does not exist."""
+    name = experiment_name(client_id)
+    with tracking_errors(client_id):
+        existing = mlflow.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        try:
+            return mlflow.create_experiment(
+                name,
+                artifact_location=_local_artifact_location(name),
+                tags={"client_id": client_id, "mlflow.note.content": f"Training and prediction runs of client {client_id}."},
+            )
+        except MlflowException as exc:
+            # Another process (a parallel training) created it between our lookup and create.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any) -> ModelRef:
+    """Log ``model`` (skops) in the active run and register it as a new version of the client's model."""
+    name = model_name(client_id)
+    with tracking_errors(client_id):
+        info = mlflow.sklearn.log_model(
+            model,
+            name=MODEL_ARTIFACT,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            signature=signature,
+            input_example=input_example,
+            registered_model_name=name,
+            # Explicit requirements: MLflow would otherwise re-load the model in a subprocess to
+            # infer them, which costs seconds per training for a known answer.
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+        )
+        client = MlflowClient()
+        run_id = mlflow.active_run().info.run_id
+        version = info.registered_model_version
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(name, f"Product categoriser of client {client_id} (RandomForest, top-5).")
+        client.set_registered_model_tag(name, "client_id", client_id)
+        client.set_model_version_tag(name, str(version), "client_id", client_id)
+    return ModelRef(client_id, name, int(version), run_id)
+
+
+def latest_model(client_id: str) -> ModelRef:
+    """The newest registered version of the client's model; :class:`ModelNotFoundError` if none."""
+    name = model_name(client_id)
+    with tracking_errors(client_id):
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise ModelNotFoundError(
+            f"no registered model {name!r} in {_safe_uri()}: train the client first (trainer / train-all)",
+            client_id,
+        )
+    newest = max(versions, key=lambda version: int(version.version))
+    return ModelRef(client_id, name, int(newest.version), newest.run_id)
+
+
+def download_model_file(ref: ModelRef, destination: str) -> tuple[Path, list[str]]:
+    """Download a model version; return the path of its skops file and its input column names."""
+    with tracking_errors(ref.client_id):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=destination))
+        meta = mlflow.models.Model.load(str(local))
+    flavor = meta.flavors.get("sklearn", {})
+    if flavor.get("serialization_format") != mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS:
+        raise ModelNotFoundError(
+            f"model {ref.name} version {ref.version}: expected the skops format, found "
+            f"{flavor.get('serialization_format')!r}; refusing to load it",
+            ref.client_id,
+        )
+    inputs = meta.get_input_schema()
+    columns = inputs.input_names() if inputs is not None else []
+    return local / flavor["pickled_model"], [str(column) for column in columns]
+
+
+def _local_artifact_location(name: str) -> Optional[str]:
+    # With a local store (sqlite or a folder) keep artifacts beside it, not in the current
+    # directory; a tracking server decides on its own (--artifacts-destination).
+    parsed = urlparse(tracking_uri())
+    if parsed.scheme == "sqlite":
+        store_dir = Path(unquote(parsed.path[1:] if parsed.path.startswith("//") else parsed.path)).parent
+        return (store_dir / "mlartifacts" / name).resolve().as_uri()
+    return None
+
+
+def _safe_uri() -> str:
+    # Never print credentials that a user may have put in the tracking URI.
+    parsed = urlparse(tracking_uri())
+    if parsed.password or parsed.username:
+        return parsed._replace(netloc=f"***@{parsed.hostname}:{parsed.port}" if parsed.port else f"***@{parsed.hostname}").geturl()
+    return tracking_uri()
+
+
+@contextmanager
+def tracking_errors(client_id: str) -> Iterator[None]:
+    """Turn MLflow failures (server unreachable, store locked, ...) into one-line errors."""
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        detail = " ".join(str(exc).split())
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
+        if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ModelNotFoundError(f"MLflow at {_safe_uri()}: {detail}", client_id) from exc
+        raise TrackingError(f"MLflow at {_safe_uri()} failed: {detail}", client_id) from exc

@@ -1,0 +1,30 @@
+"""Safe model (de)serialization with skops: a fixed list of trusted types, never pickle.
+
+Kept free of MLflow and Spark imports because Spark's Python workers import it to load models.
+"""
+from typing import Any
+
+import skops.io
+
+# skops trusts numpy and the sklearn estimators by default; a fitted forest needs only its trees'
+# Cython state on top. A model file that needs any other type is refused at load time, whatever
+# list the artifact itself may claim (MLflow would read that list from the artifact).
+SKOPS_TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+
+
+def dump_model(model: Any) -> bytes:
+    """Serialize ``model`` to skops bytes."""
+    return skops.io.dumps(model)
+
+
+def load_model_bytes(data: bytes) -> Any:
+    """Deserialize skops bytes, trusting only :data:`SKOPS_TRUSTED_TYPES`.
+
+    Raises ``skops.io.exceptions.UntrustedTypesFoundException`` if the file needs another type.
+    """
+    return skops.io.loads(data, trusted=list(SKOPS_TRUSTED_TYPES))
+
+
+def untrusted_types(data: bytes) -> list[str]:
+    """Types that ``data`` needs beyond skops' defaults and :data:`SKOPS_TRUSTED_TYPES`."""
+    return sorted(set(skops.io.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED_TYPES))

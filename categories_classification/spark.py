@@ -1,0 +1,68 @@
+"""The Spark session: local mode with sensible defaults, overridable for a cluster.
+
+``SPARK_MASTER`` picks the master (default ``local[*]``). Any setting already given the standard
+way (``spark-submit --conf``, ``PYSPARK_SUBMIT_ARGS``) wins over the defaults below.
+"""
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CONF = {
+    # mapInPandas moves data as Arrow batches; this size keeps a batch's predict_proba matrix small.
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.driver.memory": "2g",
+    # Small jobs: the 200-partition shuffle default is made for clusters, not for one client.
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.ui.showConsoleProgress": "false",
+    # Python workers are reused across tasks, so each keeps its loaded model (see scoring.py).
+    "spark.python.worker.reuse": "true",
+    # Only whole files are written: no _SUCCESS marker needed by our atomic swap.
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    # Quiet JVM logs (warnings, one line each) instead of Spark's INFO banner and stack traces.
+    "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={(PACKAGE_DIR / 'log4j2.properties').as_uri()}",
+}
+
+
+def get_spark(app_name: str = "categories_classification") -> SparkSession:
+    """Return the active session or build one (``SPARK_MASTER`` or ``local[*]``)."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    given = SparkConf()  # what spark-submit / PYSPARK_SUBMIT_ARGS already set
+    builder = SparkSession.builder.appName(app_name)
+    master = os.environ.get("SPARK_MASTER") or given.get("spark.master") or "local[*]"
+    builder = builder.master(master)
+    conf = dict(DEFAULT_CONF)
+    if master.startswith("local"):
+        # Local mode: loopback only, and workers run the very interpreter (venv) of the driver.
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+        # PySpark reads the worker interpreter from this variable only (not from the conf).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    for key, value in conf.items():
+        if not given.contains(key):
+            builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
+    _ship_package(session)
+    return session
+
+
+def _ship_package(session: SparkSession) -> None:
+    # Workers (local or on a cluster) import categories_classification.scoring; shipping the
+    # package as a zip makes that work whatever the workers' working directory or PYTHONPATH.
+    archive = Path(tempfile.mkdtemp(prefix="categories_pkg_")) / "categories_classification.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for source in sorted(PACKAGE_DIR.rglob("*.py")):
+            bundle.write(source, Path("categories_classification") / source.relative_to(PACKAGE_DIR))
+    session.sparkContext.addPyFile(str(archive))
