@@ -1,0 +1,63 @@
+# Better Categories 4All: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+# The package index comes from the environment, or else from pip's own default: no registry
+# host is ever written into a committed file (Pipfile's [[source]] reads this variable).
+PIP_INDEX_URL ?= $(shell $(PYTHON) -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')
+export PIP_INDEX_URL
+export PIPENV_VENV_IN_PROJECT := 1
+export PIPENV_VERBOSITY := -1
+export PIPENV_NOSPIN := 1
+# Airflow writes to ~/airflow on a bare import unless told otherwise.
+export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
+
+PIPENV := $(PYTHON) -m pipenv
+RUN := $(PIPENV) run
+CLI := $(RUN) python categories_classification_cli.py
+VENV_STAMP := .venv/.synced
+DATA_STAMP := data/train/client_id=client_9/data_train.csv.gz
+DATE ?= $(shell date -u +%F)
+PYTEST_ARGS ?=
+
+.PHONY: help init-pipenv data demo train-all predict-all test unit-tests lint clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+init-pipenv: $(VENV_STAMP) ## Create the pipenv environment in .venv from Pipfile.lock (installs pipenv if missing)
+
+$(VENV_STAMP): Pipfile.lock
+	@$(PYTHON) -m pipenv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet pipenv
+	$(PIPENV) sync --dev
+	@touch $@
+
+data: $(DATA_STAMP) ## Generate the 10 example clients' datasets under data/ (deterministic)
+
+$(DATA_STAMP): scripts/generate_example_data.py | $(VENV_STAMP)
+	$(RUN) python scripts/generate_example_data.py --output-dir data
+
+demo: $(VENV_STAMP) data ## Train and predict the 10 example clients (MLflow store: ./mlflow.db)
+	$(CLI) train-all
+	$(CLI) predict-all --inference_date=$(DATE)
+
+train-all: $(VENV_STAMP) ## Train every client of conf/clients_config.yaml
+	$(CLI) train-all
+
+predict-all: $(VENV_STAMP) ## Predict every client of conf/clients_config.yaml for DATE (default: today)
+	$(CLI) predict-all --inference_date=$(DATE)
+
+test: $(VENV_STAMP) ## Run the whole test suite (unit, integration with MLflow + Spark, acceptance)
+	$(RUN) python -m pytest $(PYTEST_ARGS)
+
+unit-tests: $(VENV_STAMP) ## Run the fast unit tests only (no Spark, no MLflow)
+	$(RUN) python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc
+	$(RUN) pylint --rcfile=.pylintrc categories_classification categories_classification_cli.py scripts tests
+
+clean: ## Remove generated data, outputs, the local MLflow store and caches (keeps .venv)
+	rm -rf data/train data/prediction data/products_categories mlflow.db mlruns mlartifacts spark-warehouse reports
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+	rm -rf .pytest_cache .hypothesis

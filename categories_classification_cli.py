@@ -1,0 +1,167 @@
+"""Command line of Better Categories 4All: train and predict per client, or for all clients.
+
+    python categories_classification_cli.py trainer --client_id=client_0 --features='["f0","f1"]' \\
+        --model_params='{"n_estimators": 100}' --training_date=2026-11-23
+    python categories_classification_cli.py predictor --client_id=client_0 --inference_date=2026-11-23
+    python categories_classification_cli.py train-all      # every client of conf/clients_config.yaml
+    python categories_classification_cli.py predict-all --inference_date=2026-11-23
+
+Errors are printed on one line (``Error: ...``); exit code 2 for bad options or config, 1 for
+bad data or an unavailable model or tracking server.
+"""
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import click
+
+from categories_classification.config import load_config, validate_features, validate_model_params
+from categories_classification.errors import CategoriesError
+
+CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
+
+
+class _Json(click.ParamType):
+    """A JSON option value of an expected type (list or object)."""
+
+    def __init__(self, expected: type) -> None:
+        self.expected = expected
+        self.name = f"JSON {'list' if expected is list else 'object'}"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if isinstance(value, self.expected):
+            return value
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            self.fail(f"expected a {self.name}, found malformed JSON {value!r} ({exc.msg} at char {exc.pos})", param, ctx)
+        if not isinstance(parsed, self.expected):
+            self.fail(f"expected a {self.name}, found {type(parsed).__name__} {value!r}", param, ctx)
+        return parsed
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Show info logs (MLflow, Spark stay at warnings).")
+def cli(verbose: bool) -> None:
+    """Train per-client RandomForest categorisers in MLflow and predict top-5 categories with Spark."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@cli.command()
+@click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
+@click.option("--features", required=True, type=_Json(list), help='Feature columns, a JSON list: \'["f0","f1"]\'.')
+@click.option("--model_params", required=True, type=_Json(dict),
+              help='RandomForestClassifier parameters, a JSON object: \'{"n_estimators": 100}\'.')
+@click.option("--training_date", required=True, help="Date of the training run (ISO date or timestamp).")
+def trainer(client_id: str, features: list, model_params: dict, training_date: str) -> None:
+    """Train one client's model and register it as a new version."""
+    from categories_classification.trainer import train_model  # pylint: disable=import-outside-toplevel
+
+    validate_features(features, client_id)
+    validate_model_params(model_params, client_id)
+    result = train_model(client_id, features, model_params, training_date)
+    click.echo(
+        f"{client_id}: registered {result.model_name} version {result.version} (run {result.run_id}); "
+        f"test top-5 accuracy {result.metrics['test_top_5_accuracy']:.3f}, "
+        f"accuracy {result.metrics['test_accuracy']:.3f}"
+    )
+
+
+@cli.command()
+@click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
+@click.option("--inference_date", required=True, help="Date of the prediction (ISO date or timestamp); names the output folder.")
+def predictor(client_id: str, inference_date: str) -> None:
+    """Predict the top-5 categories of one client's products with its latest model."""
+    from categories_classification.predictor import predict_categories  # pylint: disable=import-outside-toplevel
+
+    result = predict_categories(client_id, inference_date)
+    click.echo(
+        f"{client_id}: wrote {result.rows_written} rows to {result.output_path} with "
+        f"{result.model_name} version {result.model_version}"
+        + (f"; skipped {result.rows_skipped} product(s) with missing features" if result.rows_skipped else "")
+    )
+
+
+@cli.command("train-all")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--training_date", default=lambda: datetime.now(timezone.utc).date().isoformat(),
+              show_default="today (UTC)", help="Date of the training runs (ISO date or timestamp).")
+def train_all_command(config_path: Optional[str], training_date: str) -> None:
+    """Train every client of the config; print a summary table."""
+    from categories_classification.batch import train_all  # pylint: disable=import-outside-toplevel
+
+    config = load_config(config_path)
+    outcomes = train_all(config, training_date, on_done=_progress(len(config), "trained"))
+    _summary("Training", outcomes, ("version", "test top-5 acc", "rows"), lambda r: (
+        str(r.version), f"{r.metrics['test_top_5_accuracy']:.3f}", str(r.n_rows)))
+
+
+@cli.command("predict-all")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--inference_date", required=True, help="Date of the predictions (ISO date or timestamp).")
+def predict_all_command(config_path: Optional[str], inference_date: str) -> None:
+    """Predict every client of the config in one Spark session; print a summary table."""
+    from categories_classification.batch import predict_all  # pylint: disable=import-outside-toplevel
+
+    config = load_config(config_path)
+    outcomes = predict_all(config, inference_date, on_done=_progress(len(config), "predicted"))
+    _summary("Prediction", outcomes, ("version", "rows written", "skipped"), lambda r: (
+        str(r.model_version), str(r.rows_written), str(r.rows_skipped)))
+
+
+def _progress(total: int, verb: str):
+    done = []
+
+    def report(outcome) -> None:
+        done.append(outcome)
+        status = verb if outcome.ok else "FAILED"
+        click.echo(f"[{len(done)}/{total}] {outcome.client_id}: {status} in {outcome.seconds:.1f}s", err=True)
+
+    return report
+
+
+def _summary(title: str, outcomes: list, columns: tuple, cells) -> None:
+    # rich renders the table; imported here so that --help stays instant.
+    from rich.console import Console  # pylint: disable=import-outside-toplevel
+    from rich.table import Table  # pylint: disable=import-outside-toplevel
+
+    table = Table(title=f"{title} summary")
+    for name in ("client", "status", *columns, "seconds"):
+        table.add_column(name)
+    for outcome in outcomes:
+        values = cells(outcome.result) if outcome.ok else ("-",) * len(columns)
+        table.add_row(outcome.client_id, "ok" if outcome.ok else "failed", *values, f"{outcome.seconds:.1f}")
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    for outcome in failed:
+        click.echo(f"Error: {outcome.error}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the CLI, turning every expected error into one line on stderr and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="categories_classification_cli.py", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 1
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except CategoriesError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return exc.exit_code
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
