@@ -155,15 +155,19 @@ def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str) 
 
 
 def _input_error(client_id: str, source: str, exc: Exception) -> Exception:
-    text = _one_line(exc)
-    if "MALFORMED_RECORD" in text or "Malformed" in text:
+    # Spark reports parse and decompression failures as long Java traces: map the known causes
+    # to one line, and let anything else through unchanged (it is not an input problem).
+    text = str(exc)
+    if any(marker in text for marker in ("MALFORMED_RECORD", "Malformed records", "NumberFormatException")):
         return InputDataError(
             f"file {source}: a feature value is not a number (Spark could not parse a row as "
             "product_id + numeric features): expected numbers in every feature column",
             client_id,
         )
-    if "gzip" in text.lower() or "ZipException" in text or "EOFException" in text:
-        return InputDataError(f"file {source}: is not a valid gzip CSV ({text[:200]})", client_id)
+    if any(marker in text for marker in ("ZipException", "EOFException", "Not in GZIP format", "incorrect header check")):
+        return InputDataError(f"file {source}: is not a valid gzip file: expected a gzip-compressed CSV", client_id)
+    if "FAILED_READ_FILE" in text:
+        return InputDataError(f"file {source}: cannot be read ({_one_line(exc)})", client_id)
     return exc
 
 

@@ -1,0 +1,65 @@
+"""Shared fixtures: a temp data prefix with generated clients, a temp MLflow store, a local Spark."""
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from scripts.generate_example_data import ClientSpec, write_client
+
+# Airflow writes to ~/airflow on a bare import; point it at a throwaway folder for the whole run.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow_home_tests_"))
+
+FEATURES = ["f0", "f1", "f2", "f3", "f4"]
+SMALL_CLIENTS = (
+    ClientSpec("small_a", 101, n_train=900, n_predict=400, n_categories=12),
+    ClientSpec("small_b", 102, n_train=500, n_predict=250, n_categories=3),
+)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data prefix holding two small generated clients (12 and 3 categories)."""
+    root = tmp_path_factory.mktemp("data")
+    for spec in SMALL_CLIENTS:
+        write_client(spec, root)
+    return root
+
+
+@pytest.fixture()
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh SQLite MLflow store for one test (artifacts beside it)."""
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    _use_store(monkeypatch, store)
+    return store
+
+
+@pytest.fixture(scope="module")
+def module_tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A SQLite MLflow store shared by the tests of one module (trainings are not free)."""
+    store = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        _use_store(patch, store)
+        yield store
+
+
+def _use_store(patch: pytest.MonkeyPatch, store: Path) -> None:
+    # The environment is what the code reads; MLflow's global URI is what test-side clients use.
+    import mlflow  # pylint: disable=import-outside-toplevel
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark session (2 cores) for the whole test run."""
+    from categories_classification.spark import get_spark  # pylint: disable=import-outside-toplevel
+
+    os.environ.setdefault("SPARK_MASTER", "local[2]")
+    session = get_spark("categories_classification_tests")
+    yield session
+    session.stop()

@@ -1,0 +1,112 @@
+"""predict_categories with a real local Spark session and a real SQLite MLflow store."""
+import gzip
+import shutil
+
+import pandas as pd
+import pytest
+
+from categories_classification.errors import InputDataError, ModelNotFoundError
+from categories_classification.predictor import predict_categories
+from categories_classification.trainer import train_model
+from tests.conftest import FEATURES
+
+pytestmark = pytest.mark.slow
+DATE = "2026-11-23"
+
+
+@pytest.fixture(scope="module")
+def trained(small_data, module_tracking_store):  # pylint: disable=unused-argument
+    """small_a (12 categories) and small_b (3 categories) trained once for this module."""
+    for client_id in ("small_a", "small_b"):
+        train_model(client_id, FEATURES, {"n_estimators": 15}, DATE, data_prefix=str(small_data))
+    return small_data
+
+
+def _output(prefix, client_id, date=DATE):
+    return pd.read_parquet(prefix / "products_categories" / f"client_id={client_id}" / f"date={date}")
+
+
+def test_five_ranked_rows_per_product(trained, spark):
+    result = predict_categories("small_a", f"{DATE}T00:00:00+00:00", data_prefix=str(trained), spark=spark)
+    output = _output(trained, "small_a")
+    source = pd.read_csv(trained / "prediction/client_id=small_a/data_predict.csv.gz")
+    assert list(output.columns) == ["product_id", "pred_label", "pred_score", "rank"]
+    assert set(output["product_id"]) == set(source["product_id"])
+    assert (output.groupby("product_id").size() == 5).all()
+    assert len(output) == result.rows_written == 5 * len(source)
+    assert (result.model_name, result.model_version, result.rows_skipped) == ("small_a_model", 1, 0)
+    for _, group in output.sort_values(["product_id", "rank"]).groupby("product_id"):
+        assert group["rank"].tolist() == [0, 1, 2, 3, 4]
+        assert group["pred_score"].is_monotonic_decreasing
+        assert group["pred_label"].is_unique
+    assert output["pred_label"].str.startswith("c101_").all()
+
+
+def test_fewer_categories_than_five(trained, spark):
+    predict_categories("small_b", DATE, data_prefix=str(trained), spark=spark)
+    output = _output(trained, "small_b")
+    assert (output.groupby("product_id").size() == 3).all()
+    assert sorted(output["rank"].unique()) == [0, 1, 2]
+
+
+def test_rerun_replaces_the_output_whole(trained, spark):
+    predict_categories("small_a", "2026-11-25", data_prefix=str(trained), spark=spark)
+    folder = trained / "products_categories/client_id=small_a/date=2026-11-25"
+    (folder / "part-stale.parquet").write_bytes(b"left over from an older run")
+    predict_categories("small_a", "2026-11-25", data_prefix=str(trained), spark=spark)
+    assert not (folder / "part-stale.parquet").exists()
+    assert len(_output(trained, "small_a", "2026-11-25")) == 5 * 400
+    assert not [p.name for p in folder.parent.iterdir() if p.name.startswith("_")]
+
+
+def test_rows_with_a_missing_feature_are_skipped_and_counted(trained, spark, tmp_path):
+    prefix = tmp_path / "prefix"
+    shutil.copytree(trained / "train", prefix / "train")
+    source = pd.read_csv(trained / "prediction/client_id=small_a/data_predict.csv.gz")
+    source.loc[[3, 7], "f2"] = None
+    target = prefix / "prediction/client_id=small_a/data_predict.csv.gz"
+    target.parent.mkdir(parents=True)
+    source.to_csv(target, index=False)
+    result = predict_categories("small_a", DATE, data_prefix=str(prefix), spark=spark)
+    assert result.rows_skipped == 2
+    assert _output(prefix, "small_a")["product_id"].nunique() == len(source) - 2
+
+
+def _broken_prefix(trained, tmp_path, writer):
+    prefix = tmp_path / "prefix"
+    shutil.copytree(trained / "products_categories", prefix / "products_categories", dirs_exist_ok=True)
+    target = prefix / "prediction/client_id=small_a/data_predict.csv.gz"
+    target.parent.mkdir(parents=True)
+    writer(target)
+    return prefix
+
+
+def _assert_previous_output_kept(trained, prefix):
+    before = _output(trained, "small_a").sort_values(["product_id", "rank"]).reset_index(drop=True)
+    after = _output(prefix, "small_a").sort_values(["product_id", "rank"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after)
+
+
+@pytest.mark.parametrize("writer, pattern", [
+    (lambda path: path.write_bytes(gzip.compress(b"product_id,f0,f1\np1,1,2\n")),
+     r"missing column\(s\) 'f2', 'f3', 'f4' that the model needs"),
+    (lambda path: path.write_bytes(gzip.compress(b"product_id,f0,f1,f2,f3,f4\np1,1,2,x,4,5\n")),
+     r"a feature value is not a number"),
+    (lambda path: path.write_bytes(b""), r"is empty"),
+])
+def test_bad_prediction_input_fails_clearly_and_keeps_previous_output(trained, spark, tmp_path, writer, pattern):
+    predict_categories("small_a", DATE, data_prefix=str(trained), spark=spark)
+    prefix = _broken_prefix(trained, tmp_path, writer)
+    with pytest.raises(InputDataError, match=f"client 'small_a': file .*data_predict.csv.gz: .*{pattern}"):
+        predict_categories("small_a", DATE, data_prefix=str(prefix), spark=spark)
+    _assert_previous_output_kept(trained, prefix)
+
+
+def test_missing_prediction_file(trained, spark, tmp_path):
+    with pytest.raises(InputDataError, match=r"client 'small_a': file .*data_predict.csv.gz: not found"):
+        predict_categories("small_a", DATE, data_prefix=str(tmp_path), spark=spark)
+
+
+def test_client_without_a_model(trained, spark):
+    with pytest.raises(ModelNotFoundError, match=r"client 'small_c': no registered model 'small_c_model'"):
+        predict_categories("small_c", DATE, data_prefix=str(trained), spark=spark)

@@ -1,0 +1,53 @@
+"""train_model against a real SQLite MLflow store."""
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from categories_classification.errors import InputDataError
+from categories_classification.registry import experiment_name, model_name
+from categories_classification.trainer import DEFAULT_MODEL_PARAMS, train_model
+from tests.conftest import FEATURES
+
+pytestmark = pytest.mark.slow
+
+
+def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tracking_store):
+    first = train_model("small_a", FEATURES, {"n_estimators": 20}, "2026-11-23T00:00:00+00:00", data_prefix=str(small_data))
+    second = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-24", data_prefix=str(small_data))
+    assert (first.model_name, first.version, second.version) == ("small_a_model", 1, 2)
+
+    client = MlflowClient()
+    run = client.get_run(first.run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == experiment_name("small_a")
+    assert run.info.run_name == "training_2026-11-23"
+    assert run.data.tags["client_id"] == "small_a" and run.data.tags["training_date"] == "2026-11-23"
+    assert run.data.params["n_estimators"] == "20"
+    assert run.data.params["min_samples_leaf"] == str(DEFAULT_MODEL_PARAMS["min_samples_leaf"])
+    assert run.data.params["features"] == ",".join(FEATURES)
+    for split in ("train", "test"):
+        for metric in ("accuracy", "top_5_accuracy", "log_loss", "f1_macro"):
+            assert f"{split}_{metric}" in run.data.metrics
+    assert run.data.metrics["model_size_bytes"] > 0 and run.data.metrics["fit_time_seconds"] > 0
+    assert 0.3 < run.data.metrics["test_top_5_accuracy"] <= 1.0
+    # Artifacts live beside the temp store, not in the working directory.
+    assert str(tracking_store) in experiment.artifact_location
+
+    versions = client.search_model_versions(f"name = '{model_name('small_a')}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    registered = client.get_registered_model("small_a_model")
+    assert "small_a" in registered.description and registered.tags["client_id"] == "small_a"
+
+    flavor = mlflow.models.get_model_info(f"models:/small_a_model/{first.version}")
+    assert flavor.flavors["sklearn"]["serialization_format"] == "skops"
+    assert flavor.flavors["sklearn"]["skops_trusted_types"] == ["sklearn.tree._tree.Tree"]
+    assert flavor.signature.inputs.input_names() == FEATURES
+    assert flavor.saved_input_example_info is not None
+
+
+def test_bad_training_data_fails_before_anything_is_logged(small_data, tracking_store):
+    with pytest.raises(InputDataError, match=r"client 'small_a': .*missing column\(s\) 'f9'"):
+        train_model("small_a", ["f0", "f9"], {}, "2026-11-23", data_prefix=str(small_data))
+    with pytest.raises(InputDataError, match=r"client 'nobody': file .*client_id=nobody/data_train.csv.gz: not found"):
+        train_model("nobody", FEATURES, {}, "2026-11-23", data_prefix=str(small_data))
+    assert not MlflowClient().search_registered_models()
