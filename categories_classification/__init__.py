@@ -5,7 +5,7 @@ so that ``import categories_classification`` stays cheap (no MLflow, Spark or sk
 """
 from typing import Any
 
-__all__ = ["train_model", "predict_categories"]
+__all__ = ["train_model", "predict_categories"]  # pylint: disable=undefined-all-variable  # lazy, see __getattr__
 
 
 def __getattr__(name: str) -> Any:

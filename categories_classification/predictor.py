@@ -56,17 +56,7 @@ def predict_categories(client_id: str, inference_date: str, *, data_prefix: Opti
 
     registry.configure_tracking()
     ref = registry.latest_model(client_id)
-    with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
-        model_file, features = registry.download_model_file(ref, scratch)
-        model_bytes = model_file.read_bytes()
-    refused = untrusted_types(model_bytes)
-    if refused:
-        raise ModelNotFoundError(
-            f"model {ref.name} version {ref.version} needs untrusted type(s) {', '.join(refused)}; refusing to load it",
-            client_id,
-        )
-    if not features:
-        raise ModelNotFoundError(f"model {ref.name} version {ref.version} has no input signature", client_id)
+    model_bytes, features = _fetch_model(ref)
 
     spark = spark or get_spark()
     products = _read_products(spark, client_id, source, features)
@@ -88,6 +78,23 @@ def predict_categories(client_id: str, inference_date: str, *, data_prefix: Opti
                        client_id, skipped.value, source)
     return PredictionResult(client_id, date, target, ref.name, ref.version, ref.run_id, rows,
                             int(skipped.value), time.perf_counter() - started)
+
+
+def _fetch_model(ref: registry.ModelRef) -> tuple[bytes, list[str]]:
+    """The model's skops bytes, checked on the driver, and its input columns."""
+    with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
+        model_file, features = registry.download_model_file(ref, scratch)
+        model_bytes = model_file.read_bytes()
+    # Checked here so that an unsafe file fails once, clearly, instead of in every Spark task.
+    refused = untrusted_types(model_bytes)
+    if refused:
+        raise ModelNotFoundError(
+            f"model {ref.name} version {ref.version} needs untrusted type(s) {', '.join(refused)}; refusing to load it",
+            ref.client_id,
+        )
+    if not features:
+        raise ModelNotFoundError(f"model {ref.name} version {ref.version} has no input signature", ref.client_id)
+    return model_bytes, features
 
 
 def _read_products(spark: SparkSession, client_id: str, source: str, features: list[str]) -> DataFrame:

@@ -38,7 +38,7 @@ def get_spark(app_name: str = "categories_classification") -> SparkSession:
     if active is not None:
         return active
     given = SparkConf()  # what spark-submit / PYSPARK_SUBMIT_ARGS already set
-    builder = SparkSession.builder.appName(app_name)
+    builder = SparkSession.builder.appName(app_name)  # pylint: disable=no-member  # builder is a class property
     master = os.environ.get("SPARK_MASTER") or given.get("spark.master") or "local[*]"
     builder = builder.master(master)
     conf = dict(DEFAULT_CONF)

@@ -17,7 +17,8 @@ pytestmark = [
 DATE = "2026-11-23"
 
 
-def test_design_clients_train_and_predict_five_rows_per_product(tmp_path, monkeypatch, tracking_store, spark):
+@pytest.mark.usefixtures("tracking_store", "spark")
+def test_design_clients_train_and_predict_five_rows_per_product(tmp_path, monkeypatch):
     # Read in place; outputs go to a temp prefix that points back at the seed files.
     prefix = tmp_path / "data"
     prefix.mkdir()

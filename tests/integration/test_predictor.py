@@ -102,7 +102,8 @@ def test_bad_prediction_input_fails_clearly_and_keeps_previous_output(trained, s
     _assert_previous_output_kept(trained, prefix)
 
 
-def test_missing_prediction_file(trained, spark, tmp_path):
+@pytest.mark.usefixtures("trained")
+def test_missing_prediction_file(spark, tmp_path):
     with pytest.raises(InputDataError, match=r"client 'small_a': file .*data_predict.csv.gz: not found"):
         predict_categories("small_a", DATE, data_prefix=str(tmp_path), spark=spark)
 

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tracking_store):
-    first = train_model("small_a", FEATURES, {"n_estimators": 20}, "2026-11-23T00:00:00+00:00", data_prefix=str(small_data))
+    first = train_model("small_a", FEATURES, {"n_estimators": 20}, "2026-11-23T00:00:00+00:00",
+                        data_prefix=str(small_data))
     second = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-24", data_prefix=str(small_data))
     assert (first.model_name, first.version, second.version) == ("small_a_model", 1, 2)
 
@@ -45,7 +46,8 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     assert flavor.saved_input_example_info is not None
 
 
-def test_bad_training_data_fails_before_anything_is_logged(small_data, tracking_store):
+@pytest.mark.usefixtures("tracking_store")
+def test_bad_training_data_fails_before_anything_is_logged(small_data):
     with pytest.raises(InputDataError, match=r"client 'small_a': .*missing column\(s\) 'f9'"):
         train_model("small_a", ["f0", "f9"], {}, "2026-11-23", data_prefix=str(small_data))
     with pytest.raises(InputDataError, match=r"client 'nobody': file .*client_id=nobody/data_train.csv.gz: not found"):
