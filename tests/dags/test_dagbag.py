@@ -1,0 +1,56 @@
+"""The committed dags/ as Airflow itself loads it (real DagBag)."""
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from categories_classification.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENTS = [client.client_id for client in load_config(ROOT / "conf" / "clients_config.yaml")]
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag  # pylint: disable=import-outside-toplevel
+
+    return DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False)
+
+
+def test_no_import_errors_and_two_dags_per_client(dagbag):
+    assert dagbag.import_errors == {}
+    assert sorted(dagbag.dag_ids) == sorted(f"{c}-{kind}" for c in CLIENTS for kind in ("training", "prediction"))
+    assert len(dagbag.dag_ids) == 20
+
+
+@pytest.mark.parametrize("client_id", CLIENTS)
+def test_training_dag(dagbag, client_id):
+    dag = dagbag.dags[f"{client_id}-training"]
+    assert set(dag.tags) == {"training", client_id}
+    assert dag.timetable.delta == timedelta(days=30) and not dag.catchup and dag.max_active_runs == 1
+    assert dag.doc_md and client_id in dag.doc_md
+    (task,) = dag.tasks
+    assert type(task).__name__ == "BashOperator" and task.retries == 2 and task.retry_delay == timedelta(minutes=5)
+    assert task.cwd == str(ROOT)
+    assert task.bash_command.startswith(
+        f"pipenv run python categories_classification_cli.py trainer --client_id={client_id} "
+        "--features='[\"f0\", \"f1\", \"f2\", \"f3\", \"f4\"]' --model_params='{")
+    assert task.bash_command.endswith("--training_date='{{ ts }}'")
+
+
+@pytest.mark.parametrize("client_id", CLIENTS)
+def test_prediction_dag(dagbag, client_id):
+    dag = dagbag.dags[f"{client_id}-prediction"]
+    assert set(dag.tags) == {"prediction", client_id}
+    assert dag.timetable.__class__.__name__ == "CronTriggerTimetable" and not dag.catchup
+    (task,) = dag.tasks
+    assert task.retries == 2
+    assert task.bash_command == (f"pipenv run python categories_classification_cli.py predictor --client_id={client_id} "
+                                 "--inference_date='{{ ds }}'")
+
+
+def test_dag_files_import_nothing_heavy():
+    for path in sorted((ROOT / "dags").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "categories_classification" not in text.split("with DAG(")[0]
+        assert "import mlflow" not in text and "import pyspark" not in text and "import pandas" not in text

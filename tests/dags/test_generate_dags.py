@@ -1,0 +1,95 @@
+"""scripts/generate_dags.py: rendering, order, stale files, bad configs, committed dags/ in sync."""
+import ast
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from scripts.generate_dags import GENERATED_MARKER, main
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = "zeta:\n  features: [a, b]\nalpha:\n  features: [x]\n  params: {n_estimators: 7, max_depth: 3}\n"
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "clients.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _generate(tmp_path, text):
+    out = tmp_path / "dags"
+    return main(["--config", str(_config(tmp_path, text)), "--output-dir", str(out)]), out
+
+
+def test_renders_two_valid_python_files_per_client(tmp_path):
+    code, out = _generate(tmp_path, GOOD)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "alpha_prediction.py", "alpha_training.py", "zeta_prediction.py", "zeta_training.py"]
+    for path in out.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert text.startswith(GENERATED_MARKER) and "do not edit" in text.splitlines()[0]
+        ast.parse(text)
+    training = (out / "alpha_training.py").read_text(encoding="utf-8")
+    assert "dag_id='alpha-training'" in training
+    assert """--model_params=\\'{"max_depth": 3, "n_estimators": 7}\\'""" in training
+
+
+def test_output_is_deterministic_and_unchanged_files_are_not_rewritten(tmp_path):
+    _, out = _generate(tmp_path, GOOD)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    _generate(tmp_path, "alpha:\n  features: [x]\n  params: {max_depth: 3, n_estimators: 7}\nzeta:\n  features: [a, b]\n")
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    assert before == after
+
+
+def test_removed_clients_lose_their_generated_files_only(tmp_path):
+    _, out = _generate(tmp_path, GOOD)
+    (out / "hand_written.py").write_text("# mine\n", encoding="utf-8")
+    code, _ = _generate(tmp_path, "zeta:\n  features: [a, b]\n")
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["hand_written.py", "zeta_prediction.py", "zeta_training.py"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("'bad-id':\n  features: [x]\n", "client id: expected letters, digits and '_'"),
+    ("ok:\n  features: []\n", "client 'ok': config file"),
+    ("ok:\n  features: [x]\n  params: {n_trees: 3}\n", "unknown RandomForestClassifier parameter(s) 'n_trees'"),
+    ("ok:\n  features: x\n", "key 'features'"),
+    ("ok:\n  features: [x]\nok:\n  features: [y]\n", "duplicate key 'ok'"),
+    ("'a;rm -rf /':\n  features: [x]\n", "client id"),
+    ("ok:\n  features: ['$(touch pwned)']\n", "not allowed"),
+])
+def test_bad_config_writes_and_deletes_nothing(tmp_path, capsys, text, message):
+    _, out = _generate(tmp_path, GOOD)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _ = _generate(tmp_path, text)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("Error: ") and message in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_hostile_param_strings_are_inert_shell_words_and_jinja_literals(tmp_path):
+    hostile = "x'; touch /tmp/pwned; echo '{{ 7*7 }}$(id)`id`"
+    code, out = _generate(tmp_path, f"ok:\n  features: [x]\n  params:\n    class_weight: {{\"{hostile}\": 1}}\n")
+    assert code == 0
+    command = ast.literal_eval(next(line.split("bash_command=", 1)[1].rstrip(",")
+                                    for line in (out / "ok_training.py").read_text(encoding="utf-8").splitlines()
+                                    if "bash_command=" in line))
+    rendered = jinja2.Environment().from_string(command).render(ts="2026-11-23T00:00:00+00:00")
+    words = shlex.split(rendered)
+    assert words[:5] == ["pipenv", "run", "python", "categories_classification_cli.py", "trainer"]
+    assert f"--model_params={{\"class_weight\": {{\"{hostile}\": 1}}}}" in words
+
+
+def test_committed_dags_are_the_generators_output(tmp_path):
+    out = tmp_path / "dags"
+    result = subprocess.run([sys.executable, "-m", "scripts.generate_dags", "--config", "conf/clients_config.yaml",
+                             "--output-dir", str(out)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    committed = {p.name: p.read_bytes() for p in (ROOT / "dags").glob("*.py")}
+    assert {p.name: p.read_bytes() for p in out.glob("*.py")} == committed
