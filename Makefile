@@ -21,10 +21,11 @@ DATA_STAMP := data/train/client_id=client_9/data_train.csv.gz
 DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
 
-.PHONY: help init-pipenv data demo train-all predict-all test unit-tests lint clean
+.PHONY: help init-pipenv data demo train-all predict-all generate-dags init-airflow start-airflow stop-airflow \
+	e2e-airflow run-jupyter test unit-tests lint clean
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 init-pipenv: $(VENV_STAMP) ## Create the pipenv environment in .venv from Pipfile.lock (installs pipenv if missing)
 
@@ -48,6 +49,24 @@ train-all: $(VENV_STAMP) ## Train every client of conf/clients_config.yaml
 predict-all: $(VENV_STAMP) ## Predict every client of conf/clients_config.yaml for DATE (default: today)
 	$(CLI) predict-all --inference_date=$(DATE)
 
+generate-dags: $(VENV_STAMP) ## Render dags/ from conf/clients_config.yaml (or CONFIG_FILE) and dags_templates/
+	$(RUN) python -m scripts.generate_dags
+
+init-airflow: $(VENV_STAMP) ## Prepare AIRFLOW_HOME (./airflow_home), migrate its database, DAGs from dags/
+	$(RUN) python -m scripts.local_stack init
+
+start-airflow: $(VENV_STAMP) data ## Start Airflow (http://127.0.0.1:8080) and MLflow (http://127.0.0.1:5000) in the background
+	$(RUN) python -m scripts.local_stack start
+
+stop-airflow: ## Stop the Airflow and MLflow processes started by start-airflow
+	$(RUN) python -m scripts.local_stack stop
+
+e2e-airflow: $(VENV_STAMP) data ## Smoke test: start the stack, run client_0's DAGs via the REST API, check output, stop
+	$(RUN) python -m scripts.local_stack e2e
+
+run-jupyter: $(VENV_STAMP) ## Start JupyterLab on http://127.0.0.1:8888 in the pipenv environment (notebooks/)
+	$(RUN) jupyter lab --ip=127.0.0.1 --port=8888 --no-browser --notebook-dir=notebooks
+
 test: $(VENV_STAMP) ## Run the whole test suite (unit, integration with MLflow + Spark, acceptance)
 	$(RUN) python -m pytest $(PYTEST_ARGS)
 
@@ -57,7 +76,7 @@ unit-tests: $(VENV_STAMP) ## Run the fast unit tests only (no Spark, no MLflow)
 lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc
 	$(RUN) pylint --rcfile=.pylintrc categories_classification categories_classification_cli.py scripts tests
 
-clean: ## Remove generated data, outputs, the local MLflow store and caches (keeps .venv)
-	rm -rf data/train data/prediction data/products_categories mlflow.db mlruns mlartifacts spark-warehouse reports
+clean: ## Remove generated data, outputs, the local MLflow store and caches (keeps .venv and airflow_home)
+	rm -rf data/train data/prediction data/products_categories mlflow.db mlruns mlartifacts spark-warehouse reports .run
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 	rm -rf .pytest_cache .hypothesis

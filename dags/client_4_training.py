@@ -23,7 +23,7 @@ with DAG(
 ):
     BashOperator(
         task_id="train_model",
-        bash_command='pipenv run python categories_classification_cli.py trainer --client_id=client_4 --features=\'["f0", "f1", "f2", "f3", "f4"]\' --model_params=\'{}\' --training_date=\'{{ ts }}\'',
+        bash_command='pipenv run python categories_classification_cli.py trainer --client_id=client_4 --features=\'["f0", "f1", "f2", "f3", "f4"]\' --model_params=\'{}\' --training_date=\'{{ (dag_run.logical_date or dag_run.run_after) | ts }}\'',
         cwd=PROJECT_DIR,
         # Exit codes are the CLI's own (1 data/model, 2 config): none of them means "skipped".
         skip_on_exit_code=None,

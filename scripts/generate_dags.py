@@ -35,9 +35,13 @@ class _Kind:
     date_option: str
 
 
+# Airflow 3 runs triggered without a logical date (REST API, "run now") have no {{ ts }} or
+# {{ ds }}: fall back to the moment the run was due. Prediction uses the date only, so its output
+# folder (date=YYYY-MM-DD) is safe on every filesystem and an Airflow retry rewrites the same one.
+_RUN_MOMENT = "(dag_run.logical_date or dag_run.run_after)"
 KINDS = (
-    _Kind("training", "training_dag.py.j2", "trainer", "--training_date='{{ ts }}'"),
-    _Kind("prediction", "prediction_dag.py.j2", "predictor", "--inference_date='{{ ds }}'"),
+    _Kind("training", "training_dag.py.j2", "trainer", f"--training_date='{{{{ {_RUN_MOMENT} | ts }}}}'"),
+    _Kind("prediction", "prediction_dag.py.j2", "predictor", f"--inference_date='{{{{ {_RUN_MOMENT} | ds }}}}'"),
 )
 
 

@@ -35,7 +35,7 @@ def test_training_dag(dagbag, client_id):
     assert task.bash_command.startswith(
         f"pipenv run python categories_classification_cli.py trainer --client_id={client_id} "
         "--features='[\"f0\", \"f1\", \"f2\", \"f3\", \"f4\"]' --model_params='{")
-    assert task.bash_command.endswith("--training_date='{{ ts }}'")
+    assert task.bash_command.endswith("--training_date='{{ (dag_run.logical_date or dag_run.run_after) | ts }}'")
 
 
 @pytest.mark.parametrize("client_id", CLIENTS)
@@ -46,7 +46,7 @@ def test_prediction_dag(dagbag, client_id):
     (task,) = dag.tasks
     assert task.retries == 2
     assert task.bash_command == (f"pipenv run python categories_classification_cli.py predictor --client_id={client_id} "
-                                 "--inference_date='{{ ds }}'")
+                                 "--inference_date='{{ (dag_run.logical_date or dag_run.run_after) | ds }}'")
 
 
 def test_dag_files_import_nothing_heavy():

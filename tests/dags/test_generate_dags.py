@@ -1,5 +1,6 @@
 """scripts/generate_dags.py: rendering, order, stale files, bad configs, committed dags/ in sync."""
 import ast
+from datetime import datetime
 import shlex
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def test_hostile_param_strings_are_inert_shell_words_and_jinja_literals(tmp_path
     command = ast.literal_eval(next(line.split("bash_command=", 1)[1].rstrip(",")
                                     for line in (out / "ok_training.py").read_text(encoding="utf-8").splitlines()
                                     if "bash_command=" in line))
-    rendered = jinja2.Environment().from_string(command).render(ts="2026-11-23T00:00:00+00:00")
+    environment = jinja2.Environment()
+    environment.filters["ts"] = lambda value: value.isoformat()
+    rendered = environment.from_string(command).render(dag_run={"logical_date": None, "run_after": datetime(2026, 11, 23)})
     words = shlex.split(rendered)
     assert words[:5] == ["pipenv", "run", "python", "categories_classification_cli.py", "trainer"]
     assert f"--model_params={{\"class_weight\": {{\"{hostile}\": 1}}}}" in words
