@@ -96,3 +96,12 @@ def test_committed_dags_are_the_generators_output(tmp_path):
     assert result.returncode == 0, result.stderr
     committed = {p.name: p.read_bytes() for p in (ROOT / "dags").glob("*.py")}
     assert {p.name: p.read_bytes() for p in out.glob("*.py")} == committed
+
+
+def test_clients_are_rendered_in_sorted_order(tmp_path):
+    from scripts.generate_dags import render_dags  # pylint: disable=import-outside-toplevel
+    from categories_classification.config import load_config  # pylint: disable=import-outside-toplevel
+
+    files = render_dags(load_config(_config(tmp_path, "b2:\n  features: [x]\na1:\n  features: [x]\nB0:\n  features: [x]\n")))
+    assert list(files) == ["B0_training.py", "B0_prediction.py", "a1_training.py", "a1_prediction.py",
+                           "b2_training.py", "b2_prediction.py"]
