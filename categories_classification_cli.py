@@ -5,6 +5,8 @@
     python categories_classification_cli.py predictor --client_id=client_0 --inference_date=2026-11-23
     python categories_classification_cli.py train-all      # every client of conf/clients_config.yaml
     python categories_classification_cli.py predict-all --inference_date=2026-11-23
+    python categories_classification_cli.py list-models --client_id=client_0
+    python categories_classification_cli.py set-champion --client_id=client_0 --version=3   # rollback
 
 Errors are printed on one line (``Error: ...``); exit code 2 for bad options or config, 1 for
 bad data or an unavailable model or tracking server.
@@ -17,7 +19,7 @@ from typing import Any, Optional
 
 import click
 
-from categories_classification.config import load_config, validate_features, validate_model_params
+from categories_classification.config import load_config, validate_client_id, validate_features, validate_model_params
 from categories_classification.errors import CategoriesError
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
@@ -58,33 +60,82 @@ def cli(verbose: bool) -> None:
 @click.option("--model_params", required=True, type=_Json(dict),
               help='RandomForestClassifier parameters, a JSON object: \'{"n_estimators": 100}\'.')
 @click.option("--training_date", required=True, help="Date of the training run (ISO date or timestamp).")
-def trainer(client_id: str, features: list, model_params: dict, training_date: str) -> None:
-    """Train one client's model and register it as a new version."""
+@click.option("--promotion_tolerance", type=click.FloatRange(0.0, 1.0), default=None,
+              help="How much lower (0-1) the new version's top-5 accuracy may be than the champion's "
+                   "and still become champion (default 0.01).")
+def trainer(client_id: str, features: list, model_params: dict, training_date: str,
+            promotion_tolerance: Optional[float]) -> None:
+    """Train one client's model, register it as a new version, promote it if it passes the gate."""
     from categories_classification.trainer import train_model  # pylint: disable=import-outside-toplevel
 
     validate_features(features, client_id)
     validate_model_params(model_params, client_id)
-    result = train_model(client_id, features, model_params, training_date)
+    result = train_model(client_id, features, model_params, training_date, promotion_tolerance=promotion_tolerance)
+    verdict = "now champion" if result.decision.promote else "NOT promoted, champion unchanged"
     click.echo(
         f"{client_id}: registered {result.model_name} version {result.version} (run {result.run_id}); "
         f"test top-5 accuracy {result.metrics['test_top_5_accuracy']:.3f}, "
-        f"accuracy {result.metrics['test_accuracy']:.3f}"
+        f"accuracy {result.metrics['test_accuracy']:.3f}; {verdict}: {result.decision.reason}"
     )
 
 
 @cli.command()
 @click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
 @click.option("--inference_date", required=True, help="Date of the prediction (ISO date or timestamp); names the output folder.")
-def predictor(client_id: str, inference_date: str) -> None:
-    """Predict the top-5 categories of one client's products with its latest model."""
+@click.option("--model_version", type=click.IntRange(min=1), default=None,
+              help="Serve this registered version instead of the champion (pin or roll back).")
+def predictor(client_id: str, inference_date: str, model_version: Optional[int]) -> None:
+    """Predict the top-5 categories of one client's products with its champion model."""
     from categories_classification.predictor import predict_categories  # pylint: disable=import-outside-toplevel
 
-    result = predict_categories(client_id, inference_date)
+    result = predict_categories(client_id, inference_date, model_version=model_version)
     click.echo(
         f"{client_id}: wrote {result.rows_written} rows to {result.output_path} with "
         f"{result.model_name} version {result.model_version}"
         + (f"; skipped {result.rows_skipped} product(s) with missing features" if result.rows_skipped else "")
     )
+
+
+@cli.command("set-champion")
+@click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
+@click.option("--version", "version", required=True, type=click.IntRange(min=1),
+              help="Registered version that prediction should serve from now on (e.g. a rollback).")
+def set_champion_command(client_id: str, version: int) -> None:
+    """Give the champion alias to a version by hand (rollback or forced promotion)."""
+    from categories_classification import registry  # pylint: disable=import-outside-toplevel
+
+    validate_client_id(client_id)
+    registry.configure_tracking()
+    before = registry.champion_version(client_id)
+    ref = registry.set_champion(client_id, version)
+    click.echo(f"{client_id}: champion is now {ref.name} version {ref.version}"
+               + (f" (was version {before.version})" if before else ""))
+
+
+@cli.command("list-models")
+@click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
+def list_models_command(client_id: str) -> None:
+    """List a client's model versions with their metrics; mark the champion."""
+    from rich.console import Console  # pylint: disable=import-outside-toplevel
+    from rich.table import Table  # pylint: disable=import-outside-toplevel
+
+    from categories_classification import registry  # pylint: disable=import-outside-toplevel
+
+    validate_client_id(client_id)
+    registry.configure_tracking()
+    table = Table(title=f"{registry.model_name(client_id)} versions")
+    for name in ("version", "champion", "training date", "test top-5 acc", "test acc", "gate", "run"):
+        table.add_column(name)
+    for row in registry.list_versions(client_id):
+        metrics = row["metrics"]
+        table.add_row(str(row["version"]), "yes" if registry.CHAMPION in row["aliases"] else "",
+                      row["training_date"], _number(metrics.get("test_top_5_accuracy")),
+                      _number(metrics.get("test_accuracy")), row["decision"], row["run_id"])
+    Console(width=140).print(table)
+
+
+def _number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 @cli.command("train-all")
@@ -97,8 +148,9 @@ def train_all_command(config_path: Optional[str], training_date: str) -> None:
 
     config = load_config(config_path)
     outcomes = train_all(config, training_date, on_done=_progress(len(config), "trained"))
-    _summary("Training", outcomes, ("version", "test top-5 acc", "rows"), lambda r: (
-        str(r.version), f"{r.metrics['test_top_5_accuracy']:.3f}", str(r.n_rows)))
+    _summary("Training", outcomes, ("version", "champion?", "test top-5 acc", "rows"), lambda r: (
+        str(r.version), "yes" if r.decision.promote else f"no (v{r.decision.champion_version})",
+        f"{r.metrics['test_top_5_accuracy']:.3f}", str(r.n_rows)))
 
 
 @cli.command("predict-all")

@@ -29,7 +29,8 @@ def train_all(config: ClientsConfig, training_date: str,
               on_done: Optional[Callable[[Outcome], None]] = None) -> list[Outcome]:
     """Train every client of ``config`` (sorted by id); errors are recorded, not raised."""
     return [
-        _run(client.client_id, lambda c=client: train_model(c.client_id, c.features, c.params, training_date), on_done)
+        _run(client.client_id, lambda c=client: train_model(
+            c.client_id, c.features, c.params, training_date, promotion_tolerance=c.promotion_tolerance), on_done)
         for client in config
     ]
 

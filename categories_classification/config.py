@@ -1,7 +1,8 @@
 """Typed, validated client settings loaded once from ``conf/clients_config.yaml``.
 
-The file maps each client id to ``features`` (a non-empty list of column names) and optional
-``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``)::
+The file maps each client id to ``features`` (a non-empty list of column names), optional
+``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``) and optional
+``promotion_tolerance`` (see :mod:`categories_classification.promotion`)::
 
     client_0:
       features: [f0, f1, f2, f3, f4]
@@ -62,6 +63,7 @@ class ClientConfig:
     client_id: str
     features: tuple[str, ...]
     params: Mapping[str, Any]
+    promotion_tolerance: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def load_config(path: Optional[Union[str, Path]] = None) -> ClientsConfig:
             model = _ClientModel(**{str(key): value for key, value in entry.items()})
         except ValidationError as exc:
             raise _config_error(exc, client_id, source) from None
-        clients[client_id] = ClientConfig(client_id, tuple(model.features), dict(model.params))
+        clients[client_id] = ClientConfig(client_id, tuple(model.features), dict(model.params), model.promotion_tolerance)
     return ClientsConfig(source, clients)
 
 
@@ -132,6 +134,8 @@ class _ClientModel(BaseModel):
 
     features: list[str] = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    # How much worse (top-5 accuracy, 0..1) a new version may be and still become champion.
+    promotion_tolerance: Optional[float] = Field(default=None, ge=0.0, le=1.0)
 
     @field_validator("features")
     @classmethod
@@ -178,7 +182,7 @@ def _config_error(exc: ValidationError, client_id: Optional[str], source: Option
     where = f"config file {source}: " if source else ""
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown key: expected only 'features' and 'params'"
+        message = "unknown key: expected only 'features', 'params' and 'promotion_tolerance'"
     found = first.get("input")
     suffix = "" if first["type"] in {"value_error", "missing"} else f", found {found!r}"
     return ConfigError(f"{where}key {key!r}: {message}{suffix}", client_id)

@@ -26,3 +26,16 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, classes: np
         f"{prefix}_log_loss": float(log_loss(y_true, proba, labels=classes)),
         f"{prefix}_f1_macro": float(f1_score(y_true, predicted, labels=classes, average="macro", zero_division=0)),
     }
+
+
+def top_k_accuracy(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray, k: int = TOP_K) -> float:
+    """Share of rows whose true label is among the ``k`` best-scored ``classes``.
+
+    Unlike sklearn's scorer, labels the model never saw simply count as misses, so two models
+    trained on different category sets can be compared on the same rows.
+    """
+    y_true = np.asarray(y_true)
+    if len(y_true) == 0:
+        return 0.0
+    order = np.argsort(-np.asarray(proba, dtype=np.float64), axis=1, kind="stable")[:, :k]
+    return float((np.asarray(classes)[order] == y_true[:, None]).any(axis=1).mean())

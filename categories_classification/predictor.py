@@ -5,12 +5,16 @@ Atomic write: the output is written to a hidden staging folder beside the final 
 previous output of that date untouched, and a re-run replaces it whole.
 """
 import functools
+import json
 import logging
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Optional
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+import mlflow
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
@@ -28,6 +32,7 @@ from categories_classification.topk import TOP_K
 
 LOGGER = logging.getLogger(__name__)
 OUTPUT_SCHEMA = "product_id string, pred_label string, pred_score double, rank int"
+MANIFEST = "_manifest.json"  # '_' prefix: Spark and pyarrow skip it when reading the parquet
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,17 @@ class PredictionResult:
     rows_written: int
     rows_skipped: int
     seconds: float
+    prediction_run_id: str = ""
 
 
-def predict_categories(client_id: str, inference_date: str, *, data_prefix: Optional[str] = None,
-                       spark: Optional[SparkSession] = None) -> PredictionResult:
-    """Score the client's prediction file with its latest registered model; write top-5 parquet."""
+def predict_categories(client_id: str, inference_date: str, *, model_version: Optional[int] = None,
+                       data_prefix: Optional[str] = None, spark: Optional[SparkSession] = None) -> PredictionResult:
+    """Score the client's prediction file with its champion (or ``model_version``); write top-5 parquet.
+
+    The output folder gets a ``_manifest.json`` (model name, version, training run, prediction
+    run, time) written with the parquet files and swapped in with them; the prediction itself
+    is an MLflow run ``prediction_<date>`` in the client's experiment.
+    """
     started = time.perf_counter()
     client_id = validate_client_id(client_id)
     date = normalize_date(inference_date, "inference_date", client_id)
@@ -55,11 +66,33 @@ def predict_categories(client_id: str, inference_date: str, *, data_prefix: Opti
     target = output_path(client_id, date, data_prefix)
 
     registry.configure_tracking()
-    ref = registry.latest_model(client_id)
+    ref = registry.resolve_model(client_id, model_version)
     model_bytes, features = _fetch_model(ref)
-
+    experiment_id = registry.ensure_experiment(client_id)
     spark = spark or get_spark()
-    products = _read_products(spark, client_id, source, features)
+    tags = {"client_id": client_id, "inference_date": date, "stage": "prediction", "model_name": ref.name,
+            "model_version": str(ref.version), "model_run_id": ref.run_id,
+            "model_selector": "pinned" if model_version is not None else registry.CHAMPION, "output_path": target}
+    with registry.tracking_errors(client_id), mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"prediction_{date}", tags=tags
+    ) as run:
+        lineage = functools.partial(_manifest, ref=ref, tags=tags, prediction_run_id=run.info.run_id,
+                                    source=source, features=features)
+        rows, skipped = _score_and_write(spark, ref, model_bytes, features, source=source, target=target,
+                                         lineage=lineage)
+        seconds = time.perf_counter() - started
+        mlflow.log_metrics({"rows_out": rows, "rows_skipped": skipped, "duration_seconds": seconds,
+                            "model_version": ref.version})
+    if skipped:
+        LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s", client_id, skipped, source)
+    return PredictionResult(client_id, date, target, ref.name, ref.version, ref.run_id, rows, skipped, seconds,
+                            run.info.run_id)
+
+
+def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: bytes, features: list[str], *,
+                     source: str, target: str, lineage: Callable[..., dict[str, Any]]) -> tuple[int, int]:
+    """Read, score with mapInPandas, write atomically; return (rows written, products skipped)."""
+    products = _read_products(spark, ref.client_id, source, features)
     shipped = spark.sparkContext.broadcast(model_bytes)
     skipped = spark.sparkContext.accumulator(0)
     scorer = functools.partial(
@@ -68,16 +101,34 @@ def predict_categories(client_id: str, inference_date: str, *, data_prefix: Opti
     )
     try:
         predictions = products.mapInPandas(scorer, schema=OUTPUT_SCHEMA)
-        rows = _write_atomically(spark, predictions, target)
+        rows = _write_atomically(spark, predictions, target,
+                                 lambda written: lineage(rows_written=written, rows_skipped=skipped.value))
     except (PySparkException, Py4JJavaError) as exc:
-        raise _input_error(client_id, source, exc) from None
+        raise _input_error(ref.client_id, source, exc) from None
     finally:
         shipped.destroy()
-    if skipped.value:
-        LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s",
-                       client_id, skipped.value, source)
-    return PredictionResult(client_id, date, target, ref.name, ref.version, ref.run_id, rows,
-                            int(skipped.value), time.perf_counter() - started)
+    return rows, int(skipped.value)
+
+
+def _manifest(*, ref: registry.ModelRef, tags: dict[str, str], prediction_run_id: str, source: str,
+              features: list[str], rows_written: int, rows_skipped: int) -> dict[str, Any]:
+    """The lineage record written beside the parquet files."""
+    return {
+        "client_id": ref.client_id,
+        "inference_date": tags["inference_date"],
+        "model_name": ref.name,
+        "model_version": ref.version,
+        "model_uri": ref.uri,
+        "model_selector": tags["model_selector"],
+        "training_run_id": ref.run_id,
+        "prediction_run_id": prediction_run_id,
+        "tracking_uri": registry.display_tracking_uri(),
+        "input_path": source,
+        "features": features,
+        "rows_written": rows_written,
+        "rows_skipped": rows_skipped,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _fetch_model(ref: registry.ModelRef) -> tuple[bytes, list[str]]:
@@ -136,7 +187,8 @@ def _header(spark: SparkSession, client_id: str, source: str) -> list[str]:
     return [column.strip() for column in first.value.split(",")]
 
 
-def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str) -> int:
+def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str,
+                      manifest: Callable[[int], dict[str, Any]]) -> int:
     jvm = spark.sparkContext._jvm  # pylint: disable=protected-access
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # pylint: disable=protected-access
     final = jvm.org.apache.hadoop.fs.Path(target)
@@ -151,6 +203,12 @@ def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str) 
         filesystem.delete(jvm.org.apache.hadoop.fs.Path(staging), True)
         raise
     rows = spark.read.parquet(staging).count()
+    # The manifest goes into the staging folder, so it appears (or not) together with the data.
+    stream = filesystem.create(jvm.org.apache.hadoop.fs.Path(f"{staging}/{MANIFEST}"), True)
+    try:
+        stream.write(bytearray(json.dumps(manifest(int(rows)), indent=2).encode("utf-8")))
+    finally:
+        stream.close()
     if filesystem.exists(final):
         filesystem.rename(final, previous)
     if not filesystem.rename(jvm.org.apache.hadoop.fs.Path(staging), final):

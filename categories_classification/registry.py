@@ -6,6 +6,7 @@ with the list recorded inside the artifact and never with pickle: a model file t
 other type is refused.
 """
 import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import ModelNotFoundError, TrackingError
-from categories_classification.serialization import SKOPS_TRUSTED_TYPES
+from categories_classification.serialization import SKOPS_TRUSTED_TYPES, load_model_bytes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_ARTIFACT = "model"
+# The registry alias of the version that prediction serves (stages are deprecated since 2.9).
+CHAMPION = "champion"
 
 
 def model_name(client_id: str) -> str:
@@ -106,18 +109,109 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
     return ModelRef(client_id, name, int(version), run_id)
 
 
-def latest_model(client_id: str) -> ModelRef:
-    """The newest registered version of the client's model; :class:`ModelNotFoundError` if none."""
+def resolve_model(client_id: str, version: Optional[int] = None) -> ModelRef:
+    """The version to serve: ``version`` if given (pin or roll back), else the ``champion`` alias.
+
+    :class:`ModelNotFoundError` if the client has no registered model, no champion, or no such
+    version.
+    """
     name = model_name(client_id)
+    client = MlflowClient()
     with tracking_errors(client_id):
-        versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    if not versions:
+        if version is not None:
+            try:
+                found = client.get_model_version(name, str(version))
+            except MlflowException as exc:
+                if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    raise
+                raise ModelNotFoundError(
+                    f"model {name!r} has no version {version}: expected one of "
+                    f"{_version_list(client, name) or '(none: train the client first)'}",
+                    client_id,
+                ) from None
+            return ModelRef(client_id, name, int(found.version), found.run_id)
+        champion = champion_version(client_id)
+    if champion is None:
+        existing = _version_list(client, name)
+        if not existing:
+            raise ModelNotFoundError(
+                f"no registered model {name!r} in {_safe_uri()}: train the client first (trainer / train-all)",
+                client_id,
+            )
         raise ModelNotFoundError(
-            f"no registered model {name!r} in {_safe_uri()}: train the client first (trainer / train-all)",
+            f"registered model {name!r} has no {CHAMPION!r} version (versions: {existing}): "
+            "choose one with set-champion or pass --model_version",
             client_id,
         )
-    newest = max(versions, key=lambda version: int(version.version))
-    return ModelRef(client_id, name, int(newest.version), newest.run_id)
+    return champion
+
+
+def champion_version(client_id: str) -> Optional[ModelRef]:
+    """The client's current champion, or None (no model, or no version has the alias yet)."""
+    name = model_name(client_id)
+    with tracking_errors(client_id):
+        try:
+            found = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+    return ModelRef(client_id, name, int(found.version), found.run_id)
+
+
+def set_champion(client_id: str, version: int) -> ModelRef:
+    """Give the ``champion`` alias to ``version`` (promotion, or a rollback by hand)."""
+    ref = resolve_model(client_id, version)
+    with tracking_errors(client_id):
+        MlflowClient().set_registered_model_alias(ref.name, CHAMPION, str(ref.version))
+    return ref
+
+
+def list_versions(client_id: str) -> list[dict[str, Any]]:
+    """Every version of the client's model, newest first, with its training metrics and aliases."""
+    name = model_name(client_id)
+    client = MlflowClient()
+    with tracking_errors(client_id):
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise ModelNotFoundError(f"no registered model {name!r} in {_safe_uri()}", client_id)
+        aliases = client.get_registered_model(name).aliases
+        rows = []
+        for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            run = client.get_run(version.run_id)
+            rows.append({
+                "version": int(version.version),
+                "aliases": sorted(alias for alias, number in aliases.items() if str(number) == str(version.version)),
+                "training_date": run.data.tags.get("training_date", ""),
+                "run_id": version.run_id,
+                "metrics": dict(run.data.metrics),
+                "decision": run.data.tags.get("promotion_decision", ""),
+            })
+    return rows
+
+
+def describe_version(ref: ModelRef, description: str, tags: dict[str, str]) -> None:
+    """Set a version's description and tags (what the MLflow UI shows next to it)."""
+    client = MlflowClient()
+    with tracking_errors(ref.client_id):
+        client.update_model_version(ref.name, str(ref.version), description=description)
+        for key, value in tags.items():
+            client.set_model_version_tag(ref.name, str(ref.version), key, value)
+
+
+def load_model(ref: ModelRef) -> tuple[Any, list[str]]:
+    """Download and deserialize a version (trusted types only); return it with its input columns."""
+    with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
+        model_file, features = download_model_file(ref, scratch)
+        return load_model_bytes(model_file.read_bytes()), features
+
+
+def _version_list(client: MlflowClient, name: str) -> str:
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return ""
+    return ", ".join(str(number) for number in sorted(int(v.version) for v in versions))
 
 
 def download_model_file(ref: ModelRef, destination: str) -> tuple[Path, list[str]]:
@@ -145,6 +239,11 @@ def _local_artifact_location(name: str) -> Optional[str]:
         store_dir = Path(unquote(parsed.path[1:] if parsed.path.startswith("//") else parsed.path)).parent
         return (store_dir / "mlartifacts" / name).resolve().as_uri()
     return None
+
+
+def display_tracking_uri() -> str:
+    """The tracking URI without any credentials in it (for messages and lineage)."""
+    return _safe_uri()
 
 
 def _safe_uri() -> str:

@@ -23,6 +23,8 @@ DEFAULT_CONF = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.adaptive.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
+    # A batch job: no web UI port to open (enable it with --conf spark.ui.enabled=true).
+    "spark.ui.enabled": "false",
     # Python workers are reused across tasks, so each keeps its loaded model (see scoring.py).
     "spark.python.worker.reuse": "true",
     # Only whole files are written: no _SUCCESS marker needed by our atomic swap.

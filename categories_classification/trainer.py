@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import mlflow
+import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
@@ -12,8 +13,9 @@ from sklearn.model_selection import train_test_split
 from categories_classification import registry
 from categories_classification.config import validate_client_id, validate_features, validate_model_params
 from categories_classification.data import load_training_data
-from categories_classification.evaluation import classification_metrics
+from categories_classification.evaluation import classification_metrics, top_k_accuracy
 from categories_classification.paths import normalize_date, train_path
+from categories_classification.promotion import DEFAULT_TOLERANCE, Decision, decide
 from categories_classification.serialization import dump_model
 
 LOGGER = logging.getLogger(__name__)
@@ -41,41 +43,31 @@ class TrainingResult:
     version: int
     run_id: str
     metrics: Mapping[str, float]
+    decision: Decision
     params: Mapping[str, Any] = field(default_factory=dict)
     n_rows: int = 0
 
 
 def train_model(client_id: str, features: Sequence[str], model_params: Optional[Mapping[str, Any]],
-                training_date: str, *, data_prefix: Optional[str] = None) -> TrainingResult:
+                training_date: str, *, data_prefix: Optional[str] = None,
+                promotion_tolerance: Optional[float] = None) -> TrainingResult:
     """Train the client's RandomForest on its training file and register it as a new version.
 
     The whole event is one MLflow run named ``training_<training_date>`` in the client's
     experiment, with the model parameters, train and test metrics, model size and fit time.
+    The new version becomes ``champion`` only if the promotion gate lets it (see
+    :mod:`categories_classification.promotion`); the decision and both scores are on the run.
     """
     client_id = validate_client_id(client_id)
     features = validate_features(list(features), client_id)
     params = {**DEFAULT_MODEL_PARAMS, **validate_model_params(dict(model_params or {}), client_id)}
+    tolerance = DEFAULT_TOLERANCE if promotion_tolerance is None else float(promotion_tolerance)
     date = normalize_date(training_date, "training_date", client_id)
     path = train_path(client_id, data_prefix)
 
     data = load_training_data(client_id, features, path)
-    x_train, x_test, y_train, y_test = train_test_split(
-        data.features, data.labels, test_size=TEST_SIZE, stratify=data.labels, random_state=SEED
-    )
-    model = RandomForestClassifier(**params)
-    started = time.perf_counter()
-    model.fit(x_train, y_train)
-    fit_seconds = time.perf_counter() - started
-
-    metrics = {
-        **classification_metrics(y_train, model.predict_proba(x_train), model.classes_, "train"),
-        **classification_metrics(y_test, model.predict_proba(x_test), model.classes_, "test"),
-        "fit_time_seconds": fit_seconds,
-        "model_size_bytes": float(len(dump_model(model))),
-        "n_train_rows": float(len(x_train)),
-        "n_test_rows": float(len(x_test)),
-        "n_categories": float(len(model.classes_)),
-    }
+    fitted = _fit_and_evaluate(data.features, data.labels, params)
+    model, metrics = fitted.model, fitted.metrics
     registry.configure_tracking()
     experiment_id = registry.ensure_experiment(client_id)
     with registry.tracking_errors(client_id), mlflow.start_run(
@@ -86,9 +78,75 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         mlflow.log_params({key: str(value) for key, value in model.get_params().items()})
         mlflow.log_params({"features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED})
         mlflow.log_metrics(metrics)
-        example = x_train.head(5)
+        example = fitted.x_train.head(5)
         ref = registry.log_and_register(
             client_id, model, example, infer_signature(example, model.predict(example))
         )
-    LOGGER.info("client %s: registered %s version %s (run %s)", client_id, ref.name, ref.version, ref.run_id)
-    return TrainingResult(client_id, ref.name, ref.version, ref.run_id, metrics, params, len(data.labels))
+        decision = _promotion_gate(client_id, ref, model, fitted.x_test, fitted.y_test, tolerance)
+        mlflow.set_tags({"promotion_decision": decision.label, "promotion_reason": decision.reason,
+                         "champion_version_before": str(decision.champion_version or "")})
+        mlflow.log_metrics({"promotion_challenger_top_5_accuracy": decision.challenger_score,
+                            "promotion_tolerance": tolerance,
+                            **({"promotion_champion_top_5_accuracy": decision.champion_score}
+                               if decision.champion_score is not None else {})})
+        if decision.promote:
+            registry.set_champion(client_id, ref.version)
+        registry.describe_version(
+            ref,
+            f"Trained {date} on {len(fitted.x_train)} rows ({', '.join(features)}); test top-5 accuracy "
+            f"{metrics['test_top_5_accuracy']:.4f}. Gate: {decision.label}, {decision.reason}.",
+            {"training_date": date, "promotion_decision": decision.label},
+        )
+    LOGGER.info("client %s: registered %s version %s (run %s), %s", client_id, ref.name, ref.version, ref.run_id,
+                decision.label)
+    return TrainingResult(client_id, ref.name, ref.version, ref.run_id, metrics, decision, params, len(data.labels))
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """A fitted forest, its split and its metrics."""
+
+    model: RandomForestClassifier
+    x_train: pd.DataFrame
+    x_test: pd.DataFrame
+    y_test: pd.Series
+    metrics: dict[str, float]
+
+
+def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, params: Mapping[str, Any]) -> _Fitted:
+    """Stratified split (fixed seed), fit, and train/test metrics with model size and fit time."""
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, labels, test_size=TEST_SIZE, stratify=labels, random_state=SEED
+    )
+    model = RandomForestClassifier(**params)
+    started = time.perf_counter()
+    model.fit(x_train, y_train)
+    fit_seconds = time.perf_counter() - started
+    metrics = {
+        **classification_metrics(y_train, model.predict_proba(x_train), model.classes_, "train"),
+        **classification_metrics(y_test, model.predict_proba(x_test), model.classes_, "test"),
+        "fit_time_seconds": fit_seconds,
+        "model_size_bytes": float(len(dump_model(model))),
+        "n_train_rows": float(len(x_train)),
+        "n_test_rows": float(len(x_test)),
+        "n_categories": float(len(model.classes_)),
+    }
+    return _Fitted(model, x_train, x_test, y_test, metrics)
+
+
+def _promotion_gate(client_id: str, ref: registry.ModelRef, model: RandomForestClassifier, x_test: pd.DataFrame,
+                    y_test: pd.Series, tolerance: float) -> Decision:
+    """Score the new version and the current champion on the same test rows and decide."""
+    challenger = top_k_accuracy(y_test, model.predict_proba(x_test), model.classes_)
+    champion = registry.champion_version(client_id)
+    if champion is None or champion.version == ref.version:
+        return decide(challenger, None, None, tolerance)
+    champion_model, champion_features = registry.load_model(champion)
+    missing = [column for column in champion_features if column not in x_test.columns]
+    if missing:
+        # The config's features changed: the champion cannot even score today's files.
+        return Decision(True, f"champion v{champion.version} needs feature(s) {', '.join(missing)} that this "
+                        "training no longer has", challenger, None, champion.version, tolerance)
+    rows = x_test[champion_features]
+    score = top_k_accuracy(y_test, champion_model.predict_proba(rows), champion_model.classes_)
+    return decide(challenger, score, champion.version, tolerance)

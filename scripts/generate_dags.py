@@ -75,6 +75,8 @@ def bash_command(client: ClientConfig, kind: _Kind) -> str:
     if kind.name == "training":
         words.append(f"--features={_literal(json.dumps(list(client.features)))}")
         words.append(f"--model_params={_literal(json.dumps(dict(client.params), sort_keys=True))}")
+        if client.promotion_tolerance is not None:
+            words.append(f"--promotion_tolerance={_literal(repr(float(client.promotion_tolerance)))}")
     words.append(kind.date_option)
     return " ".join(words)
 

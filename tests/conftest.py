@@ -1,6 +1,12 @@
 """Shared fixtures: a temp data prefix with generated clients, a temp MLflow store, a local Spark."""
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -63,3 +69,56 @@ def spark():
     session = get_spark("categories_classification_tests")
     yield session
     session.stop()
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port (SQLite + artifacts in a temp folder).
+
+    Stopped (process group, SIGTERM then SIGKILL) at teardown, within 30 seconds.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "mlflow_server.log").open("wb")
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # pylint: disable=consider-using-with
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_healthy(url, process, tmp_path / "mlflow_server.log")
+        import mlflow  # pylint: disable=import-outside-toplevel
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        mlflow.set_tracking_uri(url)
+        yield url
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"mlflow server did not answer within {timeout}s: {log.read_text()[-2000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -105,3 +105,8 @@ def test_clients_are_rendered_in_sorted_order(tmp_path):
     files = render_dags(load_config(_config(tmp_path, "b2:\n  features: [x]\na1:\n  features: [x]\nB0:\n  features: [x]\n")))
     assert list(files) == ["B0_training.py", "B0_prediction.py", "a1_training.py", "a1_prediction.py",
                            "b2_training.py", "b2_prediction.py"]
+
+
+def test_promotion_tolerance_is_passed_to_the_trainer(tmp_path):
+    _, out = _generate(tmp_path, "ok:\n  features: [x]\n  promotion_tolerance: 0.05\n")
+    assert "--promotion_tolerance=0.05 --training_date=" in (out / "ok_training.py").read_text(encoding="utf-8")

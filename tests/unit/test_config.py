@@ -33,6 +33,13 @@ def test_clients_iterate_sorted_with_typed_settings(tmp_path):
     assert config.get("b").params == {}
 
 
+def test_promotion_tolerance(tmp_path):
+    config = load_config(_write(tmp_path, "a:\n  features: [x]\n  promotion_tolerance: 0.02\nb:\n  features: [x]\n"))
+    assert config.get("a").promotion_tolerance == 0.02 and config.get("b").promotion_tolerance is None
+    with pytest.raises(ConfigError, match=r"client 'a': .*key 'promotion_tolerance'.*less than or equal to 1"):
+        load_config(_write(tmp_path, "a:\n  features: [x]\n  promotion_tolerance: 5\n"))
+
+
 def test_config_file_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CONFIG_FILE", str(_write(tmp_path, "only:\n  features: [f0]\n")))
     assert len(load_config()) == 1
