@@ -22,7 +22,7 @@ DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
 
 .PHONY: help init-pipenv data demo train-all predict-all generate-dags init-airflow start-airflow stop-airflow \
-	e2e-airflow run-jupyter test unit-tests lint clean
+	e2e-airflow run-jupyter report test unit-tests lint clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -66,6 +66,10 @@ e2e-airflow: $(VENV_STAMP) data ## Smoke test: start the stack, run client_0's D
 
 run-jupyter: $(VENV_STAMP) ## Start JupyterLab on http://127.0.0.1:8888 in the pipenv environment (notebooks/)
 	$(RUN) jupyter lab --ip=127.0.0.1 --port=8888 --no-browser --notebook-dir=notebooks
+
+report: $(VENV_STAMP) ## Execute notebooks/inspect_inference_result.ipynb (after make demo) into reports/*.html
+	$(RUN) jupyter nbconvert --to html --execute notebooks/inspect_inference_result.ipynb --output-dir reports
+	@echo "report: reports/inspect_inference_result.html"
 
 test: $(VENV_STAMP) ## Run the whole test suite (unit, integration with MLflow + Spark, acceptance)
 	$(RUN) python -m pytest $(PYTEST_ARGS)

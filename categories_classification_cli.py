@@ -13,9 +13,10 @@ bad data or an unavailable model or tracking server.
 """
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
@@ -50,7 +51,11 @@ def cli(verbose: bool) -> None:
     """Train per-client RandomForest categorisers in MLflow and predict top-5 categories with Spark."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
+    # MLflow sets its own level when imported (later, lazily): tell it through its variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    if verbose:
+        os.environ.setdefault("SPARK_LOG_LEVEL", "WARN")
+    for noisy in ("py4j", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -147,10 +152,10 @@ def train_all_command(config_path: Optional[str], training_date: str) -> None:
     from categories_classification.batch import train_all  # pylint: disable=import-outside-toplevel
 
     config = load_config(config_path)
-    outcomes = train_all(config, training_date, on_done=_progress(len(config), "trained"))
-    _summary("Training", outcomes, ("version", "champion?", "test top-5 acc", "rows"), lambda r: (
-        str(r.version), "yes" if r.decision.promote else f"no (v{r.decision.champion_version})",
-        f"{r.metrics['test_top_5_accuracy']:.3f}", str(r.n_rows)))
+    outcomes = _with_progress("Training", len(config), lambda done: train_all(config, training_date, on_done=done))
+    _summary("Training", outcomes, ("rows", "version", "champion?", "test top-5 acc"), lambda r: (
+        str(r.n_rows), str(r.version), "yes" if r.decision.promote else f"no (stays v{r.decision.champion_version})",
+        f"{r.metrics['test_top_5_accuracy']:.3f}"))
 
 
 @cli.command("predict-all")
@@ -161,20 +166,27 @@ def predict_all_command(config_path: Optional[str], inference_date: str) -> None
     from categories_classification.batch import predict_all  # pylint: disable=import-outside-toplevel
 
     config = load_config(config_path)
-    outcomes = predict_all(config, inference_date, on_done=_progress(len(config), "predicted"))
-    _summary("Prediction", outcomes, ("version", "rows written", "skipped"), lambda r: (
-        str(r.model_version), str(r.rows_written), str(r.rows_skipped)))
+    outcomes = _with_progress("Prediction", len(config), lambda done: predict_all(config, inference_date, on_done=done))
+    _summary("Prediction", outcomes, ("rows written", "skipped", "version"), lambda r: (
+        str(r.rows_written), str(r.rows_skipped), str(r.model_version)))
 
 
-def _progress(total: int, verb: str):
-    done = []
+def _with_progress(title: str, total: int, run: Callable[[Callable], list]) -> list:
+    """Run ``run(on_done)`` under a progress bar (one step per client) on stderr."""
+    # rich is imported here so that --help and the single-client commands stay instant.
+    from rich.console import Console  # pylint: disable=import-outside-toplevel
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # pylint: disable=import-outside-toplevel
 
-    def report(outcome) -> None:
-        done.append(outcome)
-        status = verb if outcome.ok else "FAILED"
-        click.echo(f"[{len(done)}/{total}] {outcome.client_id}: {status} in {outcome.seconds:.1f}s", err=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as progress:
+        task = progress.add_task(title, total=total)
 
-    return report
+        def done(outcome) -> None:
+            status = "ok" if outcome.ok else "FAILED"
+            progress.console.print(f"{outcome.client_id}: {status} in {outcome.seconds:.1f}s")
+            progress.update(task, advance=1, description=f"{title} (last: {outcome.client_id})")
+
+        return run(done)
 
 
 def _summary(title: str, outcomes: list, columns: tuple, cells) -> None:
@@ -184,7 +196,7 @@ def _summary(title: str, outcomes: list, columns: tuple, cells) -> None:
 
     table = Table(title=f"{title} summary")
     for name in ("client", "status", *columns, "seconds"):
-        table.add_column(name)
+        table.add_column(name, justify="left" if name in ("client", "status") else "right")
     for outcome in outcomes:
         values = cells(outcome.result) if outcome.ok else ("-",) * len(columns)
         table.add_row(outcome.client_id, "ok" if outcome.ok else "failed", *values, f"{outcome.seconds:.1f}")

@@ -2,7 +2,14 @@
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, log_loss, top_k_accuracy_score
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 
 from categories_classification.topk import TOP_K
 
@@ -39,3 +46,25 @@ def top_k_accuracy(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray
         return 0.0
     order = np.argsort(-np.asarray(proba, dtype=np.float64), axis=1, kind="stable")[:, :k]
     return float((np.asarray(classes)[order] == y_true[:, None]).any(axis=1).mean())
+
+
+def top_k_curve(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray, max_k: int = TOP_K) -> list[float]:
+    """Top-k accuracy for k = 1..max_k (how often the true category is in the first k)."""
+    return [top_k_accuracy(y_true, proba, classes, k) for k in range(1, max_k + 1)]
+
+
+def per_class_report(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray) -> pd.DataFrame:
+    """One row per category: support, precision, recall, F1 (top-1) and top-5 recall."""
+    y_true = np.asarray(y_true)
+    classes = np.asarray(classes)
+    predicted = classes[np.argmax(proba, axis=1)]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, predicted, labels=classes, zero_division=0
+    )
+    order = np.argsort(-np.asarray(proba, dtype=np.float64), axis=1, kind="stable")[:, :TOP_K]
+    in_top = (classes[order] == y_true[:, None]).any(axis=1)
+    top_recall = [float(in_top[y_true == label].mean()) if (y_true == label).any() else 0.0 for label in classes]
+    return pd.DataFrame({
+        "category": classes, "support": support, "precision": precision, "recall": recall, "f1": f1,
+        f"top_{TOP_K}_recall": top_recall,
+    }).sort_values(["support", "category"], ascending=[False, True], ignore_index=True)

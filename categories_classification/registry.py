@@ -5,9 +5,11 @@ Models are stored in skops format and loaded with *this module's* list of truste
 with the list recorded inside the artifact and never with pickle: a model file that needs any
 other type is refused.
 """
+import io
+import logging
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -20,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from categories_classification.errors import ModelNotFoundError, TrackingError
 from categories_classification.serialization import SKOPS_TRUSTED_TYPES, load_model_bytes
 
+LOGGER = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_ARTIFACT = "model"
 # The registry alias of the version that prediction serves (stages are deprecated since 2.9).
@@ -86,7 +89,9 @@ def ensure_experiment(client_id: str) -> str:
 def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any) -> ModelRef:
     """Log ``model`` (skops) in the active run and register it as a new version of the client's model."""
     name = model_name(client_id)
-    with tracking_errors(client_id):
+    chatter = io.StringIO()
+    # MLflow prints "Successfully registered model ..." straight to stderr: keep it for debug logs.
+    with tracking_errors(client_id), redirect_stderr(chatter):
         info = mlflow.sklearn.log_model(
             model,
             name=MODEL_ARTIFACT,
@@ -99,6 +104,8 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
             # infer them, which costs seconds per training for a known answer.
             pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
         )
+    LOGGER.debug("%s", chatter.getvalue().strip())
+    with tracking_errors(client_id):
         client = MlflowClient()
         run_id = mlflow.active_run().info.run_id
         version = info.registered_model_version

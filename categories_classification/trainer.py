@@ -13,8 +13,9 @@ from sklearn.model_selection import train_test_split
 from categories_classification import registry
 from categories_classification.config import validate_client_id, validate_features, validate_model_params
 from categories_classification.data import load_training_data
-from categories_classification.evaluation import classification_metrics, top_k_accuracy
+from categories_classification.evaluation import classification_metrics, per_class_report, top_k_accuracy, top_k_curve
 from categories_classification.paths import normalize_date, train_path
+from categories_classification.plots import close_figure, per_class_figure, top_k_figure
 from categories_classification.promotion import DEFAULT_TOLERANCE, Decision, decide
 from categories_classification.serialization import dump_model
 
@@ -82,6 +83,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         ref = registry.log_and_register(
             client_id, model, example, infer_signature(example, model.predict(example))
         )
+        _log_evaluation_artifacts(client_id, fitted)
         decision = _promotion_gate(client_id, ref, model, fitted.x_test, fitted.y_test, tolerance)
         mlflow.set_tags({"promotion_decision": decision.label, "promotion_reason": decision.reason,
                          "champion_version_before": str(decision.champion_version or "")})
@@ -109,6 +111,7 @@ class _Fitted:
     model: RandomForestClassifier
     x_train: pd.DataFrame
     x_test: pd.DataFrame
+    y_train: pd.Series
     y_test: pd.Series
     metrics: dict[str, float]
 
@@ -131,7 +134,25 @@ def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, params: Mapping
         "n_test_rows": float(len(x_test)),
         "n_categories": float(len(model.classes_)),
     }
-    return _Fitted(model, x_train, x_test, y_test, metrics)
+    return _Fitted(model, x_train, x_test, y_train, y_test, metrics)
+
+
+def _log_evaluation_artifacts(client_id: str, fitted: _Fitted) -> None:
+    """Per-category report (CSV + JSON) and top-k / per-category plots on the active run."""
+    model = fitted.model
+    test_proba = model.predict_proba(fitted.x_test)
+    report = per_class_report(fitted.y_test, test_proba, model.classes_)
+    mlflow.log_text(report.to_csv(index=False), "evaluation/per_class_report.csv")
+    mlflow.log_dict({"split": "test", "categories": report.to_dict(orient="records")}, "evaluation/per_class_report.json")
+    curves = {
+        "train": top_k_curve(fitted.y_train, model.predict_proba(fitted.x_train), model.classes_),
+        "test": top_k_curve(fitted.y_test, test_proba, model.classes_),
+    }
+    mlflow.log_dict(curves, "evaluation/top_k_accuracy.json")
+    for figure, name in ((top_k_figure(curves, f"{client_id}: top-k accuracy"), "top_k_accuracy.png"),
+                         (per_class_figure(report, f"{client_id}: recall per category (test)"), "per_class_recall.png")):
+        mlflow.log_figure(figure, f"evaluation/{name}")
+        close_figure(figure)
 
 
 def _promotion_gate(client_id: str, ref: registry.ModelRef, model: RandomForestClassifier, x_test: pd.DataFrame,

@@ -54,6 +54,10 @@ def test_all_commands_report_each_client_and_continue_past_a_failure(cli_env, tm
     for client_id, status in (("small_a", "ok"), ("small_b", "ok"), ("small_z", "failed")):
         assert any(client_id in line and status in line for line in trained.stdout.splitlines())
     assert "Error: client 'small_z': file" in trained.stderr and "not found" in trained.stderr
+    assert "small_a: ok in" in trained.stderr and "small_z: FAILED in" in trained.stderr  # progress, per client
+    header = next(line for line in trained.stdout.splitlines() if "client" in line and "status" in line)
+    for column in ("rows", "version", "champion?", "test top-5 acc", "seconds"):
+        assert column in header
 
     predicted = _cli(["predict-all", "--inference_date=2026-11-23"], cli_env)
     assert predicted.returncode == 1

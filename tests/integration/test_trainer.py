@@ -1,4 +1,6 @@
 """train_model against a real SQLite MLflow store."""
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -33,6 +35,12 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     assert 0.3 < run.data.metrics["test_top_5_accuracy"] <= 1.0
     # Artifacts live beside the temp store, not in the working directory.
     assert str(tracking_store) in experiment.artifact_location
+
+    artifacts = {Path(item.path).name for item in client.list_artifacts(first.run_id, "evaluation")}
+    assert artifacts == {"per_class_report.csv", "per_class_report.json", "top_k_accuracy.json",
+                         "top_k_accuracy.png", "per_class_recall.png"}
+    report = mlflow.artifacts.load_dict(f"runs:/{first.run_id}/evaluation/per_class_report.json")
+    assert len(report["categories"]) == 12 and {"precision", "recall", "f1", "top_5_recall"} <= set(report["categories"][0])
 
     versions = client.search_model_versions(f"name = '{model_name('small_a')}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]

@@ -1,0 +1,51 @@
+"""Figures for the MLflow UI and the inspection notebook (matplotlib, headless)."""
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _pyplot():
+    # Imported on first use with a non-interactive backend: training runs on servers without a
+    # display, and importing pyplot at module level would cost every CLI call.
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    return plt
+
+
+def top_k_figure(curves: dict[str, Sequence[float]], title: str):
+    """Top-k accuracy for k = 1..n, one line per named curve (e.g. train and test)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        ks = np.arange(1, len(values) + 1)
+        axes.plot(ks, values, marker="o", label=name)
+    axes.set(title=title, xlabel="k (categories proposed)", ylabel="share of products with the true category in the top k",
+             ylim=(0, 1.02), xticks=list(range(1, max(len(v) for v in curves.values()) + 1)))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def per_class_figure(report: pd.DataFrame, title: str, top: int = 30):
+    """Top-1 recall and top-5 recall of the ``top`` most frequent categories."""
+    plt = _pyplot()
+    shown = report.head(top)
+    figure, axes = plt.subplots(figsize=(max(6, 0.3 * len(shown) + 2), 4))
+    positions = np.arange(len(shown))
+    axes.bar(positions - 0.2, shown["recall"], width=0.4, label="recall (top-1)")
+    axes.bar(positions + 0.2, shown.filter(like="top_").iloc[:, 0], width=0.4, label="recall (top-5)")
+    axes.set_xticks(positions, shown["category"], rotation=90, fontsize=7)
+    axes.set(title=title, xlabel=f"category ({len(shown)} most frequent in the test split)", ylabel="recall", ylim=(0, 1.02))
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def close_figure(figure) -> None:
+    """Free a figure once it is saved (pyplot keeps every open figure alive otherwise)."""
+    _pyplot().close(figure)
