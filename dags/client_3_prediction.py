@@ -19,7 +19,7 @@ with DAG(
     # Runs of one client write the same output folder: one at a time.
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
-    tags=["prediction", 'client_3'],
+    tags=['prediction', 'client_3'],
 ):
     BashOperator(
         task_id="predict_categories",

@@ -19,7 +19,7 @@ with DAG(
     # One training of a client at a time: two would race for the same registry entries.
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
-    tags=["training", 'client_3'],
+    tags=['training', 'client_3'],
 ):
     BashOperator(
         task_id="train_model",

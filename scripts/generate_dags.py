@@ -61,6 +61,7 @@ def render_dags(config: ClientsConfig) -> dict[str, str]:
             files[f"{client.client_id}_{kind.name}.py"] = environment.get_template(kind.template).render(
                 header=f"{GENERATED_MARKER} from {kind.template} and {source}: do not edit, run `make generate-dags`.",
                 client_id=client.client_id,
+                kind=kind.name,
                 dag_id=f"{client.client_id}-{kind.name}",
                 description=f"{kind.name.capitalize()} of client {client.client_id}",
                 doc_md=_doc(client, kind),
