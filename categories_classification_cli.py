@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from categories_classification.config import load_config, validate_client_id, validate_features, validate_model_params
+from categories_classification.config import load_config, validate_client_id
 from categories_classification.errors import CategoriesError
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
@@ -73,8 +73,6 @@ def trainer(client_id: str, features: list, model_params: dict, training_date: s
     """Train one client's model, register it as a new version, promote it if it passes the gate."""
     from categories_classification.trainer import train_model  # pylint: disable=import-outside-toplevel
 
-    validate_features(features, client_id)
-    validate_model_params(model_params, client_id)
     result = train_model(client_id, features, model_params, training_date, promotion_tolerance=promotion_tolerance)
     verdict = "now champion" if result.decision.promote else "NOT promoted, champion unchanged"
     click.echo(

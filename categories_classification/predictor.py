@@ -194,6 +194,7 @@ def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str,
     final = jvm.org.apache.hadoop.fs.Path(target)
     filesystem = final.getFileSystem(hadoop_conf)
     parent, name = target.rsplit("/", 1)
+    _recover_interrupted_swap(jvm, filesystem, final, parent, name)
     token = uuid.uuid4().hex[:12]
     staging = f"{parent}/_staging-{name}-{token}"
     previous = jvm.org.apache.hadoop.fs.Path(f"{parent}/_previous-{name}-{token}")
@@ -217,6 +218,19 @@ def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str,
         raise InputDataError(f"output {target}: could not move the new output into place")
     filesystem.delete(previous, True)
     return int(rows)
+
+
+def _recover_interrupted_swap(jvm: Any, filesystem: Any, final: Any, parent: str, name: str) -> None:
+    """Undo what a run killed mid-write left: its staging folders, and a half-done swap."""
+    path = jvm.org.apache.hadoop.fs.Path
+    for leftover in filesystem.globStatus(path(f"{parent}/_staging-{name}-*")) or []:
+        filesystem.delete(leftover.getPath(), True)
+    previous = filesystem.globStatus(path(f"{parent}/_previous-{name}-*")) or []
+    if previous and not filesystem.exists(final):
+        # Killed between the two renames: the old output is intact under its temporary name.
+        filesystem.rename(previous[0].getPath(), final)
+    for leftover in filesystem.globStatus(path(f"{parent}/_previous-{name}-*")) or []:
+        filesystem.delete(leftover.getPath(), True)
 
 
 def _input_error(client_id: str, source: str, exc: Exception) -> Exception:

@@ -243,7 +243,8 @@ def _local_artifact_location(name: str) -> Optional[str]:
     # directory; a tracking server decides on its own (--artifacts-destination).
     parsed = urlparse(tracking_uri())
     if parsed.scheme == "sqlite":
-        store_dir = Path(unquote(parsed.path[1:] if parsed.path.startswith("//") else parsed.path)).parent
+        # sqlite:////abs/mlflow.db -> /abs/mlflow.db ; sqlite:///mlflow.db -> mlflow.db (relative)
+        store_dir = Path(unquote(parsed.path[1:])).parent
         return (store_dir / "mlartifacts" / name).resolve().as_uri()
     return None
 

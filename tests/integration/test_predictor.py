@@ -111,3 +111,18 @@ def test_missing_prediction_file(spark, tmp_path):
 def test_client_without_a_model(trained, spark):
     with pytest.raises(ModelNotFoundError, match=r"client 'small_c': no registered model 'small_c_model'"):
         predict_categories("small_c", DATE, data_prefix=str(trained), spark=spark)
+
+
+def test_leftovers_of_a_killed_run_are_recovered(trained, spark):
+    folder = trained / "products_categories/client_id=small_a"
+    predict_categories("small_a", "2026-11-27", data_prefix=str(trained), spark=spark)
+    before = _output(trained, "small_a", "2026-11-27")
+    # A run killed between the two renames of the swap: old output renamed away, staging left.
+    (folder / "date=2026-11-27").rename(folder / "_previous-date=2026-11-27-deadbeef")
+    (folder / "_staging-date=2026-11-27-cafebabe").mkdir()
+    (folder / "_staging-date=2026-11-27-cafebabe" / "part-0.parquet").write_bytes(b"half written")
+    predict_categories("small_a", "2026-11-27", data_prefix=str(trained), spark=spark)
+    assert sorted(p.name for p in folder.iterdir() if "2026-11-27" in p.name) == ["date=2026-11-27"]
+    pd.testing.assert_frame_equal(
+        before.sort_values(["product_id", "rank"]).reset_index(drop=True),
+        _output(trained, "small_a", "2026-11-27").sort_values(["product_id", "rank"]).reset_index(drop=True))
