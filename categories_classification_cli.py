@@ -222,6 +222,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return exc.exit_code
     except SystemExit as exc:
         return int(exc.code or 0)
+    except Exception as exc:  # pylint: disable=broad-except  # the last wall before a bare traceback
+        if os.environ.get("CATEGORIES_DEBUG"):
+            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        click.echo(f"Error: unexpected {type(exc).__name__}: {first_line} (set CATEGORIES_DEBUG=1 for the traceback)",
+                   err=True)
+        return 1
     return 0
 
 

@@ -55,3 +55,20 @@ def test_help_lists_commands_and_every_option_has_help(capsys):
     for command in cli.commands.values():
         for param in command.params:
             assert getattr(param, "help", None), f"{command.name} {param.name} has no help"
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(capsys, monkeypatch, tmp_path):
+    bad_config = tmp_path / "clients.yaml"
+    bad_config.write_text("c1:\n  features: [f0]\n", encoding="utf-8")
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr("categories_classification.batch.train_all", boom)
+    code, _, err = _run(capsys, ["train-all", f"--config={bad_config}"])
+    assert code == 1
+    assert err.splitlines()[-1] == "Error: unexpected RuntimeError: disk on fire (set CATEGORIES_DEBUG=1 for the traceback)"
+    assert "Traceback" not in err
+    monkeypatch.setenv("CATEGORIES_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        main(["train-all", f"--config={bad_config}"])
