@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from categories_classification.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "conf/clients_config.yaml"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")  # always used with fullmatch: "$" would accept a final "\n"
 _SAFE_NAME_HINT = "letters, digits and '_' only (it is used in dag ids, paths and shell commands)"
 
 
@@ -35,7 +35,7 @@ def config_file(path: Optional[Union[str, Path]] = None) -> Path:
 
 def validate_client_id(client_id: Any) -> str:
     """Return ``client_id`` if it is a safe, non-empty name; raise :class:`ConfigError` otherwise."""
-    if not isinstance(client_id, str) or not SAFE_NAME.match(client_id):
+    if not isinstance(client_id, str) or not SAFE_NAME.fullmatch(client_id):
         raise ConfigError(f"client id: expected {_SAFE_NAME_HINT}, found {client_id!r}")
     return client_id
 
@@ -141,7 +141,7 @@ class _ClientModel(BaseModel):
     @classmethod
     def _safe_distinct_names(cls, features: list[str]) -> list[str]:
         for name in features:
-            if not SAFE_NAME.match(name):
+            if not SAFE_NAME.fullmatch(name):
                 raise ValueError(f"column name {name!r} is not allowed: expected {_SAFE_NAME_HINT}")
         duplicates = sorted({name for name in features if features.count(name) > 1})
         if duplicates:

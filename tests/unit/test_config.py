@@ -85,7 +85,7 @@ def test_safe_client_ids(client_id):
     assert validate_client_id(client_id) == client_id
 
 
-@pytest.mark.parametrize("client_id", ["", "a-b", "a b", "a;b", "$(x)", "`x`", "a\nb", "../x", 7, None])
+@pytest.mark.parametrize("client_id", ["", "a-b", "a b", "a;b", "$(x)", "`x`", "a\nb", "a\n", "../x", 7, None])
 def test_unsafe_client_ids(client_id):
     with pytest.raises(ConfigError, match="client id"):
         validate_client_id(client_id)

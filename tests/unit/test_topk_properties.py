@@ -1,0 +1,52 @@
+"""Property-based tests of top_k: for any scores, the ranking invariants hold."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from categories_classification.topk import top_k
+
+
+@st.composite
+def _score_tables(draw):
+    n_products = draw(st.integers(min_value=0, max_value=30))
+    n_labels = draw(st.integers(min_value=1, max_value=12))
+    # Few distinct values on purpose: ties are the interesting case.
+    scores = draw(arrays(np.float64, (n_products, n_labels), elements=st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0])))
+    k = draw(st.integers(min_value=1, max_value=7))
+    return scores, k
+
+
+@settings(max_examples=200, deadline=None)
+@given(_score_tables())
+def test_ranking_invariants(table):
+    scores, k = table
+    labels = np.array([f"c{i}" for i in range(scores.shape[1])])
+    products = np.array([f"p{i}" for i in range(scores.shape[0])])
+    result = top_k(products, scores, labels, k)
+    kept = min(k, len(labels))
+    assert len(result) == kept * len(products)
+    for index, (product, group) in enumerate(result.groupby("product_id", sort=False)):
+        assert product == products[index]  # input order kept
+        assert group["rank"].tolist() == list(range(kept))
+        assert group["pred_label"].is_unique
+        assert group["pred_score"].is_monotonic_decreasing
+        row = scores[index]
+        # No unranked label scores higher than a ranked one.
+        unranked = [row[i] for i, label in enumerate(labels) if label not in set(group["pred_label"])]
+        assert not unranked or max(unranked) <= group["pred_score"].min()
+        # Ties: equal scores keep the label order.
+        for (score_a, label_a), (score_b, label_b) in zip(group[["pred_score", "pred_label"]].values,
+                                                          group[["pred_score", "pred_label"]].values[1:]):
+            if score_a == score_b:
+                assert int(label_a[1:]) < int(label_b[1:])
+
+
+@settings(max_examples=50, deadline=None)
+@given(_score_tables())
+def test_deterministic(table):
+    scores, k = table
+    labels = np.array([f"c{i}" for i in range(scores.shape[1])])
+    products = np.arange(scores.shape[0])
+    first = top_k(products, scores, labels, k)
+    assert first.equals(top_k(products, scores.copy(), labels, k))
