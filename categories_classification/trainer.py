@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.ensemble import RandomForestClassifier
@@ -84,7 +85,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
             client_id, model, example, infer_signature(example, model.predict(example))
         )
         _log_evaluation_artifacts(client_id, fitted)
-        decision = _promotion_gate(client_id, ref, model, fitted.x_test, fitted.y_test, tolerance)
+        decision = _promotion_gate(client_id, ref, fitted, tolerance)
         mlflow.set_tags({"promotion_decision": decision.label, "promotion_reason": decision.reason,
                          "champion_version_before": str(decision.champion_version or "")})
         mlflow.log_metrics({"promotion_challenger_top_5_accuracy": decision.challenger_score,
@@ -113,6 +114,8 @@ class _Fitted:
     x_test: pd.DataFrame
     y_train: pd.Series
     y_test: pd.Series
+    train_proba: np.ndarray
+    test_proba: np.ndarray
     metrics: dict[str, float]
 
 
@@ -125,28 +128,28 @@ def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, params: Mapping
     started = time.perf_counter()
     model.fit(x_train, y_train)
     fit_seconds = time.perf_counter() - started
+    train_proba, test_proba = model.predict_proba(x_train), model.predict_proba(x_test)
     metrics = {
-        **classification_metrics(y_train, model.predict_proba(x_train), model.classes_, "train"),
-        **classification_metrics(y_test, model.predict_proba(x_test), model.classes_, "test"),
+        **classification_metrics(y_train, train_proba, model.classes_, "train"),
+        **classification_metrics(y_test, test_proba, model.classes_, "test"),
         "fit_time_seconds": fit_seconds,
         "model_size_bytes": float(len(dump_model(model))),
         "n_train_rows": float(len(x_train)),
         "n_test_rows": float(len(x_test)),
         "n_categories": float(len(model.classes_)),
     }
-    return _Fitted(model, x_train, x_test, y_train, y_test, metrics)
+    return _Fitted(model, x_train, x_test, y_train, y_test, train_proba, test_proba, metrics)
 
 
 def _log_evaluation_artifacts(client_id: str, fitted: _Fitted) -> None:
     """Per-category report (CSV + JSON) and top-k / per-category plots on the active run."""
     model = fitted.model
-    test_proba = model.predict_proba(fitted.x_test)
-    report = per_class_report(fitted.y_test, test_proba, model.classes_)
+    report = per_class_report(fitted.y_test, fitted.test_proba, model.classes_)
     mlflow.log_text(report.to_csv(index=False), "evaluation/per_class_report.csv")
     mlflow.log_dict({"split": "test", "categories": report.to_dict(orient="records")}, "evaluation/per_class_report.json")
     curves = {
-        "train": top_k_curve(fitted.y_train, model.predict_proba(fitted.x_train), model.classes_),
-        "test": top_k_curve(fitted.y_test, test_proba, model.classes_),
+        "train": top_k_curve(fitted.y_train, fitted.train_proba, model.classes_),
+        "test": top_k_curve(fitted.y_test, fitted.test_proba, model.classes_),
     }
     mlflow.log_dict(curves, "evaluation/top_k_accuracy.json")
     for figure, name in ((top_k_figure(curves, f"{client_id}: top-k accuracy"), "top_k_accuracy.png"),
@@ -155,10 +158,10 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Fitted) -> None:
         close_figure(figure)
 
 
-def _promotion_gate(client_id: str, ref: registry.ModelRef, model: RandomForestClassifier, x_test: pd.DataFrame,
-                    y_test: pd.Series, tolerance: float) -> Decision:
+def _promotion_gate(client_id: str, ref: registry.ModelRef, fitted: _Fitted, tolerance: float) -> Decision:
     """Score the new version and the current champion on the same test rows and decide."""
-    challenger = top_k_accuracy(y_test, model.predict_proba(x_test), model.classes_)
+    x_test, y_test = fitted.x_test, fitted.y_test
+    challenger = top_k_accuracy(y_test, fitted.test_proba, fitted.model.classes_)
     champion = registry.champion_version(client_id)
     if champion is None or champion.version == ref.version:
         return decide(challenger, None, None, tolerance)
