@@ -7,7 +7,6 @@ previous output of that date untouched, and a re-run replaces it whole.
 import functools
 import json
 import logging
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -133,9 +132,7 @@ def _manifest(*, ref: registry.ModelRef, tags: dict[str, str], prediction_run_id
 
 def _fetch_model(ref: registry.ModelRef) -> tuple[bytes, list[str]]:
     """The model's skops bytes, checked on the driver, and its input columns."""
-    with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
-        model_file, features = registry.download_model_file(ref, scratch)
-        model_bytes = model_file.read_bytes()
+    model_bytes, features = registry.fetch_model_bytes(ref)
     # Checked here so that an unsafe file fails once, clearly, instead of in every Spark task.
     refused = untrusted_types(model_bytes)
     if refused:

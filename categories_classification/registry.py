@@ -206,11 +206,17 @@ def describe_version(ref: ModelRef, description: str, tags: dict[str, str]) -> N
             client.set_model_version_tag(ref.name, str(ref.version), key, value)
 
 
-def load_model(ref: ModelRef) -> tuple[Any, list[str]]:
-    """Download and deserialize a version (trusted types only); return it with its input columns."""
+def fetch_model_bytes(ref: ModelRef) -> tuple[bytes, list[str]]:
+    """A version's skops file content and its input columns (the download is cleaned up)."""
     with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
         model_file, features = download_model_file(ref, scratch)
-        return load_model_bytes(model_file.read_bytes()), features
+        return model_file.read_bytes(), features
+
+
+def load_model(ref: ModelRef) -> tuple[Any, list[str]]:
+    """Download and deserialize a version (trusted types only); return it with its input columns."""
+    data, features = fetch_model_bytes(ref)
+    return load_model_bytes(data), features
 
 
 def _version_list(client: MlflowClient, name: str) -> str:
