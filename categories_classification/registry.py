@@ -5,14 +5,15 @@ Models are stored in skops format and loaded with *this module's* list of truste
 with the list recorded inside the artifact and never with pickle: a model file that needs any
 other type is refused.
 """
+import fcntl
 import io
 import logging
 import os
 import tempfile
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, ContextManager, Iterator, Optional
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -44,11 +45,34 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
-def configure_tracking() -> str:
-    """Point MLflow's fluent API at :func:`tracking_uri` (called by entry points, never on import)."""
+def configure_tracking(client_id: Optional[str] = None) -> str:
+    """Point MLflow's fluent API at :func:`tracking_uri` (called by entry points, never on import).
+
+    A SQLite store is created (or migrated) under an exclusive file lock: two commands starting
+    at once on a new store would otherwise both run MLflow's schema migrations, and one would
+    fail with "duplicate column name" (seen with parallel DAG runs on a fresh install).
+    """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    database = _sqlite_file(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(database.with_name(f"{database.name}.lock")), tracking_errors(client_id):
+            MlflowClient(uri).search_experiments(max_results=1)
     return uri
+
+
+def promotion_lock(client_id: str) -> ContextManager[None]:
+    """Serialises "read the champion, compare, move the alias" between trainings of one client.
+
+    A file lock beside a SQLite store covers every process of this machine (parallel DAG runs,
+    a manual ``trainer``); with a tracking server, concurrent trainings of one client are
+    prevented by the training DAG's ``max_active_runs=1`` instead.
+    """
+    database = _sqlite_file(tracking_uri())
+    if database is None:
+        return nullcontext()
+    return _file_lock(database.with_name(f"{database.name}.{model_name(client_id)}.lock"))
 
 
 @dataclass(frozen=True)
@@ -247,12 +271,30 @@ def download_model_file(ref: ModelRef, destination: str) -> tuple[Path, list[str
 def _local_artifact_location(name: str) -> Optional[str]:
     # With a local store (sqlite or a folder) keep artifacts beside it, not in the current
     # directory; a tracking server decides on its own (--artifacts-destination).
-    parsed = urlparse(tracking_uri())
-    if parsed.scheme == "sqlite":
-        # sqlite:////abs/mlflow.db -> /abs/mlflow.db ; sqlite:///mlflow.db -> mlflow.db (relative)
-        store_dir = Path(unquote(parsed.path[1:])).parent
-        return (store_dir / "mlartifacts" / name).resolve().as_uri()
+    database = _sqlite_file(tracking_uri())
+    if database is not None:
+        return (database.parent / "mlartifacts" / name).resolve().as_uri()
     return None
+
+
+def _sqlite_file(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:`` URI, else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or parsed.path in ("", "/", "/:memory:"):
+        return None
+    # sqlite:////abs/mlflow.db -> /abs/mlflow.db ; sqlite:///mlflow.db -> mlflow.db (relative)
+    return Path(unquote(parsed.path[1:]))
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on ``path``, held for the ``with`` block."""
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def display_tracking_uri() -> str:
@@ -269,7 +311,7 @@ def _safe_uri() -> str:
 
 
 @contextmanager
-def tracking_errors(client_id: str) -> Iterator[None]:
+def tracking_errors(client_id: Optional[str]) -> Iterator[None]:
     """Turn MLflow failures (server unreachable, store locked, ...) into one-line errors."""
     try:
         yield
