@@ -145,12 +145,14 @@ def _number(value: Optional[float]) -> str:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--training_date", default=lambda: datetime.now(timezone.utc).date().isoformat(),
               show_default="today (UTC)", help="Date of the training runs (ISO date or timestamp).")
-def train_all_command(config_path: Optional[str], training_date: str) -> None:
-    """Train every client of the config; print a summary table."""
+@click.option("--workers", type=click.IntRange(min=1), default=None, show_default="one per core",
+              help="Clients trained side by side, each in its own process.")
+def train_all_command(config_path: Optional[str], training_date: str, workers: Optional[int]) -> None:
+    """Train every client of the config, in parallel across cores; print a summary table."""
     from categories_classification.batch import train_all  # pylint: disable=import-outside-toplevel
 
     config = load_config(config_path)
-    outcomes = _with_progress("Training", len(config), lambda done: train_all(config, training_date, on_done=done))
+    outcomes = _with_progress("Training", len(config), lambda done: train_all(config, training_date, on_done=done, workers=workers))
     _summary("Training", outcomes, ("rows", "version", "champion?", "test top-5 acc"), lambda r: (
         str(r.n_rows), str(r.version), "yes" if r.decision.promote else f"no (stays v{r.decision.champion_version})",
         f"{r.metrics['test_top_5_accuracy']:.3f}"))

@@ -1,13 +1,26 @@
-"""All clients of a config in one command: one failing client never stops the others."""
+"""All clients of a config in one command: one failing client never stops the others.
+
+``train_all`` trains clients in parallel worker processes, one per core (a forest of a few
+thousand rows keeps one core busy for a second or two, so parallelism across clients beats
+threads inside one fit); ``predict_all`` scores every client in one Spark session, which
+already uses every core within each client's job.
+"""
+import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from categories_classification.config import ClientsConfig
+from categories_classification.config import ClientConfig, ClientsConfig
 from categories_classification.errors import CategoriesError
 from categories_classification.predictor import PredictionResult, predict_categories
 from categories_classification.spark import get_spark
 from categories_classification.trainer import TrainingResult, train_model
+
+Step = Callable[[], Union[TrainingResult, PredictionResult]]
 
 
 @dataclass(frozen=True)
@@ -25,14 +38,34 @@ class Outcome:
         return self.error is None
 
 
-def train_all(config: ClientsConfig, training_date: str,
-              on_done: Optional[Callable[[Outcome], None]] = None) -> list[Outcome]:
-    """Train every client of ``config`` (sorted by id); errors are recorded, not raised."""
-    return [
-        _run(client.client_id, lambda c=client: train_model(
-            c.client_id, c.features, c.params, training_date, promotion_tolerance=c.promotion_tolerance), on_done)
-        for client in config
-    ]
+def train_all(config: ClientsConfig, training_date: str, on_done: Optional[Callable[[Outcome], None]] = None,
+              workers: Optional[int] = None) -> list[Outcome]:
+    """Train every client of ``config``; errors are recorded, not raised. Outcomes in client order.
+
+    ``workers`` processes (default: one per core, at most one per client) train clients side by
+    side; each fit then gets ``cores // workers`` threads unless the client's params set
+    ``n_jobs`` themselves.
+    """
+    clients = list(config)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(clients)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
+        return [_report(_train_one(client, training_date, threads), on_done) for client in clients]
+    context = multiprocessing.get_context("forkserver")
+    # Workers fork from a server that has imported the trainer once (not once per worker).
+    context.set_forkserver_preload(["categories_classification.trainer"])
+    outcomes: dict[str, Outcome] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_quiet_worker,
+                             initargs=(logging.getLogger().getEffectiveLevel(), dict(os.environ))) as pool:
+        pending: dict[Future, ClientConfig] = {
+            pool.submit(_train_one, client, training_date, threads): client for client in clients
+        }
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                client = pending.pop(future)
+                outcomes[client.client_id] = _report(_collect(future, client), on_done)
+    return [outcomes[client.client_id] for client in clients]
 
 
 def predict_all(config: ClientsConfig, inference_date: str,
@@ -40,19 +73,50 @@ def predict_all(config: ClientsConfig, inference_date: str,
     """Predict every client of ``config`` in one Spark session; errors are recorded, not raised."""
     spark = get_spark()
     return [
-        _run(client.client_id, lambda c=client: predict_categories(c.client_id, inference_date, spark=spark), on_done)
+        _report(_run(client.client_id, lambda c=client: predict_categories(c.client_id, inference_date, spark=spark)),
+                on_done)
         for client in config
     ]
 
 
-def _run(client_id: str, step: Callable[[], Union[TrainingResult, PredictionResult]],
-         on_done: Optional[Callable[[Outcome], None]]) -> Outcome:
+def _train_one(client: ClientConfig, training_date: str, threads: int) -> Outcome:
+    """One client's training (runs in a worker process when training in parallel)."""
+    params = {"n_jobs": threads, **client.params}
+    return _run(client.client_id, lambda: train_model(
+        client.client_id, client.features, params, training_date, promotion_tolerance=client.promotion_tolerance))
+
+
+def _collect(future: Future, client: ClientConfig) -> Outcome:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        # A worker died (killed, out of memory): its client failed, the others carry on.
+        return Outcome(client.client_id, 0.0, error=f"client {client.client_id!r}: training process died ({exc})")
+
+
+def _run(client_id: str, step: Step) -> Outcome:
     started = time.perf_counter()
     try:
-        outcome = Outcome(client_id, 0.0, result=step())
+        result, error = step(), None
     except CategoriesError as exc:
-        outcome = Outcome(client_id, 0.0, error=str(exc))
-    outcome = Outcome(client_id, time.perf_counter() - started, outcome.result, outcome.error)
+        result, error = None, str(exc)
+    except Exception as exc:  # pylint: disable=broad-except  # one client's bug must not stop the others
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        result, error = None, f"client {client_id!r}: unexpected {type(exc).__name__}: {first_line}"
+    return Outcome(client_id, time.perf_counter() - started, result, error)
+
+
+def _report(outcome: Outcome, on_done: Optional[Callable[[Outcome], None]]) -> Outcome:
     if on_done is not None:
         on_done(outcome)
     return outcome
+
+
+def _quiet_worker(level: int, environ: dict[str, str]) -> None:
+    """Give a worker the parent's environment and log level (the CLI's --verbose or not)."""
+    # The fork server keeps the environment it started with; MLFLOW_TRACKING_URI, DATA_PREFIX
+    # and friends must be today's, the parent's.
+    os.environ.clear()
+    os.environ.update(environ)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))

@@ -1,0 +1,36 @@
+"""train-all across worker processes: every client trained into *this* store, failures contained."""
+import pytest
+from mlflow.tracking import MlflowClient
+
+from categories_classification.batch import train_all
+from categories_classification.config import load_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tracking_store")]
+DATE = "2026-11-23"
+
+
+def test_parallel_training_keeps_client_order_and_contains_failures(small_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_PREFIX", str(small_data))
+    config_path = tmp_path / "clients.yaml"
+    config_path.write_text(
+        "small_b: {features: [f0, f1, f2, f3, f4], params: {n_estimators: 10}}\n"
+        "small_a: {features: [f0, f1, f2, f3, f4], params: {n_estimators: 10}}\n"
+        "absent: {features: [f0, f1, f2, f3, f4]}\n", encoding="utf-8")
+    seen = []
+
+    outcomes = train_all(load_config(config_path), DATE, on_done=lambda outcome: seen.append(outcome.client_id),
+                         workers=2)
+
+    assert [outcome.client_id for outcome in outcomes] == ["absent", "small_a", "small_b"]
+    assert sorted(seen) == ["absent", "small_a", "small_b"]
+    absent, small_a, small_b = outcomes
+    assert not absent.ok and "client 'absent': file" in absent.error and "not found" in absent.error
+    assert small_a.ok and small_b.ok
+    # The workers used the store of this test (the parent's environment), not the fork server's.
+    client = MlflowClient()
+    for outcome in (small_a, small_b):
+        (version,) = client.search_model_versions(f"name = '{outcome.client_id}_model'")
+        assert int(version.version) == outcome.result.version == 1
+        assert int(client.get_model_version_by_alias(f"{outcome.client_id}_model", "champion").version) == 1
+    # Two clients side by side on 2 cores: each fit gets one thread unless the config says otherwise.
+    assert small_a.result.params["n_jobs"] == 1
