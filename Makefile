@@ -77,8 +77,15 @@ test: $(VENV_STAMP) ## Run the whole test suite (unit, integration with MLflow +
 unit-tests: $(VENV_STAMP) ## Run the fast unit tests only (no Spark, no MLflow)
 	$(RUN) python -m pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: bench bench-quick
+bench: $(VENV_STAMP) ## Run every benchmark at full size (~40 min): benchmarks/results.md and PNG plots
+	$(RUN) python -m benchmarks.run
+
+bench-quick: $(VENV_STAMP) ## Run the benchmarks at small sizes (~3 min) into benchmarks/quick/ (CI keeps the harness green)
+	$(RUN) python -m benchmarks.run --quick
+
 lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc
-	$(RUN) pylint --rcfile=.pylintrc categories_classification categories_classification_cli.py scripts tests
+	$(RUN) pylint --rcfile=.pylintrc categories_classification categories_classification_cli.py scripts tests benchmarks
 
 clean: ## Remove generated data, outputs, the local MLflow store and caches (keeps .venv and airflow_home)
 	rm -rf data/train data/prediction data/products_categories mlflow.db mlruns mlartifacts spark-warehouse reports .run

@@ -1,0 +1,88 @@
+"""One entry point for every benchmark of issue #5; writes results.md and PNG plots.
+
+    python -m benchmarks.run            # full run (minutes): benchmarks/results.md + plots
+    python -m benchmarks.run --quick    # small sizes, same code paths (CI): benchmarks/quick/
+    python -m benchmarks.run --only scoring --only dags
+"""
+import importlib
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from benchmarks._common import PROJECT_ROOT, BenchContext, Section, machine
+
+# Module names in benchmarks/, in the order of the issue's targets.
+BENCHMARKS = ("model_size", "scoring", "many_clients", "dags", "demo")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, help="Small sizes (a minute or two): checks the harness, not the targets.")
+@click.option("--only", "only", multiple=True, type=click.Choice(BENCHMARKS),
+              help="Run only these benchmarks (repeatable); default: all.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where results.md and the plots go (default: benchmarks/, or benchmarks/quick/ with --quick).")
+def main(quick: bool, only: tuple[str, ...], output_dir: Optional[Path]) -> None:
+    """Run the benchmarks side by side and write the results table."""
+    outdir = output_dir or (PROJECT_ROOT / "benchmarks" / ("quick" if quick else ""))
+    outdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="categories_bench_"))
+    sections: list[Section] = []
+    try:
+        for name in only or BENCHMARKS:
+            context = BenchContext(quick=quick, workdir=workdir / name, outdir=outdir)
+            context.workdir.mkdir(parents=True)
+            click.echo(f"== {name} ...", err=True)
+            started = time.perf_counter()
+            section = importlib.import_module(f"benchmarks.bench_{name}").run(context)
+            section.seconds = time.perf_counter() - started
+            click.echo(f"== {name}: {_verdict(section)} in {section.seconds:.0f} s", err=True)
+            sections.append(section)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results = outdir / "results.md"
+    results.write_text(_render(sections, quick), encoding="utf-8")
+    click.echo(f"results: {results}", err=True)
+    if quick:
+        return
+    failed = [section.title for section in sections if section.met is False]
+    if failed:
+        click.echo(f"targets missed: {'; '.join(failed)} (see {results})", err=True)
+
+
+def _verdict(section: Section) -> str:
+    return {True: "target met", False: "target MISSED", None: "measured"}[section.met]
+
+
+def _render(sections: list[Section], quick: bool) -> str:
+    lines = [
+        "# Benchmark results" + (" (quick run: small sizes, not the targets' sizes)" if quick else ""),
+        "",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `python -m benchmarks.run"
+        f"{' --quick' if quick else ''}` on {machine()}.",
+        "Every ratio compares two figures measured side by side in this one run.",
+        "",
+    ]
+    for section in sections:
+        lines += [f"## {section.title}: {_verdict(section)}", "", f"Target: {section.target}", "",
+                  "| figure | value | reference | ratio | target | met |", "|---|---|---|---|---|---|"]
+        for row in section.rows:
+            met = {True: "yes", False: "**no**", None: ""}[row.met]
+            lines.append(f"| {row.figure} | {row.value} | {row.reference} | {row.ratio} | {row.target} | {met} |")
+        lines.append("")
+        lines += [f"- {note}" for note in section.notes]
+        if section.notes:
+            lines.append("")
+        lines += [f"![{plot}]({plot})" for plot in section.plots]
+        if section.plots:
+            lines.append("")
+        lines += [f"_{section.seconds:.0f} s for this section._", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()  # pylint: disable=no-value-for-parameter
