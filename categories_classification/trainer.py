@@ -85,15 +85,18 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
             client_id, model, example, infer_signature(example, model.predict(example))
         )
         _log_evaluation_artifacts(client_id, fitted)
-        decision = _promotion_gate(client_id, ref, fitted, tolerance)
+        # One gate at a time per client (two DAG runs, or a manual run beside one): read the
+        # champion, compare and move the alias as one step, so the alias never goes back.
+        with registry.promotion_lock(client_id):
+            decision = _promotion_gate(client_id, ref, fitted, tolerance)
+            if decision.promote:
+                registry.set_champion(client_id, ref.version)
         mlflow.set_tags({"promotion_decision": decision.label, "promotion_reason": decision.reason,
                          "champion_version_before": str(decision.champion_version or "")})
         mlflow.log_metrics({"promotion_challenger_top_5_accuracy": decision.challenger_score,
                             "promotion_tolerance": tolerance,
                             **({"promotion_champion_top_5_accuracy": decision.champion_score}
                                if decision.champion_score is not None else {})})
-        if decision.promote:
-            registry.set_champion(client_id, ref.version)
         registry.describe_version(
             ref,
             f"Trained {date} on {len(fitted.x_train)} rows ({', '.join(features)}); test top-5 accuracy "
