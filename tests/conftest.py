@@ -8,7 +8,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -71,32 +71,57 @@ def spark():
     session.stop()
 
 
-@pytest.fixture()
-def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A real `mlflow server` on a free loopback port (SQLite + artifacts in a temp folder).
+class MlflowServer:
+    """A real `mlflow server` on a loopback port, over a SQLite store and artifacts in ``root``.
 
-    Stopped (process group, SIGTERM then SIGKILL) at teardown, within 30 seconds.
+    ``stop()`` and ``start()`` again (same port, same store) simulate an outage and recovery.
     """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (tmp_path / "mlflow_server.log").open("wb")
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-               "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # pylint: disable=consider-using-with
-    url = f"http://127.0.0.1:{port}"
+
+    def __init__(self, root: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.root = root
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers /health (90 s at most)."""
+        log_path = self.root / "mlflow_server.log"
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                   "--artifacts-destination", str(self.root / "server_artifacts"), "--workers", "1"]
+        with log_path.open("ab") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,  # pylint: disable=consider-using-with
+                                             start_new_session=True)
+        _wait_until_healthy(self.url, self._process, log_path)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server's process group (SIGTERM, or ``sig``; SIGKILL after 20 s)."""
+        if self._process is not None:
+            _stop(self._process, sig)
+
+
+@pytest.fixture()
+def mlflow_server_control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
+    """A started :class:`MlflowServer` that the test may stop and restart; always stopped at teardown."""
+    server = MlflowServer(tmp_path)
     try:
-        _wait_until_healthy(url, process, tmp_path / "mlflow_server.log")
+        server.start()
         import mlflow  # pylint: disable=import-outside-toplevel
 
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        mlflow.set_tracking_uri(url)
-        yield url
+        mlflow.set_tracking_uri(server.url)
+        yield server
     finally:
-        _stop(process)
-        log.close()
+        server.stop()
+
+
+@pytest.fixture()
+def mlflow_server(mlflow_server_control: MlflowServer) -> str:
+    """The URL of a real `mlflow server` on a free loopback port (stopped at teardown, within 30 s)."""
+    return mlflow_server_control.url
 
 
 def _wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -113,10 +138,10 @@ def _wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout:
     raise RuntimeError(f"mlflow server did not answer within {timeout}s: {log.read_text()[-2000:]}")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, sig)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:

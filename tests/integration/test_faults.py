@@ -1,4 +1,6 @@
-"""Faults injected for real: the predictor killed (SIGKILL) while it writes its output."""
+"""Faults injected for real: the predictor killed mid-write, the MLflow server stopped mid-training,
+two trainings of one client at once."""
+import json
 import os
 import signal
 import subprocess
@@ -8,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
+from categories_classification import registry
 from categories_classification.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
 from tests.conftest import FEATURES
@@ -58,3 +62,78 @@ def test_predictor_killed_mid_write_keeps_previous_output_and_next_run_replaces_
     output = pd.read_parquet(folder / f"date={DATE}")
     assert len(output) == 5 * 150_000 and (output.groupby("product_id").size() == 5).all()
     assert (folder / f"date={DATE}" / "_manifest.json").read_bytes() != manifest  # replaced whole
+
+
+def _trainer(env, client_id="small_a", date=DATE, n_estimators=60):
+    return subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, str(ROOT / "categories_classification_cli.py"), "trainer", f"--client_id={client_id}",
+         f"--features={json.dumps(FEATURES)}", f'--model_params={{"n_estimators": {n_estimators}}}',
+         f"--training_date={date}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+
+
+def test_mlflow_server_stopped_during_training_fails_clearly_and_a_retry_succeeds(mlflow_server_control,
+                                                                                   small_data):
+    server = mlflow_server_control
+    # No HTTP retries: the outage must surface now, not after MLflow's two-minute backoff.
+    env = dict(os.environ, DATA_PREFIX=str(small_data), MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+               MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    client = MlflowClient(server.url)
+    victim = _trainer(env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and victim.poll() is None and not _runs(client, "small_a"):
+        time.sleep(0.05)
+    assert victim.poll() is None, "the training finished before the server could be stopped"
+    server.stop(signal.SIGKILL)  # the run exists: the server dies while the run is being logged
+
+    _, stderr = victim.communicate(timeout=300)
+    lines = stderr.strip().splitlines()
+    assert victim.returncode == 1
+    assert lines[-1].startswith(f"Error: client 'small_a': MLflow at {server.url} failed"), stderr[-2000:]
+    assert "Traceback" not in stderr
+
+    server.start()  # the server is back (same store); what the outage left must not be served
+    champion = registry.champion_version("small_a")
+    if champion is not None:  # the outage hit after the alias moved: that version is whole
+        assert registry.load_model(champion)[1] == FEATURES
+
+    retry = _trainer(env)  # what Airflow's task retry runs
+    stdout, stderr = retry.communicate(timeout=300)
+    assert retry.returncode == 0, stderr[-2000:]
+    assert "now champion" in stdout
+    champion = registry.champion_version("small_a")
+    assert champion is not None and f"version {champion.version} " in stdout
+    model, features = registry.load_model(champion)
+    assert features == FEATURES and len(model.estimators_) == 60
+
+
+@pytest.mark.usefixtures("tracking_store")
+def test_two_trainings_of_one_client_at_once_are_both_recorded_and_the_champion_is_consistent(small_data):
+    env = dict(os.environ, DATA_PREFIX=str(small_data))
+    registry.configure_tracking()  # the store exists: this test is about the gate, not store creation
+    runs = [_trainer(env, date=date) for date in ("2026-11-23", "2026-11-24")]
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-2000:]
+
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'small_a_model'")
+    assert sorted(int(version.version) for version in versions) == [1, 2]
+    trainings = _runs(client, "small_a")
+    assert len(trainings) == 2 and all(run.info.status == "FINISHED" for run in trainings)
+    assert {version.run_id for version in versions} == {run.info.run_id for run in trainings}
+    # The gates ran one after the other: one saw no champion, the other compared with the first.
+    before = sorted(run.data.tags["champion_version_before"] for run in trainings)
+    first = next(run for run in trainings if run.data.tags["champion_version_before"] == "")
+    first_version = next(int(v.version) for v in versions if v.run_id == first.info.run_id)
+    assert before == ["", str(first_version)]
+    champion = registry.champion_version("small_a")
+    champion_run = client.get_run(champion.run_id)
+    assert champion_run.data.tags["promotion_decision"] == "promoted"
+
+
+def _runs(client: MlflowClient, client_id: str) -> list:
+    experiment = client.get_experiment_by_name(registry.experiment_name(client_id))
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], "tags.stage = 'training'")
