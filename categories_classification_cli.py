@@ -141,17 +141,22 @@ def _number(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+ONLY_HELP = "Only this client of the config (repeatable); default: every client."
+
+
 @cli.command("train-all")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--client_id", "client_ids", multiple=True, help=ONLY_HELP)
 @click.option("--training_date", default=lambda: datetime.now(timezone.utc).date().isoformat(),
               show_default="today (UTC)", help="Date of the training runs (ISO date or timestamp).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, show_default="one per core",
               help="Clients trained side by side, each in its own process.")
-def train_all_command(config_path: Optional[str], training_date: str, workers: Optional[int]) -> None:
+def train_all_command(config_path: Optional[str], client_ids: tuple[str, ...], training_date: str,
+                      workers: Optional[int]) -> None:
     """Train every client of the config, in parallel across cores; print a summary table."""
     from categories_classification.batch import train_all  # pylint: disable=import-outside-toplevel
 
-    config = load_config(config_path)
+    config = load_config(config_path).select(client_ids)
     outcomes = _with_progress("Training", len(config), lambda done: train_all(config, training_date, on_done=done, workers=workers))
     _summary("Training", outcomes, ("rows", "version", "champion?", "test top-5 acc"), lambda r: (
         str(r.n_rows), str(r.version), "yes" if r.decision.promote else f"no (stays v{r.decision.champion_version})",
@@ -160,12 +165,13 @@ def train_all_command(config_path: Optional[str], training_date: str, workers: O
 
 @cli.command("predict-all")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--client_id", "client_ids", multiple=True, help=ONLY_HELP)
 @click.option("--inference_date", required=True, help="Date of the predictions (ISO date or timestamp).")
-def predict_all_command(config_path: Optional[str], inference_date: str) -> None:
+def predict_all_command(config_path: Optional[str], client_ids: tuple[str, ...], inference_date: str) -> None:
     """Predict every client of the config in one Spark session; print a summary table."""
     from categories_classification.batch import predict_all  # pylint: disable=import-outside-toplevel
 
-    config = load_config(config_path)
+    config = load_config(config_path).select(client_ids)
     outcomes = _with_progress("Prediction", len(config), lambda done: predict_all(config, inference_date, on_done=done))
     _summary("Prediction", outcomes, ("rows written", "skipped", "version"), lambda r: (
         str(r.rows_written), str(r.rows_skipped), str(r.model_version)))

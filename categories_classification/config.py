@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -88,6 +88,12 @@ class ClientsConfig:
                 f"not found in {self.path}: expected one of {', '.join(sorted(self.clients)) or '(none)'}",
                 client_id,
             ) from None
+
+    def select(self, client_ids: Sequence[str]) -> "ClientsConfig":
+        """Only ``client_ids`` (all clients when empty); :class:`ConfigError` names any unknown id."""
+        if not client_ids:
+            return self
+        return ClientsConfig(self.path, {client_id: self.get(client_id) for client_id in client_ids})
 
 
 def load_config(path: Optional[Union[str, Path]] = None) -> ClientsConfig:

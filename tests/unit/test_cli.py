@@ -72,3 +72,12 @@ def test_unexpected_errors_are_one_line_unless_debugging(capsys, monkeypatch, tm
     monkeypatch.setenv("CATEGORIES_DEBUG", "1")
     with pytest.raises(RuntimeError, match="disk on fire"):
         main(["train-all", f"--config={bad_config}"])
+
+
+@pytest.mark.parametrize("command", [["train-all"], ["predict-all", "--inference_date=2026-11-23"]])
+def test_a_client_not_in_the_config_is_refused_before_any_work(capsys, tmp_path, command):
+    config = tmp_path / "clients.yaml"
+    config.write_text("c1:\n  features: [f0]\nc2:\n  features: [f0]\n", encoding="utf-8")
+    code, out, err = _run(capsys, [*command, f"--config={config}", "--client_id=c1", "--client_id=c9"])
+    assert code == 2 and out == ""
+    assert err == f"Error: client 'c9': not found in {config}: expected one of c1, c2\n"

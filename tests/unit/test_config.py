@@ -98,3 +98,11 @@ def test_cli_values_use_the_same_validation():
         validate_model_params({"depth": 3}, "c1")
     with pytest.raises(ConfigError, match=r"client 'c1': key 'features'"):
         validate_features("f0", "c1")
+
+
+def test_select_keeps_the_asked_clients_and_names_unknown_ones(tmp_path):
+    config = load_config(_write(tmp_path, "c1:\n  features: [f0]\nc2:\n  features: [f1]\n"))
+    assert [client.client_id for client in config.select(["c2"])] == ["c2"]
+    assert config.select([]) is config
+    with pytest.raises(ConfigError, match=r"client 'c3': not found in .*expected one of c1, c2"):
+        config.select(["c1", "c3"])
