@@ -22,10 +22,10 @@ DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
 
 .PHONY: help init-pipenv data demo train-all predict-all generate-dags init-airflow start-airflow stop-airflow \
-	e2e-airflow run-jupyter report test unit-tests lint clean
+	e2e-airflow spark-cluster stop-spark-cluster run-jupyter report test unit-tests lint clean
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
 init-pipenv: $(VENV_STAMP) ## Create the pipenv environment in .venv from Pipfile.lock (installs pipenv if missing)
 
@@ -63,6 +63,12 @@ stop-airflow: ## Stop the Airflow and MLflow processes started by start-airflow
 
 e2e-airflow: $(VENV_STAMP) data ## Smoke test: start the stack, run client_0's DAGs via the REST API, check output, stop
 	$(RUN) python -m scripts.local_stack e2e
+
+spark-cluster: $(VENV_STAMP) ## Start a local Spark standalone cluster (master spark://127.0.0.1:7077, UI :8081)
+	$(RUN) python -m scripts.spark_cluster start
+
+stop-spark-cluster: ## Stop the Spark master and workers started by spark-cluster
+	$(RUN) python -m scripts.spark_cluster stop
 
 run-jupyter: $(VENV_STAMP) ## Start JupyterLab on http://127.0.0.1:8888 in the pipenv environment (notebooks/)
 	$(RUN) jupyter lab --ip=127.0.0.1 --port=8888 --no-browser --notebook-dir=notebooks

@@ -8,8 +8,9 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -39,13 +40,14 @@ def get_spark(app_name: str = "categories_classification") -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    given = SparkConf()  # what spark-submit / PYSPARK_SUBMIT_ARGS already set
+    given = _given_conf()
     builder = SparkSession.builder.appName(app_name)  # pylint: disable=no-member  # builder is a class property
     master = os.environ.get("SPARK_MASTER") or given.get("spark.master") or "local[*]"
     builder = builder.master(master)
     conf = dict(DEFAULT_CONF)
-    if master.startswith("local"):
-        # Local mode: loopback only, and workers run the very interpreter (venv) of the driver.
+    if _on_this_machine(master):
+        # Local mode or a cluster on loopback (make spark-cluster): loopback only, and workers
+        # run the very interpreter (venv) of the driver.
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
         # PySpark reads the worker interpreter from this variable only (not from the conf).
@@ -58,6 +60,22 @@ def get_spark(app_name: str = "categories_classification") -> SparkSession:
     session.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
     _ship_package(session)
     return session
+
+
+def _given_conf() -> SparkConf:
+    """What spark-submit already set (``--master``, ``--conf``), or nothing when run without it."""
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Under spark-submit the driver JVM is already up and holds those settings; a SparkConf
+        # made before connecting to it would be empty (and --master silently become local[*]).
+        SparkContext._ensure_initialized()  # pylint: disable=protected-access  # connects, launches nothing
+    return SparkConf()
+
+
+def _on_this_machine(master: str) -> bool:
+    """``local[...]``, or a standalone master on loopback (``spark://127.0.0.1:7077``)."""
+    if master.startswith("local"):
+        return True
+    return master.startswith("spark://") and urlparse(master).hostname in ("127.0.0.1", "localhost")
 
 
 def _ship_package(session: SparkSession) -> None:

@@ -1,0 +1,184 @@
+"""The predictor on a real Spark standalone cluster on loopback (1 master, 2 workers), and a worker lost mid-job.
+
+The cluster comes from ``scripts.spark_cluster`` (the same code as ``make spark-cluster``); the
+predictor runs as a user runs it, the CLI in a subprocess with ``SPARK_MASTER=spark://...``.
+Its output must equal what the local-mode predictor writes for the same model version.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pandas as pd
+import pytest
+
+from categories_classification.predictor import predict_categories
+from categories_classification.trainer import train_model
+from scripts.generate_example_data import ClientSpec, write_client
+from scripts.spark_cluster import Cluster, free_ports, start_cluster
+from tests.conftest import FEATURES
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_DATE, CLUSTER_DATE = "2026-11-22", "2026-11-23"
+SMALL = ClientSpec("cluster_small", 111, n_train=900, n_predict=400, n_categories=12)
+# Enough rows that scoring lasts seconds (one gzip file: one task, or a few if the input is split).
+BIG = ClientSpec("cluster_big", 112, n_train=800, n_predict=150_000, n_categories=10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """1 master + 2 workers (1 core, 1 GiB each) on free loopback ports; stopped at teardown."""
+    port, webui_port = free_ports(2)
+    with start_cluster(workers=2, cores=1, memory="1g", port=port, webui_port=webui_port,
+                       run_dir=tmp_path_factory.mktemp("spark_cluster"), timeout=180) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory: pytest.TempPathFactory, module_tracking_store: Path) -> Path:  # pylint: disable=unused-argument
+    """A data prefix with SMALL and BIG, each trained once (version 1, champion)."""
+    root = tmp_path_factory.mktemp("data")
+    for spec in (SMALL, BIG):
+        write_client(spec, root)
+        train_model(spec.client_id, FEATURES, {"n_estimators": 20}, LOCAL_DATE, data_prefix=str(root))
+    return root
+
+
+@pytest.fixture()
+def predict_on(cluster: Cluster, prefix: Path, tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen]]:
+    """Start the CLI predictor against the cluster (own process group, Spark event log in ``logs/``).
+
+    Whatever is still running at teardown is killed (SIGKILL to its group).
+    """
+    started: list[subprocess.Popen] = []
+
+    def start(client_id: str) -> subprocess.Popen:
+        events = tmp_path / "logs" / "events"
+        events.mkdir(parents=True)
+        env = dict(os.environ, SPARK_MASTER=cluster.master_url, SPARK_LOCAL_IP="127.0.0.1", DATA_PREFIX=str(prefix),
+                   # The event log (JSON lines) tells which executors ran which tasks, and how they ended.
+                   PYSPARK_SUBMIT_ARGS=f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events.as_uri()} "
+                                       "--conf spark.eventLog.compress=false --conf spark.eventLog.rolling.enabled=false "
+                                       "pyspark-shell")
+        with (tmp_path / "logs" / "stdout").open("wb") as out, (tmp_path / "logs" / "stderr").open("wb") as err:
+            started.append(subprocess.Popen(  # pylint: disable=consider-using-with
+                [sys.executable, str(ROOT / "categories_classification_cli.py"), "predictor", f"--client_id={client_id}",
+                 f"--inference_date={CLUSTER_DATE}"], cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def _finish(process: subprocess.Popen, logs: Path, timeout: float = 600) -> tuple[str, str]:
+    """Wait for the predictor (killing its group if it overruns); return its stdout and stderr."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        pytest.fail(f"the predictor did not finish within {timeout:.0f}s: {(logs / 'stderr').read_text()[-3000:]}")
+    return (logs / "stdout").read_text(), (logs / "stderr").read_text()
+
+
+def _events(logs: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for path in sorted((logs / "events").iterdir())
+            for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _output(prefix: Path, client_id: str, date: str) -> pd.DataFrame:
+    frame = pd.read_parquet(prefix / "products_categories" / f"client_id={client_id}" / f"date={date}")
+    return frame.sort_values(["product_id", "rank"]).reset_index(drop=True)
+
+
+def _assert_same_output(prefix: Path, client_id: str) -> None:
+    cluster_output, local_output = _output(prefix, client_id, CLUSTER_DATE), _output(prefix, client_id, LOCAL_DATE)
+    pd.testing.assert_frame_equal(cluster_output, local_output, check_exact=False, rtol=1e-9, atol=1e-12)
+    folder = prefix / "products_categories" / f"client_id={client_id}"
+    manifests = [json.loads((folder / f"date={date}" / "_manifest.json").read_text()) for date in (CLUSTER_DATE, LOCAL_DATE)]
+    assert {(m["model_version"], m["training_run_id"], m["rows_written"]) for m in manifests} == {
+        (1, manifests[1]["training_run_id"], len(local_output))}
+    assert sorted(path.name for path in folder.iterdir()) == [f"date={LOCAL_DATE}", f"date={CLUSTER_DATE}"]
+
+
+def _scoring_worker(cluster: Cluster, folder: Path) -> Optional[tuple[subprocess.Popen, list[int]]]:
+    """The worker whose executor is scoring right now, with its Python daemons' process groups.
+
+    A write task is in progress while its attempt folder exists (it goes at commit), and only
+    scoring starts Python workers on an executor: a ``pyspark.daemon``, child of the executor
+    JVM (which is in its worker's process group), leading a process group of its own.
+    """
+    if not list(folder.glob("_staging-*/_temporary/0/_temporary/attempt_*")):
+        return None
+    processes = {}  # pid -> (parent pid, process group, command line)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            processes[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), (stat.parent / "cmdline").read_bytes())
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    daemons = {}  # worker's process group -> its executors' Python daemon groups
+    for pid, (parent, group, command) in processes.items():
+        if b"pyspark.daemon" in command and pid == group and parent in processes:
+            daemons.setdefault(processes[parent][1], []).append(group)
+    return next(((worker, daemons[worker.pid]) for worker in cluster.workers if worker.pid in daemons), None)
+
+
+def test_cluster_output_equals_local_mode_output(cluster, prefix, spark, predict_on, tmp_path):
+    predict_categories(SMALL.client_id, LOCAL_DATE, data_prefix=str(prefix), spark=spark)
+    before = {app["id"] for app in cluster.state()["completedapps"]}
+
+    run = predict_on(SMALL.client_id)
+    stdout, stderr = _finish(run, tmp_path / "logs")
+
+    assert run.returncode == 0, stderr[-3000:]
+    assert f"wrote {5 * SMALL.n_predict} rows" in stdout
+    # It really ran on the cluster (not in a local fallback), with an executor on each worker.
+    apps = [app for app in cluster.state()["completedapps"] if app["id"] not in before]
+    assert [(app["name"], app["state"]) for app in apps] == [("categories_classification", "FINISHED")]
+    executors = [event for event in _events(tmp_path / "logs") if event["Event"] == "SparkListenerExecutorAdded"]
+    assert len(executors) == 2
+    _assert_same_output(prefix, SMALL.client_id)
+
+
+def test_worker_lost_mid_scoring_is_retried_on_the_other_worker(cluster, prefix, spark, predict_on, tmp_path):
+    # Runs last in this module: it leaves the cluster with one worker.
+    predict_categories(BIG.client_id, LOCAL_DATE, data_prefix=str(prefix), spark=spark)
+    state = cluster.state()
+    assert state["aliveworkers"] == 2
+    before = {app["id"] for app in state["completedapps"]}
+    folder = prefix / "products_categories" / f"client_id={BIG.client_id}"
+
+    run = predict_on(BIG.client_id)
+    # Not a fixed sleep: wait until a worker's executor is scoring, however many tasks the job has.
+    deadline, scoring = time.monotonic() + 300, None
+    while scoring is None and run.poll() is None and time.monotonic() < deadline:
+        scoring = _scoring_worker(cluster, folder)
+        time.sleep(0.05)
+    assert scoring is not None and run.poll() is None, "the scoring job was not caught running"
+    # A lost machine: the Worker daemon, its executor JVM and their Python workers, all at once.
+    for group in (scoring[0].pid, *scoring[1]):
+        os.killpg(group, signal.SIGKILL)
+    stdout, stderr = _finish(run, tmp_path / "logs")
+
+    # Spark retries the lost task on the surviving worker: the job succeeds, and the output is
+    # exactly the local-mode one. The driver reports the loss in one line on stderr.
+    assert run.returncode == 0, stderr[-3000:]
+    assert f"wrote {5 * BIG.n_predict} rows" in stdout
+    assert "Lost executor" in stderr
+    _assert_same_output(prefix, BIG.client_id)
+    ends = [event for event in _events(tmp_path / "logs") if event["Event"] == "SparkListenerTaskEnd"]
+    lost = [event for event in ends if event["Task End Reason"]["Reason"] == "ExecutorLostFailure"]
+    assert lost, "the kill hit no running task"
+    state = cluster.state()
+    assert state["aliveworkers"] == 1
+    assert sorted(worker["state"] for worker in state["workers"]) == ["ALIVE", "DEAD"]
+    assert [app["state"] for app in state["completedapps"] if app["id"] not in before] == ["FINISHED"]
