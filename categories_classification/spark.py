@@ -7,7 +7,9 @@ import os
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 from pyspark import SparkConf, SparkContext
@@ -56,10 +58,39 @@ def get_spark(app_name: str = "categories_classification") -> SparkSession:
     for key, value in conf.items():
         if not given.contains(key):
             builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    with _jvm_stderr_to_log(app_name):
+        session = builder.getOrCreate()
     session.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
     _ship_package(session)
     return session
+
+
+@contextmanager
+def _jvm_stderr_to_log(app_name: str) -> Iterator[None]:
+    """Point the stderr of the JVM launched inside the block at a log file (quiet mode only).
+
+    The JVM writes to the terminal on its own (the "Using incubator modules" warning at every
+    start, task failures with their Java stack traces) around the one-line errors the CLI
+    prints. Unless ``SPARK_LOG_LEVEL`` is set (``--verbose`` sets it), that output goes to
+    ``$SPARK_JVM_LOG``, default ``<tmp>/categories_spark/<app>-<pid>.log``. Under spark-submit
+    the JVM exists already and keeps its own stderr.
+    """
+    if os.environ.get("PYSPARK_GATEWAY_PORT") or os.environ.get("SPARK_LOG_LEVEL"):
+        yield
+        return
+    log = Path(os.environ.get("SPARK_JVM_LOG")
+               or Path(tempfile.gettempdir()) / "categories_spark" / f"{app_name}-{os.getpid()}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(target, 2)  # the JVM (and the Python workers it forks) inherit this descriptor
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
 
 
 def _given_conf() -> SparkConf:

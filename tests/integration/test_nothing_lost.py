@@ -1,0 +1,112 @@
+"""Bad input, run through the CLI as Airflow does: one line, non-zero exit, and nothing lost.
+
+"Nothing lost": every client's previous parquet output (files and bytes), the registry's
+versions and the champion aliases are exactly what they were before the failed command.
+"""
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import FEATURES
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+DATE = "2026-11-23"
+CLIENTS = ("small_a", "small_b")
+
+
+def _cli(args, env):
+    return subprocess.run([sys.executable, str(ROOT / "categories_classification_cli.py"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _train(client_id, **extra):
+    return ["trainer", f"--client_id={client_id}", f"--features={json.dumps(extra.get('features', FEATURES))}",
+            f"--model_params={extra.get('params', '{}')}", f"--training_date={DATE}"]
+
+
+def _state(data: Path, store_uri: str) -> dict:
+    """Everything a failed command must leave as it was."""
+    client = MlflowClient(store_uri)
+    state = {}
+    for client_id in CLIENTS:
+        name = f"{client_id}_model"
+        state[name] = (sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")),
+                       dict(client.get_registered_model(name).aliases))
+        folder = data / "products_categories" / f"client_id={client_id}"
+        state[str(folder)] = {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+                              for path in sorted(folder.rglob("*")) if path.is_file()}
+    return state
+
+
+@pytest.fixture(scope="module")
+def stack(small_data, tmp_path_factory):
+    """Two clients trained (n_estimators 8) and predicted for DATE, in a private copy of the data."""
+    root = tmp_path_factory.mktemp("nothing_lost")
+    data = root / "data"
+    shutil.copytree(small_data, data, ignore=shutil.ignore_patterns("products_categories"))
+    env = dict(os.environ, DATA_PREFIX=str(data), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+               SPARK_MASTER="local[2]")
+    for client_id in CLIENTS:
+        for args in (_train(client_id, params='{"n_estimators": 8}'),
+                     ["predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]):
+            result = _cli(args, env)
+            assert result.returncode == 0, result.stderr
+    return data, env
+
+
+def _corrupt(data: Path, kind: str) -> None:
+    """Damage small_a's training or prediction file (a fresh copy of the good one is kept)."""
+    path = data / kind / "client_id=small_a" / ("data_train.csv.gz" if kind == "train" else "data_predict.csv.gz")
+    good = path.with_name(path.name + ".good")
+    if not good.exists():
+        shutil.copy(path, good)
+    text = gzip.decompress(good.read_bytes()).decode()
+    lines = text.splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",not_a_number"
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+
+
+def _restore(data: Path) -> None:
+    for good in data.rglob("*.good"):
+        shutil.move(good, good.with_name(good.name[:-len(".good")]))
+
+
+@pytest.mark.parametrize("case, args, setup, expected", [
+    ("DATA_PREFIX pointing nowhere (training)", _train("small_a"), "nowhere",
+     r"client 'small_a': file /nowhere/train/client_id=small_a/data_train.csv.gz: not found"),
+    ("DATA_PREFIX pointing nowhere (prediction)", ["predictor", "--client_id=small_a", f"--inference_date={DATE}"],
+     "nowhere", r"client 'small_a': file /nowhere/prediction/client_id=small_a/data_predict.csv.gz: not found"),
+    ("configured feature missing", _train("small_a", features=["f0", "f9"]), None, r"missing column\(s\) 'f9'"),
+    ("non-numeric training value", _train("small_a"), "train", r"not_a_number"),
+    ("non-numeric prediction value", ["predictor", "--client_id=small_a", f"--inference_date={DATE}"], "prediction",
+     r"a feature value is not a number"),
+    ("unknown model parameter", _train("small_a", params='{"n_trees": 3}'), None, r"unknown RandomForestClassifier"),
+    ("pinned version that does not exist",
+     ["predictor", "--client_id=small_a", f"--inference_date={DATE}", "--model_version=99"], None,
+     r"has no version 99: expected one of 1"),
+])
+def test_a_failed_command_says_why_on_one_line_and_loses_nothing(stack, case, args, setup, expected):
+    data, env = stack
+    before = _state(data, env["MLFLOW_TRACKING_URI"])
+    run_env = dict(env, DATA_PREFIX="/nowhere") if setup == "nowhere" else env
+    if setup in ("train", "prediction"):
+        _corrupt(data, setup)
+    try:
+        result = _cli(args, run_env)
+    finally:
+        _restore(data)
+    assert result.returncode in (1, 2), case
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: client 'small_a': "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert re.search(expected, result.stderr), result.stderr
+    assert _state(data, env["MLFLOW_TRACKING_URI"]) == before
