@@ -1,5 +1,7 @@
 """Shared fixtures: a temp data prefix with generated clients, a temp MLflow store, a local Spark."""
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +17,9 @@ import pytest
 from scripts.generate_example_data import ClientSpec, write_client
 
 # Airflow writes to ~/airflow on a bare import; point it at a throwaway folder for the whole run.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow_home_tests_"))
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow_home_tests_")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
 SMALL_CLIENTS = (
