@@ -68,17 +68,22 @@ def cli(verbose: bool) -> None:
 @click.option("--promotion_tolerance", type=click.FloatRange(0.0, 1.0), default=None,
               help="How much lower (0-1) the new version's top-5 accuracy may be than the champion's "
                    "and still become champion (default 0.01).")
+@click.option("--max_model_mb", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Size budget of the forest in memory, in MB (default 64): bounds the max_leaf_nodes chosen "
+                   "on the training split; explicit size params in --model_params win.")
 def trainer(client_id: str, features: list, model_params: dict, training_date: str,
-            promotion_tolerance: Optional[float]) -> None:
+            promotion_tolerance: Optional[float], max_model_mb: Optional[float]) -> None:
     """Train one client's model, register it as a new version, promote it if it passes the gate."""
     from categories_classification.trainer import train_model  # pylint: disable=import-outside-toplevel
 
-    result = train_model(client_id, features, model_params, training_date, promotion_tolerance=promotion_tolerance)
+    result = train_model(client_id, features, model_params, training_date, promotion_tolerance=promotion_tolerance,
+                         max_model_mb=max_model_mb)
     verdict = "now champion" if result.decision.promote else "NOT promoted, champion unchanged"
     click.echo(
         f"{client_id}: registered {result.model_name} version {result.version} (run {result.run_id}); "
         f"test top-5 accuracy {result.metrics['test_top_5_accuracy']:.3f}, "
-        f"accuracy {result.metrics['test_accuracy']:.3f}; {verdict}: {result.decision.reason}"
+        f"accuracy {result.metrics['test_accuracy']:.3f}, model {result.metrics['model_memory_bytes'] / 1e6:.1f} MB "
+        f"(max_leaf_nodes {result.params.get('max_leaf_nodes')}); {verdict}: {result.decision.reason}"
     )
 
 

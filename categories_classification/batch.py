@@ -83,7 +83,8 @@ def _train_one(client: ClientConfig, training_date: str, threads: int) -> Outcom
     """One client's training (runs in a worker process when training in parallel)."""
     params = {"n_jobs": threads, **client.params}
     return _run(client.client_id, lambda: train_model(
-        client.client_id, client.features, params, training_date, promotion_tolerance=client.promotion_tolerance))
+        client.client_id, client.features, params, training_date, promotion_tolerance=client.promotion_tolerance,
+        max_model_mb=client.max_model_mb))
 
 
 def _collect(future: Future, client: ClientConfig) -> Outcome:

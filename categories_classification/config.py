@@ -1,13 +1,16 @@
 """Typed, validated client settings loaded once from ``conf/clients_config.yaml``.
 
 The file maps each client id to ``features`` (a non-empty list of column names), optional
-``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``) and optional
-``promotion_tolerance`` (see :mod:`categories_classification.promotion`)::
+``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``), optional
+``promotion_tolerance`` (see :mod:`categories_classification.promotion`) and optional
+``max_model_mb``, the size budget of the client's forest in memory (see
+:mod:`categories_classification.sizing`)::
 
     client_0:
       features: [f0, f1, f2, f3, f4]
       params:
         n_estimators: 100
+      max_model_mb: 20
 
 Client ids and feature names end up in Airflow dag ids, file paths and shell commands, so
 both must match ``^[A-Za-z0-9_]+$``; anything else is rejected here, before it is used.
@@ -56,6 +59,14 @@ def validate_model_params(params: Any, client_id: Optional[str] = None) -> dict[
         raise _config_error(exc, client_id) from None
 
 
+def validate_max_model_mb(value: Any, client_id: Optional[str] = None) -> Optional[float]:
+    """Return ``value`` as a float if it is a valid size budget in MB (a positive number), or None."""
+    try:
+        return _ClientModel(features=["_"], max_model_mb=value).max_model_mb
+    except ValidationError as exc:
+        raise _config_error(exc, client_id) from None
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Settings of one client: the feature columns and the RandomForest parameters."""
@@ -64,6 +75,7 @@ class ClientConfig:
     features: tuple[str, ...]
     params: Mapping[str, Any]
     promotion_tolerance: Optional[float] = None
+    max_model_mb: Optional[float] = None  # size budget of the forest in memory; None: the project default
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,8 @@ def load_config(path: Optional[Union[str, Path]] = None) -> ClientsConfig:
             model = _ClientModel(**{str(key): value for key, value in entry.items()})
         except ValidationError as exc:
             raise _config_error(exc, client_id, source) from None
-        clients[client_id] = ClientConfig(client_id, tuple(model.features), dict(model.params), model.promotion_tolerance)
+        clients[client_id] = ClientConfig(client_id, tuple(model.features), dict(model.params), model.promotion_tolerance,
+                                          model.max_model_mb)
     return ClientsConfig(source, clients)
 
 
@@ -142,6 +155,8 @@ class _ClientModel(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     # How much worse (top-5 accuracy, 0..1) a new version may be and still become champion.
     promotion_tolerance: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    # Size budget of the forest in memory (MB = 10^6 bytes); bounds the automatic max_leaf_nodes.
+    max_model_mb: Optional[float] = Field(default=None, gt=0.0, allow_inf_nan=False)
 
     @field_validator("features")
     @classmethod
@@ -188,7 +203,7 @@ def _config_error(exc: ValidationError, client_id: Optional[str], source: Option
     where = f"config file {source}: " if source else ""
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown key: expected only 'features', 'params' and 'promotion_tolerance'"
+        message = "unknown key: expected only 'features', 'params', 'promotion_tolerance' and 'max_model_mb'"
     found = first.get("input")
     suffix = "" if first["type"] in {"value_error", "missing"} else f", found {found!r}"
     return ConfigError(f"{where}key {key!r}: {message}{suffix}", client_id)

@@ -2,6 +2,7 @@
 
 Kept free of MLflow and Spark imports because Spark's Python workers import it to load models.
 """
+import zipfile
 from typing import Any
 
 import skops.io
@@ -12,8 +13,14 @@ import skops.io
 SKOPS_TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
 
 
-def dump_model(model: Any) -> bytes:
-    """Serialize ``model`` to skops bytes."""
+def dump_model(model: Any, *, compress: bool = False) -> bytes:
+    """Serialize ``model`` to skops bytes, as a deflated zip if ``compress``.
+
+    A forest's class-probability arrays are mostly zeros, so deflate shrinks the file 5-25x;
+    :func:`load_model_bytes` reads both forms.
+    """
+    if compress:
+        return skops.io.dumps(model, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
     return skops.io.dumps(model)
 
 

@@ -78,6 +78,8 @@ def bash_command(client: ClientConfig, kind: _Kind) -> str:
         words.append(f"--model_params={_literal(json.dumps(dict(client.params), sort_keys=True))}")
         if client.promotion_tolerance is not None:
             words.append(f"--promotion_tolerance={_literal(repr(float(client.promotion_tolerance)))}")
+        if client.max_model_mb is not None:
+            words.append(f"--max_model_mb={_literal(repr(float(client.max_model_mb)))}")
     words.append(kind.date_option)
     return " ".join(words)
 

@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import InputDataError
 from categories_classification.registry import experiment_name, model_name
-from categories_classification.trainer import DEFAULT_MODEL_PARAMS, train_model
+from categories_classification.trainer import DEFAULT_MAX_MODEL_MB, train_model
 from tests.conftest import FEATURES
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,17 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     assert run.info.run_name == "training_2026-11-23"
     assert run.data.tags["client_id"] == "small_a" and run.data.tags["training_date"] == "2026-11-23"
     assert run.data.params["n_estimators"] == "20"
-    assert run.data.params["min_samples_leaf"] == str(DEFAULT_MODEL_PARAMS["min_samples_leaf"])
+    # No explicit size parameter: max_leaf_nodes was chosen on the training split, within the default budget.
+    assert run.data.params["min_samples_leaf"] == "1" and int(run.data.params["max_leaf_nodes"]) >= 2
+    assert run.data.params["size_rule"].startswith("auto:")
+    assert run.data.params["max_model_mb"] == f"{DEFAULT_MAX_MODEL_MB:g}"
+    assert run.data.metrics["size_budget_bytes"] == DEFAULT_MAX_MODEL_MB * 1e6
+    assert 0 < run.data.metrics["model_memory_bytes"] <= run.data.metrics["size_estimated_bytes"]
+    assert run.data.metrics["size_search_seconds"] > 0
+    assert 0 < run.data.metrics["size_search_val_top_5_accuracy"] <= 1
+    assert "smallest max_leaf_nodes" in run.data.tags["size_choice"]
+    assert run.data.tags["size_over_budget"] == "false"
+    assert first.params["max_leaf_nodes"] == int(run.data.params["max_leaf_nodes"])
     assert run.data.params["features"] == ",".join(FEATURES)
     for split in ("train", "test"):
         for metric in ("accuracy", "top_5_accuracy", "log_loss", "f1_macro"):
@@ -61,3 +71,27 @@ def test_bad_training_data_fails_before_anything_is_logged(small_data):
     with pytest.raises(InputDataError, match=r"client 'nobody': file .*client_id=nobody/data_train.csv.gz: not found"):
         train_model("nobody", FEATURES, {}, "2026-11-23", data_prefix=str(small_data))
     assert not MlflowClient().search_registered_models()
+
+
+@pytest.mark.usefixtures("tracking_store")
+def test_explicit_size_params_win_over_the_automatic_choice_and_the_budget(small_data):
+    result = train_model("small_a", FEATURES, {"n_estimators": 10, "min_samples_leaf": 3}, "2026-11-23",
+                         data_prefix=str(small_data), max_model_mb=0.001)
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["min_samples_leaf"] == "3" and run.data.params["max_leaf_nodes"] == "None"
+    assert run.data.params["size_rule"] == "explicit: min_samples_leaf"
+    assert run.data.params["max_model_mb"] == "0.001"
+    assert run.data.metrics["size_search_seconds"] == 0 and "size_search_val_top_5_accuracy" not in run.data.metrics
+    # Over its budget, and said so: the user's value is kept, not silently changed.
+    assert run.data.metrics["model_memory_bytes"] > 1000 and run.data.tags["size_over_budget"] == "true"
+
+
+@pytest.mark.usefixtures("tracking_store")
+def test_a_small_budget_bounds_the_automatic_choice(small_data):
+    budget_mb = 0.02  # 10 trees of 12 categories at 160 bytes a node: 6 leaves per tree
+    result = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-23", data_prefix=str(small_data),
+                         max_model_mb=budget_mb)
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.metrics["model_memory_bytes"] <= budget_mb * 1e6
+    assert int(run.data.params["max_leaf_nodes"]) == run.data.metrics["size_budget_max_leaf_nodes"]
+    assert run.data.tags["size_budget_bound"] == "true"

@@ -1,0 +1,55 @@
+"""The size budget as a setting: config key, trainer option, DAG command."""
+from pathlib import Path
+
+import pytest
+
+from categories_classification.config import load_config, validate_max_model_mb
+from categories_classification.errors import ConfigError
+from categories_classification_cli import main
+from scripts.generate_dags import KINDS, bash_command
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "clients.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_max_model_mb_is_optional_and_typed(tmp_path):
+    config = load_config(_write(tmp_path, "a:\n  features: [x]\n  max_model_mb: 20\nb:\n  features: [x]\n"))
+    assert config.get("a").max_model_mb == 20.0 and isinstance(config.get("a").max_model_mb, float)
+    assert config.get("b").max_model_mb is None
+    assert validate_max_model_mb(2.5) == 2.5 and validate_max_model_mb(None) is None
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ("0", r"greater than 0"),
+    ("-3", r"greater than 0"),
+    ("big", r"valid number, found 'big'"),
+    ("true", r"valid number"),
+    (".inf", r"finite number"),
+])
+def test_bad_max_model_mb_is_rejected_on_one_line(tmp_path, value, pattern):
+    with pytest.raises(ConfigError, match=rf"client 'a': .*key 'max_model_mb': .*{pattern}") as info:
+        load_config(_write(tmp_path, f"a:\n  features: [x]\n  max_model_mb: {value}\n"))
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_message_lists_max_model_mb(tmp_path):
+    with pytest.raises(ConfigError, match="'promotion_tolerance' and 'max_model_mb'"):
+        load_config(_write(tmp_path, "a:\n  features: [x]\n  max_size: 3\n"))
+
+
+def test_the_training_dag_passes_the_budget_only_when_configured(tmp_path):
+    config = load_config(_write(tmp_path, "a:\n  features: [x]\n  max_model_mb: 12.5\nb:\n  features: [x]\n"))
+    training = next(kind for kind in KINDS if kind.name == "training")
+    assert "--max_model_mb=12.5 --training_date=" in bash_command(config.get("a"), training)
+    assert "--max_model_mb" not in bash_command(config.get("b"), training)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_bad_trainer_budget_option(capsys, value):
+    code = main(["trainer", "--client_id=c1", "--features=[\"f0\"]", "--model_params={}", "--training_date=2026-11-23",
+                 f"--max_model_mb={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("Error: ") and "--max_model_mb" in err and err.count("\n") == 1
