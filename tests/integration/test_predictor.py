@@ -1,12 +1,15 @@
 """predict_categories with a real local Spark session and a real SQLite MLflow store."""
 import gzip
+import re
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from categories_classification.errors import InputDataError, ModelNotFoundError
-from categories_classification.predictor import predict_categories
+from categories_classification.predictor import _raise_on_duplicates, predict_categories
+from categories_classification.scoring import repeated_values
 from categories_classification.trainer import train_model
 from tests.conftest import FEATURES
 
@@ -126,3 +129,35 @@ def test_leftovers_of_a_killed_run_are_recovered(trained, spark):
     pd.testing.assert_frame_equal(
         before.sort_values(["product_id", "rank"]).reset_index(drop=True),
         _output(trained, "small_a", "2026-11-27").sort_values(["product_id", "rank"]).reset_index(drop=True))
+
+
+def test_duplicate_product_ids_fail_clearly_and_keep_previous_output(trained, spark, tmp_path):
+    predict_categories("small_a", DATE, data_prefix=str(trained), spark=spark)
+    source = pd.read_csv(trained / "prediction/client_id=small_a/data_predict.csv.gz")
+    twice, thrice = sorted(source["product_id"].iloc[[5, 9]])
+    extra = pd.concat([source[source["product_id"] == twice], source[source["product_id"] == thrice].iloc[[0, 0]]])
+    prefix = _broken_prefix(trained, tmp_path, lambda path: pd.concat([source, extra]).to_csv(path, index=False))
+    with pytest.raises(InputDataError) as raised:
+        predict_categories("small_a", DATE, data_prefix=str(prefix), spark=spark)
+    message = str(raised.value)
+    assert re.fullmatch(
+        rf"client 'small_a': file \S*data_predict\.csv\.gz: 2 product_id value\(s\) appear more than once "
+        rf"\(5 rows, e\.g\. '{twice}', '{thrice}'\): expected one row per product_id; .*", message), message
+    assert "\n" not in message
+    _assert_previous_output_kept(trained, prefix)
+    folder = prefix / "products_categories/client_id=small_a"
+    assert not [path.name for path in folder.iterdir() if path.name.startswith("_")]  # staging removed
+
+
+def test_duplicate_check_is_exact_across_partitions(spark):
+    products = spark.createDataFrame([("a",), ("b",), ("c",), ("b",), ("d",), ("a",), ("a",)], "product_id string")
+    with pytest.raises(InputDataError, match=r"2 product_id value\(s\) appear more than once \(5 rows, e\.g\. 'a', 'b'\)"):
+        _raise_on_duplicates("x", "file.csv.gz", products.repartition(3))
+    _raise_on_duplicates("x", "file.csv.gz", products.dropDuplicates().repartition(3))  # no error: all unique
+
+
+def test_repeated_hash_values_are_counted_once_each():
+    chunks = [np.array([5, 1, 9], dtype=np.int64), np.array([1, 7, 5, 1], dtype=np.int64), np.array([], dtype=np.int64)]
+    assert repeated_values(chunks) == 2  # 1 (three times) and 5 (twice)
+    assert repeated_values([np.arange(10, dtype=np.int64)]) == 0
+    assert repeated_values([]) == 0

@@ -1,8 +1,10 @@
 """top_k: ranks, order, ties and shapes, without Spark."""
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 
-from categories_classification.topk import OUTPUT_COLUMNS, top_k
+from categories_classification.topk import ARROW_SCHEMA, OUTPUT_COLUMNS, top_k, top_k_arrow, top_k_indices
 
 
 def test_five_rows_per_product_best_first():
@@ -52,3 +54,34 @@ def test_matches_a_reference_sort_on_random_scores():
     expected = labels[np.argsort(-scores, axis=1)[:, :5]].ravel()
     assert (result["pred_label"].to_numpy() == expected).all()
     assert (result.groupby("product_id")["pred_score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+
+
+def test_vectorised_top_k_matches_the_stable_sort_with_many_ties():
+    rng = np.random.default_rng(1)
+    scores = rng.choice([0.0, 0.02, 0.1, 0.5], size=(500, 50))  # mostly zeros, like a forest's probabilities
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    assert (top_k_indices(scores, 5) == expected).all()
+
+
+def test_non_finite_scores_take_the_sorting_path():
+    scores = np.array([[-np.inf, -np.inf, 1.0, -np.inf], [np.nan, 0.5, 0.5, 0.1]])
+    order = top_k_indices(scores, 3)
+    assert order.tolist() == [[2, 0, 1], [1, 2, 3]]  # -inf ties in column order; NaN last
+
+
+def test_arrow_batch_has_the_same_rows_as_the_data_frame():
+    rng = np.random.default_rng(2)
+    scores = rng.choice([0.0, 0.25, 0.5], size=(40, 9))
+    labels = np.array([f"c{i}" for i in range(9)])
+    ids = np.array([f"p{i}" for i in range(40)], dtype=object)
+    batch = top_k_arrow(pa.array(ids), scores, pa.array(labels), k=5)
+    assert batch.schema == ARROW_SCHEMA
+    pd.testing.assert_frame_equal(batch.to_pandas(), top_k(ids, scores, labels, k=5))
+
+
+def test_arrow_batch_checks_shapes_and_keeps_null_ids():
+    with pytest.raises(ValueError, match="shape"):
+        top_k_arrow(pa.array(["p1"]), np.zeros((2, 3)), pa.array(list("abc")))
+    batch = top_k_arrow(pa.array(["p1", None]), np.array([[0.2, 0.8], [0.5, 0.5]]), pa.array(["x", "y"]), k=5)
+    assert batch.column("product_id").to_pylist() == ["p1", "p1", None, None]
+    assert batch.column("pred_label").to_pylist() == ["y", "x", "x", "y"]

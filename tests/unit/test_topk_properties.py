@@ -1,10 +1,12 @@
 """Property-based tests of top_k: for any scores, the ranking invariants hold."""
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from categories_classification.topk import top_k
+from categories_classification.topk import top_k, top_k_arrow, top_k_indices
 
 
 @st.composite
@@ -50,3 +52,22 @@ def test_deterministic(table):
     products = np.arange(scores.shape[0])
     first = top_k(products, scores, labels, k)
     assert first.equals(top_k(products, scores.copy(), labels, k))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_score_tables())
+def test_vectorised_indices_equal_a_stable_sort(table):
+    scores, k = table
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, scores.shape[1])]
+    assert np.array_equal(top_k_indices(scores, k), expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_score_tables())
+def test_arrow_and_pandas_outputs_are_the_same_rows(table):
+    scores, k = table
+    labels = np.array([f"c{i}" for i in range(scores.shape[1])])
+    products = np.array([f"p{i}" for i in range(scores.shape[0])], dtype=object)
+    expected = top_k(products, scores, labels, k)
+    actual = top_k_arrow(pa.array(products, type=pa.string()), scores, pa.array(labels), k).to_pandas()
+    pd.testing.assert_frame_equal(actual, expected, check_dtype=False)
