@@ -2,7 +2,9 @@
 
 Kept free of MLflow and Spark imports because Spark's Python workers import it to load models.
 """
+import os
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import skops.io
@@ -22,6 +24,21 @@ def dump_model(model: Any, *, compress: bool = False) -> bytes:
     if compress:
         return skops.io.dumps(model, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
     return skops.io.dumps(model)
+
+
+def deflate_file(path: Path) -> int:
+    """Rewrite the skops (zip) file at ``path`` deflated, atomically; return its new size in bytes.
+
+    Same entries, same loader: only the zip compression changes (about 0.5 s per 50 MB).
+    """
+    staging = path.with_name(path.name + ".deflating")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(
+        staging, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6
+    ) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry))
+    os.replace(staging, path)
+    return path.stat().st_size
 
 
 def load_model_bytes(data: bytes) -> Any:

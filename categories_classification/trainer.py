@@ -23,7 +23,6 @@ from categories_classification.evaluation import classification_metrics, per_cla
 from categories_classification.paths import normalize_date, train_path
 from categories_classification.plots import close_figure, per_class_figure, top_k_figure
 from categories_classification.promotion import DEFAULT_TOLERANCE, Decision, decide
-from categories_classification.serialization import dump_model
 from categories_classification.sizing import MB, SIZE_PARAMS, SizeChoice, choose_max_leaf_nodes, forest_memory_bytes
 
 LOGGER = logging.getLogger(__name__)
@@ -235,7 +234,6 @@ def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, model_params: M
         **classification_metrics(y_train, train_proba, model.classes_, "train"),
         **classification_metrics(y_test, test_proba, model.classes_, "test"),
         "fit_time_seconds": forest.fit_seconds,
-        "model_size_bytes": float(len(dump_model(model))),  # the skops file as the registry stores it
         **forest.size_metrics(),
         "n_train_rows": float(len(x_train)),
         "n_test_rows": float(len(x_test)),

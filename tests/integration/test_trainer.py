@@ -1,4 +1,5 @@
 """train_model against a real SQLite MLflow store."""
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -6,14 +7,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import InputDataError
-from categories_classification.registry import experiment_name, model_name
+from categories_classification.registry import ModelRef, download_model_file, experiment_name, model_name
+from categories_classification.serialization import dump_model
 from categories_classification.trainer import DEFAULT_MAX_MODEL_MB, train_model
 from tests.conftest import FEATURES
 
 pytestmark = pytest.mark.slow
 
 
-def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tracking_store):
+def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tracking_store, tmp_path):
     first = train_model("small_a", FEATURES, {"n_estimators": 20}, "2026-11-23T00:00:00+00:00",
                         data_prefix=str(small_data))
     second = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-24", data_prefix=str(small_data))
@@ -62,6 +64,17 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     assert flavor.flavors["sklearn"]["skops_trusted_types"] == ["sklearn.tree._tree.Tree"]
     assert flavor.signature.inputs.input_names() == FEATURES
     assert flavor.saved_input_example_info is not None
+
+    # The registry holds the skops file deflated (forests are mostly zeros); the run records its size,
+    # and both MLflow's loader and ours read it.
+    model_file, _ = download_model_file(ModelRef("small_a", "small_a_model", first.version, first.run_id),
+                                        str(tmp_path))
+    with zipfile.ZipFile(model_file) as stored:
+        assert {entry.compress_type for entry in stored.infolist()} == {zipfile.ZIP_DEFLATED}
+    assert run.data.metrics["model_size_bytes"] == model_file.stat().st_size
+    reloaded = mlflow.sklearn.load_model(f"models:/small_a_model/{first.version}")
+    assert reloaded.get_params()["n_estimators"] == 20
+    assert model_file.stat().st_size < len(dump_model(reloaded)) / 2
 
 
 @pytest.mark.usefixtures("tracking_store")

@@ -1,0 +1,45 @@
+"""Process helpers shared by the local-stack and Spark-cluster scripts (pid checks, group stop)."""
+import os
+import signal
+import time
+from typing import Callable, Optional
+
+
+def alive(pid: int) -> bool:
+    """True if a process with ``pid`` exists (a zombie counts until it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if it is our exited child, so it stops looking alive."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop_group(pid: int, grace: float, reaper: Optional[Callable[[], object]] = None) -> bool:
+    """SIGTERM the process group led by ``pid``, SIGKILL it after ``grace`` s; True if SIGTERM ended it.
+
+    ``reaper`` (default: :func:`reap` of ``pid``) runs while waiting: an exited leader stays a
+    zombie, i.e. a live-looking group member, until its parent reaps it.
+    """
+    reaper = reaper or (lambda: reap(pid))
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            reaper()
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return sig == signal.SIGTERM
+            time.sleep(0.2)
+    return False
