@@ -11,7 +11,6 @@ stays in ``$AIRFLOW_HOME`` (git-ignored).
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional
+
+from scripts._processes import alive, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -106,7 +107,7 @@ def e2e() -> None:
 
 def _spawn(name: str, command: list[str], env: dict[str, str]) -> None:
     pid_file = RUN_DIR / f"{name}.pid"
-    if pid_file.exists() and _alive(int(pid_file.read_text(encoding="utf-8"))):
+    if pid_file.exists() and alive(int(pid_file.read_text(encoding="utf-8"))):
         print(f"{name} already running (pid {pid_file.read_text(encoding='utf-8')})")
         return
     with (RUN_DIR / f"{name}.log").open("ab") as log:
@@ -116,39 +117,11 @@ def _spawn(name: str, command: list[str], env: dict[str, str]) -> None:
     pid_file.write_text(str(process.pid), encoding="utf-8")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def _stop_group(pid: int, name: str, grace: float = 30.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        _reap(pid)
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            print(f"stopped {name} (pid {pid})")
-            return
-        time.sleep(0.5)
-    os.killpg(pid, signal.SIGKILL)
-    print(f"killed {name} (pid {pid}) after {grace:.0f}s")
-
-
-def _reap(pid: int) -> None:
-    # When this very process started the server (e2e), its exited leader stays a zombie, and so
-    # a live-looking group member, until it is reaped here.
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    if stop_group(pid, grace):
+        print(f"stopped {name} (pid {pid})")
+    else:
+        print(f"killed {name} (pid {pid}) after {grace:.0f}s")
 
 
 def _wait_for(url: str, what: str, timeout: float) -> None:

@@ -20,7 +20,6 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+
+from scripts._processes import alive, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "spark"
@@ -73,7 +74,7 @@ class Cluster:
     def stop(self, grace: float = 20.0) -> None:
         """Stop the workers, then the master: SIGTERM to each group, SIGKILL after ``grace`` seconds."""
         for process in [*self.workers, self.master]:
-            _stop_group(process.pid, process.poll, grace)
+            stop_group(process.pid, grace, process.poll)
 
     def __enter__(self) -> "Cluster":
         return self
@@ -143,7 +144,7 @@ def start(workers: int = WORKERS, cores: int = WORKER_CORES, memory: str = WORKE
           webui_port: int = MASTER_WEBUI_PORT) -> None:
     """Start the cluster in the background (it outlives this command) and record it in .run/spark/."""
     recorded = _recorded()
-    if recorded and any(_alive(pid) for pid in recorded["pids"].values()):
+    if recorded and any(alive(pid) for pid in recorded["pids"].values()):
         print(f"Spark cluster already running: {recorded['master_url']} (UI {recorded['webui_url']})")
         return
     try:
@@ -168,7 +169,7 @@ def stop() -> None:
         if not _is_spark_daemon(pid):  # gone already, or the pid now belongs to something else
             print(f"{name} (pid {pid}) was not running")
             continue
-        stopped = _stop_group(pid, lambda pid=pid: _reap(pid))
+        stopped = stop_group(pid, 20.0)
         print(f"{'stopped' if stopped else 'killed'} {name} (pid {pid})")
     (RUN_DIR / STATE_FILE).unlink()
 
@@ -253,44 +254,11 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _stop_group(pid: int, reap: Callable[[], object], grace: float = 20.0) -> bool:
-    """SIGTERM the group led by ``pid``, SIGKILL it after ``grace`` s; True if it ended on SIGTERM."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            reap()  # an exited leader stays a zombie, i.e. a live-looking group member, until reaped
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return sig == signal.SIGTERM
-            time.sleep(0.2)
-    return False
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def _is_spark_daemon(pid: int) -> bool:
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return _alive(pid)  # no /proc: trust the pid file
+        return alive(pid)  # no /proc: trust the pid file
     return MASTER_CLASS.encode() in command or WORKER_CLASS.encode() in command
 
 
