@@ -7,9 +7,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import psutil
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SEED_DATA = PROJECT_ROOT.parent / "shared" / "seed-data"
@@ -175,3 +176,10 @@ class _PeakSampler:
             except psutil.Error:
                 continue
         self.peak = max(self.peak, total)
+
+
+def write_config(path: Path, clients: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write a clients config (client id -> features and optional params) as YAML; return ``path``."""
+    path.write_text(yaml.safe_dump({client: dict(entry) for client, entry in clients.items()}, sort_keys=True),
+                    encoding="utf-8")
+    return path

@@ -2,7 +2,7 @@
 import json
 import textwrap
 
-from benchmarks._common import BenchContext, Row, Section, run_command, seconds
+from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
 # A bare BashOperator DAG: the reference for what parsing one generated file may cost.
@@ -32,10 +32,8 @@ def run(ctx: BenchContext) -> Section:
         "DAG generation for 1,000 clients < 10 s; DagBag parses the 2,000 generated files < 10 s "
         "(a bare BashOperator DAG file parses in about 1-2 ms).",
     )
-    config = ctx.workdir / "clients.yaml"
-    config.write_text("".join(
-        f"client_{i:04d}:\n  features: {json.dumps(FEATURES)}\n  params: {{n_estimators: {50 + i % 100}}}\n"
-        for i in range(clients)), encoding="utf-8")
+    config = write_config(ctx.workdir / "clients.yaml", {
+        f"client_{i:04d}": {"features": FEATURES, "params": {"n_estimators": 50 + i % 100}} for i in range(clients)})
     generated = ctx.scratch("dags")
     env = {"AIRFLOW_HOME": str(ctx.scratch("airflow_home")), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     generation = run_command([ctx.python, "-m", "scripts.generate_dags", "--config", str(config),

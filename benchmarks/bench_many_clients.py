@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks._common import BenchContext, Row, Section, run_command, seconds
+from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
+from categories_classification.trainer import fit_forest
 from scripts.generate_example_data import ClientSpec, write_client
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
@@ -31,9 +32,7 @@ def run(ctx: BenchContext) -> Section:
              for i in range(n_clients)]
     for spec in specs:
         write_client(spec, data)
-    config = ctx.workdir / "clients.yaml"
-    config.write_text("".join(f"{spec.client_id}:\n  features: {json.dumps(FEATURES)}\n" for spec in specs),
-                      encoding="utf-8")
+    config = write_config(ctx.workdir / "clients.yaml", {spec.client_id: {"features": FEATURES} for spec in specs})
     cli = [ctx.python, "categories_classification_cli.py"]
 
     def env(store: str) -> dict[str, str]:
@@ -85,14 +84,9 @@ def run(ctx: BenchContext) -> Section:
 
 
 def _fit_one(path: str) -> int:
-    """Fit one client's forest with the project defaults on one thread (no MLflow)."""
-    # pylint: disable=import-outside-toplevel
-    from sklearn.ensemble import RandomForestClassifier
-
-    from categories_classification.trainer import DEFAULT_MODEL_PARAMS
-
+    """Fit one client's forest as training does (size search + fit, project defaults), on one thread, no MLflow."""
     frame = pd.read_csv(path)
-    RandomForestClassifier(**{**DEFAULT_MODEL_PARAMS, "n_jobs": 1}).fit(frame[FEATURES], frame["category_id"])
+    fit_forest(frame[FEATURES], frame["category_id"], {"n_jobs": 1})
     return len(frame)
 
 
@@ -110,7 +104,7 @@ def _fit_with_pool(data: Path, client_ids: list[str]) -> float:
 
 
 def _warm() -> None:
-    import sklearn.ensemble  # pylint: disable=import-outside-toplevel,unused-import
+    import categories_classification.trainer  # pylint: disable=import-outside-toplevel,unused-import
 
 
 def _fit_with_spark(data: Path) -> float:
@@ -121,12 +115,9 @@ def _fit_with_spark(data: Path) -> float:
     try:
         frame = spark.read.csv(str(data / "train"), header=True, inferSchema=True)  # client_id from the folders
 
-        def fit(group: pd.DataFrame) -> pd.DataFrame:  # pickled by value: the workers need no benchmarks/
-            from sklearn.ensemble import RandomForestClassifier
-
-            from categories_classification.trainer import DEFAULT_MODEL_PARAMS
-
-            RandomForestClassifier(**{**DEFAULT_MODEL_PARAMS, "n_jobs": 1}).fit(group[FEATURES], group["category_id"])
+        # Pickled by value (the workers need no benchmarks/); fit_forest goes by reference to its module.
+        def fit(group: pd.DataFrame) -> pd.DataFrame:
+            fit_forest(group[FEATURES], group["category_id"], {"n_jobs": 1})  # as _fit_one
             return pd.DataFrame({"client_id": [group["client_id"].iloc[0]], "rows": [len(group)]})
 
         frame = frame.cache()

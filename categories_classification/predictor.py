@@ -46,9 +46,6 @@ LOGGER = logging.getLogger(__name__)
 OUTPUT_SCHEMA = "product_id string, pred_label string, pred_score double, rank int"
 MANIFEST = "_manifest.json"  # '_' prefix: Spark and pyarrow skip it when reading the parquet
 HASH_COLUMN = "_product_id_hash"  # 64-bit hash of product_id, fed to the scorer for the duplicate check
-# Duplicate product_id rows fail the run. Only benchmarks/bench_scoring.py switches this off, to
-# measure what the check costs.
-CHECK_DUPLICATES = True
 DUPLICATE_EXAMPLES = 3
 
 
@@ -106,9 +103,14 @@ def predict_categories(client_id: str, inference_date: str, *, model_version: Op
                             run.info.run_id)
 
 
-def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: bytes, features: list[str], *,
-                     source: str, target: str, lineage: Callable[..., dict[str, Any]]) -> tuple[int, int]:
-    """Read, score with mapInArrow, check duplicates, write atomically; return (rows written, products skipped)."""
+def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: bytes, features: list[str], *,  # pylint: disable=too-many-arguments
+                     source: str, target: str, lineage: Callable[..., dict[str, Any]],
+                     check_duplicates: bool = True) -> tuple[int, int]:
+    """Read, score with mapInArrow, check duplicates, write atomically; return (rows written, products skipped).
+
+    Duplicate product_id rows fail the run; ``check_duplicates=False`` exists only for
+    benchmarks/bench_scoring.py, which measures what the check costs.
+    """
     products = _read_products(spark, ref.client_id, source, features)
     partitions = products.rdd.getNumPartitions()
     shipped = spark.sparkContext.broadcast(model_bytes)
@@ -117,10 +119,10 @@ def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: b
     scorer = Scorer(
         model_key=f"{ref.name}/{ref.version}", model_bytes=lambda: shipped.value, features=tuple(features), k=TOP_K,
         n_jobs=_threads_per_task(spark, partitions), skipped=skipped,
-        hash_column=HASH_COLUMN if CHECK_DUPLICATES else None, repeated=repeated,
+        hash_column=HASH_COLUMN if check_duplicates else None, repeated=repeated,
     )
 
-    def check_duplicates() -> None:
+    def duplicates_check() -> None:
         # One partition (the gzip case) saw every row: no repeated hash means no duplicate id,
         # exactly. Otherwise (a repeated hash, or ids spread over partitions) ask Spark exactly.
         if partitions == 1 and repeated.value == 0:
@@ -128,11 +130,11 @@ def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: b
         _raise_on_duplicates(ref.client_id, source, products)
 
     try:
-        hashed = products.withColumn(HASH_COLUMN, F.xxhash64("product_id")) if CHECK_DUPLICATES else products
+        hashed = products.withColumn(HASH_COLUMN, F.xxhash64("product_id")) if check_duplicates else products
         predictions = hashed.mapInArrow(scorer, schema=OUTPUT_SCHEMA)
         rows = _write_atomically(spark, predictions, target,
                                  lambda written: lineage(rows_written=written, rows_skipped=skipped.value),
-                                 before_swap=check_duplicates if CHECK_DUPLICATES else lambda: None)
+                                 before_swap=duplicates_check if check_duplicates else lambda: None)
     except (PySparkException, Py4JJavaError) as exc:
         raise _input_error(ref.client_id, source, exc) from None
     finally:
