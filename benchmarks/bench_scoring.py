@@ -101,6 +101,12 @@ def run(ctx: BenchContext) -> Section:
         "parquet writing (JVM), so parsing, scoring and writing overlap on the 2 cores; rows are counted while "
         "written (an observed metric, no re-read); the duplicate check hashes each product_id in the JVM and "
         "sorts the hashes in the worker at the end.",
+        "Where the predictor's extra time goes (compare the CPU seconds row): the limit parses the CSV and "
+        "encodes parquet with pyarrow's multi-threaded C++; the predictor does both in the JVM (univocity CSV "
+        "parser, parquet-mr), hands every input and output row across the JVM/Python boundary in Arrow batches "
+        "(the output is 5 rows per product), and a fresh process pays JIT warm-up of those JVM paths, the Python "
+        "worker's start and imports, and MLflow (resolve, download, run) -- the fixed-cost row. Scoring itself "
+        "(predict_proba + top-5) is the same code on both sides.",
         "Memory: the Python processes stream (batches of 10k rows; the duplicate check keeps 8 bytes per row); "
         "the JVM's resident size follows its garbage collector, which grows the heap towards spark.driver.memory "
         "(2g) the longer an allocation-heavy job runs, so it does differ between a short and a long run; it is "

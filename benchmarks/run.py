@@ -33,23 +33,32 @@ def main(quick: bool, only: tuple[str, ...], output_dir: Optional[Path]) -> None
     outdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="categories_bench_"))
     sections: list[Section] = []
+    crashed: list[str] = []
     try:
         for name in only or BENCHMARKS:
             context = BenchContext(quick=quick, workdir=workdir / name, outdir=outdir)
             context.workdir.mkdir(parents=True)
             click.echo(f"== {name} ...", err=True)
             started = time.perf_counter()
-            section = importlib.import_module(f"benchmarks.bench_{name}").run(context)
+            try:
+                section = importlib.import_module(f"benchmarks.bench_{name}").run(context)
+            except Exception as exc:  # pylint: disable=broad-except  # recorded; the others still run
+                section = Section(name, "(the benchmark failed)", notes=[f"FAILED: {_first_line(exc)}"])
+                crashed.append(name)
+                click.echo(f"== {name} FAILED: {exc}", err=True)
             if quick:  # small sizes say nothing about the targets: the rows stay, the verdicts go
                 section.rows = [dataclasses.replace(row, met=None) for row in section.rows]
             section.seconds = time.perf_counter() - started
             click.echo(f"== {name}: {_verdict(section)} in {section.seconds:.0f} s", err=True)
             sections.append(section)
+            # Written after every section: a later crash or interruption keeps what was measured.
+            (outdir / "results.md").write_text(_render(sections, quick), encoding="utf-8")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = outdir / "results.md"
-    results.write_text(_render(sections, quick), encoding="utf-8")
     click.echo(f"results: {results}", err=True)
+    if crashed:  # a broken harness fails the run (CI's bench-quick), after writing what worked
+        raise click.ClickException(f"benchmark(s) failed: {', '.join(crashed)} (see {results})")
     if quick:
         return
     failed = [section.title for section in sections if section.met is False]
@@ -85,6 +94,11 @@ def _render(sections: list[Section], quick: bool) -> str:
             lines.append("")
         lines += [f"_{section.seconds:.0f} s for this section._", ""]
     return "\n".join(lines)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 if __name__ == "__main__":
