@@ -1,12 +1,11 @@
 """Target 4: `make demo` (environment built) trains and predicts the 10 example clients in < 60 s."""
-import json
 import os
 import shutil
 import sys
 
 from pathlib import Path
 
-from benchmarks._common import PROJECT_ROOT, BenchContext, Row, Section, run_command, seconds
+from benchmarks._common import PROJECT_ROOT, BenchContext, Row, Section, run_command, seconds, write_config
 from scripts.generate_example_data import example_specs, write_client
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
@@ -22,9 +21,8 @@ def run(ctx: BenchContext) -> Section:
     if ctx.quick:
         # The same two CLI commands as `make demo`, on 2 small clients.
         specs = specs[:2]
-        config = ctx.workdir / "clients.yaml"
-        config.write_text("".join(f"{spec.client_id}:\n  features: {json.dumps(FEATURES)}\n  params: "
-                                  "{n_estimators: 20}\n" for spec in specs), encoding="utf-8")
+        config = write_config(ctx.workdir / "clients.yaml",
+                              {spec.client_id: {"features": FEATURES, "params": {"n_estimators": 20}} for spec in specs})
     for spec in specs:
         write_client(spec, data)  # the example data, as `make data` writes it (not timed)
     env = {"DATA_PREFIX": str(data), "MLFLOW_TRACKING_URI": store, "DATE": "2026-11-23"}

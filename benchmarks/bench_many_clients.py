@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
+from categories_classification.paths import train_path
 from categories_classification.trainer import fit_forest
 from scripts.generate_example_data import ClientSpec, write_client
 
@@ -91,20 +92,17 @@ def _fit_one(path: str) -> int:
 
 
 def _fit_with_pool(data: Path, client_ids: list[str]) -> float:
-    paths = [str(data / "train" / f"client_id={client_id}" / "data_train.csv.gz") for client_id in client_ids]
-    with ProcessPoolExecutor(max_workers=os.cpu_count(), initializer=_warm) as pool:
-        # Workers started and warm (sklearn imported), as Spark's are after its first job.
-        list(pool.map(time.sleep, [0.5] * (os.cpu_count() or 1)))
+    paths = [train_path(client_id, str(data)) for client_id in client_ids]
+    workers = os.cpu_count() or 1
+    # Forked from this process, which has the trainer imported: warm workers, as Spark's are after its first job.
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(time.sleep, [0.5] * workers))  # the workers are started before the clock
         started = time.perf_counter()
         rows = sum(pool.map(_fit_one, paths))
         seconds_taken = time.perf_counter() - started
     if rows == 0:
         raise RuntimeError("no training rows")
     return seconds_taken
-
-
-def _warm() -> None:
-    import categories_classification.trainer  # pylint: disable=import-outside-toplevel,unused-import
 
 
 def _fit_with_spark(data: Path) -> float:

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional
 
 from sklearn.ensemble import RandomForestClassifier
 
-from benchmarks._common import BenchContext, Row, Section, megabytes, seconds
+from benchmarks._common import BenchContext, Row, Section, megabytes, ratio, seconds
 from categories_classification.config import ClientConfig, ClientsConfig, load_config
 from categories_classification.data import load_training_data
 from categories_classification.evaluation import top_k_accuracy
@@ -51,7 +51,7 @@ class Measured:
 
     pickle_bytes: int
     skops_bytes: Optional[int]
-    deflated_bytes: int
+    deflated_bytes: Optional[int]
     top5: float
     seconds: float
     max_leaf_nodes: Any = None
@@ -103,7 +103,7 @@ def _measure_client(client: ClientConfig, prefix: str, with_second_seed: bool) -
     project = _scored(ours.model, split, ours.search_seconds + ours.fit_seconds, skops=True,
                       max_leaf_nodes=ours.params.get("max_leaf_nodes"))
     previous = _measure(RandomForestClassifier(**{**design_params, "min_samples_leaf": 10, **explicit}), split,
-                        skops=False)
+                        skops=False, deflated=False)  # only its pickled size is reported
     result = {"client": client, "n_trees": ours.params["n_estimators"], "n_classes": len(ours.model.classes_),
               "rows": len(x_train), "design": design, "project": project, "previous": previous,
               "search_seconds": ours.search_seconds, "fit_seconds": ours.fit_seconds,
@@ -130,18 +130,19 @@ def _hindsight_bytes(design_params: Mapping[str, Any], split, design_top5: float
     return estimate_forest_bytes(design_params.get("n_estimators", 100), leaves, n_classes)
 
 
-def _measure(model: RandomForestClassifier, split, skops: bool) -> Measured:
+def _measure(model: RandomForestClassifier, split, skops: bool, deflated: bool = True) -> Measured:
     x_train, _, y_train, _ = split
     started = time.perf_counter()
     model.fit(x_train, y_train)
-    return _scored(model, split, time.perf_counter() - started, skops=skops)
+    return _scored(model, split, time.perf_counter() - started, skops=skops, deflated=deflated)
 
 
-def _scored(model: RandomForestClassifier, split, fit_seconds: float, skops: bool, max_leaf_nodes: Any = None) -> Measured:
+def _scored(model: RandomForestClassifier, split, fit_seconds: float, skops: bool, deflated: bool = True,
+            max_leaf_nodes: Any = None) -> Measured:
     _, x_test, _, y_test = split
     top5 = top_k_accuracy(y_test, model.predict_proba(x_test), model.classes_)
     return Measured(_pickled_size(model), len(dump_model(model)) if skops else None,
-                    len(dump_model(model, compress=True)), top5, fit_seconds, max_leaf_nodes)
+                    len(dump_model(model, compress=True)) if deflated else None, top5, fit_seconds, max_leaf_nodes)
 
 
 class _Counter:
@@ -197,7 +198,7 @@ def _rows(section: Section, results: Mapping[str, dict[str, Any]]) -> None:
         Row("training time, all clients: project defaults (size search + fit) vs design fit",
             seconds(sum(r["project"].seconds for r in results.values())),
             seconds(sum(r["design"].seconds for r in results.values())),
-            _times(sum(r["project"].seconds for r in results.values()), sum(r["design"].seconds for r in results.values()))),
+            ratio(sum(r["project"].seconds for r in results.values()), sum(r["design"].seconds for r in results.values()))),
         Row("training time, all clients: size search alone / previous default's fit",
             seconds(sum(r["search_seconds"] for r in results.values())),
             seconds(sum(r["previous"].seconds for r in results.values()))),
@@ -218,10 +219,6 @@ def _rows(section: Section, results: Mapping[str, dict[str, Any]]) -> None:
 
 def _share(value: float, reference: float) -> str:
     return f"{value / reference:.2%}" if reference else "n/a"
-
-
-def _times(value: float, reference: float) -> str:
-    return f"{value / reference:.2f}x" if reference else "n/a"
 
 
 def _notes(section: Section, results: Mapping[str, dict[str, Any]], quick: bool) -> None:

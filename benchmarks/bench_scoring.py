@@ -4,8 +4,8 @@ Each side runs in its own fresh Python process, one after the other, alternating
 see the same machine (wall time and peak RSS of the whole process tree, from ``run_command``):
 
 - **limit**: pyarrow streaming CSV read in ~1 MiB blocks (~10k rows), ``predict_proba`` with
-  the forest's ``n_jobs=2``, the project's vectorised top-5 (:func:`topk.top_k_arrow`, the same
-  ranking code as the predictor), pyarrow ``ParquetWriter``: memory bounded by one batch. Timed
+  the forest's ``n_jobs=2``, the predictor's own per-batch code (:func:`scoring.score_batch`:
+  skip incomplete rows, ``predict_proba``, vectorised top-5), pyarrow ``ParquetWriter``: memory bounded by one batch. Timed
   from the model's skops bytes in hand (the MLflow download happens before the clock starts).
 - **predictor**: :func:`predict_categories` as the CLI runs it (MLflow resolve and download,
   Spark read, ``mapInArrow`` scoring, duplicate check, atomic staging + swap, manifest, MLflow
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -36,8 +35,8 @@ import pyarrow.parquet as pq
 from benchmarks._common import (BenchContext, Row, Section, Timed, megabytes, ratio, run_command,
                                 seconds)
 from categories_classification.serialization import load_model_bytes
-from categories_classification.scoring import repeated_values
-from categories_classification.topk import ARROW_SCHEMA, top_k_arrow
+from categories_classification.scoring import labels_of, repeated_values, score_batch
+from categories_classification.topk import ARROW_SCHEMA, TOP_K
 from scripts.generate_example_data import ClientSpec, write_client
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
@@ -149,7 +148,6 @@ class _Side:
     """One measured run of one side: its own timings (JSON) plus the tree's wall time and peak RSS."""
 
     def __init__(self, timed: Timed, info: dict[str, Any]) -> None:
-        self.timed = timed
         self.info = info
         self.seconds = float(info["seconds"])
         self.cpu = float(info["cpu_seconds"])
@@ -280,27 +278,21 @@ def _plot(ctx: BenchContext, sizes: tuple[int, ...], limits: dict[int, list[_Sid
 # --------------------------------------------------------------------------- the two sides (subprocesses)
 
 
-def limit_side(model_bytes: bytes, source: str, target: str, features: list[str], k: int = 5) -> dict[str, Any]:
+def limit_side(model_bytes: bytes, source: str, target: str, features: list[str], k: int = TOP_K) -> dict[str, Any]:
     """Score ``source`` into ``target`` in this process at the hardware limit; return counts and timings."""
     started, cpu_started = time.perf_counter(), _tree_cpu()
     model = load_model_bytes(model_bytes)
     model.n_jobs = 2
-    labels = pa.array([str(label) for label in model.classes_], type=pa.string())
+    labels = labels_of(model)
     convert = pacsv.ConvertOptions(column_types={"product_id": pa.string(), **{f: pa.float64() for f in features}},
                                    include_columns=["product_id", *features])
     rows = skipped = 0
     with pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=LIMIT_BLOCK_BYTES),
                         convert_options=convert) as reader, pq.ParquetWriter(target, ARROW_SCHEMA) as writer:
         for batch in reader:
-            values = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in features])
-            product_ids = batch.column("product_id")
-            complete = ~np.isnan(values).any(axis=1)
-            if not complete.all():
-                skipped += int((~complete).sum())
-                product_ids, values = product_ids.filter(pa.array(complete)), values[complete]
-            if values.shape[0]:
-                proba = model.predict_proba(pd.DataFrame(values, columns=features, copy=False))
-                scored = top_k_arrow(product_ids, proba, labels, k)
+            scored, missing = score_batch(model, labels, features, batch, k)  # the predictor's own per-batch code
+            skipped += missing
+            if scored is not None:
                 writer.write_batch(scored)
                 rows += scored.num_rows
     return {"seconds": time.perf_counter() - started, "cpu_seconds": _tree_cpu() - cpu_started,

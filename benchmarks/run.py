@@ -32,6 +32,8 @@ def main(quick: bool, only: tuple[str, ...], output_dir: Optional[Path]) -> None
     outdir = output_dir or (PROJECT_ROOT / "benchmarks" / ("quick" if quick else ""))
     outdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="categories_bench_"))
+    results = outdir / "results.md"
+    where, started_at = machine(), datetime.now(timezone.utc)  # once: the run's machine and start
     sections: list[Section] = []
     crashed: list[str] = []
     try:
@@ -52,10 +54,9 @@ def main(quick: bool, only: tuple[str, ...], output_dir: Optional[Path]) -> None
             click.echo(f"== {name}: {_verdict(section)} in {section.seconds:.0f} s", err=True)
             sections.append(section)
             # Written after every section: a later crash or interruption keeps what was measured.
-            (outdir / "results.md").write_text(_render(sections, quick), encoding="utf-8")
+            results.write_text(_render(sections, quick, where, started_at), encoding="utf-8")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results = outdir / "results.md"
     click.echo(f"results: {results}", err=True)
     if crashed:  # a broken harness fails the run (CI's bench-quick), after writing what worked
         raise click.ClickException(f"benchmark(s) failed: {', '.join(crashed)} (see {results})")
@@ -70,12 +71,12 @@ def _verdict(section: Section) -> str:
     return {True: "target met", False: "target MISSED", None: "measured"}[section.met]
 
 
-def _render(sections: list[Section], quick: bool) -> str:
+def _render(sections: list[Section], quick: bool, where: str, started: datetime) -> str:
     lines = [
         "# Benchmark results" + (" (quick run: small sizes, not the targets' sizes)" if quick else ""),
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `python -m benchmarks.run"
-        f"{' --quick' if quick else ''}` on {machine()}.",
+        f"Run {started:%Y-%m-%d %H:%M} UTC with `python -m benchmarks.run"
+        f"{' --quick' if quick else ''}` on {where}.",
         "Every ratio compares two figures measured side by side in this one run.",
         "",
     ]

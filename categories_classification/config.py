@@ -45,24 +45,24 @@ def validate_client_id(client_id: Any) -> str:
 
 def validate_features(features: Any, client_id: Optional[str] = None) -> list[str]:
     """Return ``features`` as a list if it is a non-empty list of distinct safe column names."""
-    try:
-        return _ClientModel(features=features).features
-    except ValidationError as exc:
-        raise _config_error(exc, client_id) from None
+    return _validated("features", features, client_id)
 
 
 def validate_model_params(params: Any, client_id: Optional[str] = None) -> dict[str, Any]:
     """Return ``params`` if every key is a RandomForestClassifier parameter with a valid value."""
-    try:
-        return _ClientModel(features=["_"], params=params).params
-    except ValidationError as exc:
-        raise _config_error(exc, client_id) from None
+    return _validated("params", params, client_id)
 
 
 def validate_max_model_mb(value: Any, client_id: Optional[str] = None) -> Optional[float]:
     """Return ``value`` as a float if it is a valid size budget in MB (a positive number), or None."""
+    return _validated("max_model_mb", value, client_id)
+
+
+def _validated(key: str, value: Any, client_id: Optional[str]) -> Any:
+    """``value`` as the config's ``key`` would hold it (the same rules), or :class:`ConfigError`."""
+    entry = {"features": ["_"], key: value}  # a valid stand-in for the other required key
     try:
-        return _ClientModel(features=["_"], max_model_mb=value).max_model_mb
+        return getattr(_ClientModel(**entry), key)
     except ValidationError as exc:
         raise _config_error(exc, client_id) from None
 

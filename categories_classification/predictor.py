@@ -32,6 +32,7 @@ from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from categories_classification import registry
 from categories_classification.config import validate_client_id
@@ -40,10 +41,10 @@ from categories_classification.paths import normalize_date, output_path, predict
 from categories_classification.scoring import Scorer
 from categories_classification.serialization import untrusted_types
 from categories_classification.spark import get_spark
-from categories_classification.topk import TOP_K
+from categories_classification.topk import ARROW_SCHEMA, TOP_K
 
 LOGGER = logging.getLogger(__name__)
-OUTPUT_SCHEMA = "product_id string, pred_label string, pred_score double, rank int"
+OUTPUT_SCHEMA = from_arrow_schema(ARROW_SCHEMA)  # product_id, pred_label, pred_score, rank
 MANIFEST = "_manifest.json"  # '_' prefix: Spark and pyarrow skip it when reading the parquet
 HASH_COLUMN = "_product_id_hash"  # 64-bit hash of product_id, fed to the scorer for the duplicate check
 DUPLICATE_EXAMPLES = 3
@@ -113,28 +114,31 @@ def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: b
     """
     products = _read_products(spark, ref.client_id, source, features)
     partitions = products.rdd.getNumPartitions()
+    # The hash check is exact only when one task sees every row (the gzip case); with several
+    # partitions the exact Spark check runs instead, so the rows are not hashed for nothing.
+    hashed = check_duplicates and partitions == 1
     shipped = spark.sparkContext.broadcast(model_bytes)
     skipped = spark.sparkContext.accumulator(0)
     repeated = spark.sparkContext.accumulator(0)
     scorer = Scorer(
         model_key=f"{ref.name}/{ref.version}", model_bytes=lambda: shipped.value, features=tuple(features), k=TOP_K,
         n_jobs=_threads_per_task(spark, partitions), skipped=skipped,
-        hash_column=HASH_COLUMN if check_duplicates else None, repeated=repeated,
+        hash_column=HASH_COLUMN if hashed else None, repeated=repeated,
     )
 
     def duplicates_check() -> None:
-        # One partition (the gzip case) saw every row: no repeated hash means no duplicate id,
-        # exactly. Otherwise (a repeated hash, or ids spread over partitions) ask Spark exactly.
-        if partitions == 1 and repeated.value == 0:
+        # No repeated hash among every row means no duplicate id, exactly; otherwise (a repeated
+        # hash, or ids spread over partitions) ask Spark exactly.
+        if not check_duplicates or (hashed and repeated.value == 0):
             return
         _raise_on_duplicates(ref.client_id, source, products)
 
     try:
-        hashed = products.withColumn(HASH_COLUMN, F.xxhash64("product_id")) if check_duplicates else products
-        predictions = hashed.mapInArrow(scorer, schema=OUTPUT_SCHEMA)
-        rows = _write_atomically(spark, predictions, target,
+        scored = (products.withColumn(HASH_COLUMN, F.xxhash64("product_id")) if hashed else products).mapInArrow(
+            scorer, schema=OUTPUT_SCHEMA)
+        rows = _write_atomically(spark, scored, target,
                                  lambda written: lineage(rows_written=written, rows_skipped=skipped.value),
-                                 before_swap=duplicates_check if check_duplicates else lambda: None)
+                                 before_swap=duplicates_check)
     except (PySparkException, Py4JJavaError) as exc:
         raise _input_error(ref.client_id, source, exc) from None
     finally:

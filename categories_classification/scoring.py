@@ -64,20 +64,38 @@ class Scorer:
         for batch in batches:
             if self.hash_column is not None:
                 hashes.append(np.array(batch.column(self.hash_column).to_numpy(zero_copy_only=False), dtype=np.int64))
-            values = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in columns])
-            product_ids = batch.column("product_id")
-            complete = ~np.isnan(values).any(axis=1)  # Arrow nulls arrive as NaN
-            if not complete.all():
-                if self.skipped is not None:
-                    self.skipped.add(int((~complete).sum()))
-                product_ids, values = product_ids.filter(pa.array(complete)), values[complete]
-            if values.shape[0] == 0:
-                continue
-            # A DataFrame with the training column names: what the forest was fitted on (no warning).
-            proba = model.predict_proba(pd.DataFrame(values, columns=columns, copy=False))
-            yield top_k_arrow(product_ids, proba, labels, self.k)
+            scored, skipped = score_batch(model, labels, columns, batch, self.k)
+            if skipped and self.skipped is not None:
+                self.skipped.add(skipped)
+            if scored is not None:
+                yield scored
         if self.hash_column is not None and self.repeated is not None:
             self.repeated.add(repeated_values(hashes))
+
+
+def score_batch(model: Any, labels: pa.Array, features: list[str], batch: pa.RecordBatch,
+                k: int) -> tuple[Optional[pa.RecordBatch], int]:
+    """The top-``k`` rows of every complete product of ``batch``, and how many were skipped.
+
+    A product with a missing feature (an Arrow null arrives as NaN) is skipped; the result is
+    None when no product of the batch is complete.
+    """
+    values = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in features])
+    product_ids = batch.column("product_id")
+    complete = ~np.isnan(values).any(axis=1)
+    skipped = int(len(complete) - np.count_nonzero(complete))
+    if skipped:
+        product_ids, values = product_ids.filter(pa.array(complete)), values[complete]
+    if values.shape[0] == 0:
+        return None, skipped
+    # A DataFrame with the training column names: what the forest was fitted on (no warning).
+    proba = model.predict_proba(pd.DataFrame(values, columns=features, copy=False))
+    return top_k_arrow(product_ids, proba, labels, k), skipped
+
+
+def labels_of(model: Any) -> pa.Array:
+    """The model's categories as the Arrow strings the output rows carry."""
+    return pa.array([str(label) for label in model.classes_], type=pa.string())
 
 
 def _in_background(items: Iterator[Any], depth: int = PREFETCH) -> Iterator[Any]:
@@ -140,7 +158,7 @@ def _model(model_key: str, model_bytes: Callable[[], bytes]) -> tuple[Any, pa.Ar
         from categories_classification.serialization import load_model_bytes  # pylint: disable=import-outside-toplevel
 
         model = load_model_bytes(model_bytes())
-        labels = pa.array([str(label) for label in model.classes_], type=pa.string())
+        labels = labels_of(model)
         _MODELS.clear()  # one model per worker at a time: a long-lived worker must not hoard them
         cached = _MODELS[model_key] = (model, labels)
     return cached

@@ -13,6 +13,8 @@ import skops.io
 # Cython state on top. A model file that needs any other type is refused at load time, whatever
 # list the artifact itself may claim (MLflow would read that list from the artifact).
 SKOPS_TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+# Zip settings of a deflated model file: level 6 is about 2% larger than level 9 at a sixth of its time.
+_DEFLATE = {"compression": zipfile.ZIP_DEFLATED, "compresslevel": 6}
 
 
 def dump_model(model: Any, *, compress: bool = False) -> bytes:
@@ -22,7 +24,7 @@ def dump_model(model: Any, *, compress: bool = False) -> bytes:
     :func:`load_model_bytes` reads both forms.
     """
     if compress:
-        return skops.io.dumps(model, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        return skops.io.dumps(model, **_DEFLATE)
     return skops.io.dumps(model)
 
 
@@ -32,9 +34,7 @@ def deflate_file(path: Path) -> int:
     Same entries, same loader: only the zip compression changes (about 0.5 s per 50 MB).
     """
     staging = path.with_name(path.name + ".deflating")
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(
-        staging, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6
-    ) as target:
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(staging, "w", **_DEFLATE) as target:
         for entry in source.infolist():
             target.writestr(entry.filename, source.read(entry))
     os.replace(staging, path)

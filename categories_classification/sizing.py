@@ -34,7 +34,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.tree._tree import NODE_DTYPE  # pylint: disable=no-name-in-module  # a Cython module
 
-from categories_classification.topk import TOP_K
+from categories_classification.topk import TOP_K, top_k_indices
 
 # Bytes of one node record in sklearn's Tree (children, feature, threshold, impurity, counts).
 NODE_BYTES = NODE_DTYPE.itemsize
@@ -189,8 +189,8 @@ class _Sums:
 
 
 def _top_k_hits(scores: np.ndarray, truth: np.ndarray, k: int = TOP_K) -> np.ndarray:
-    # Same ranking as evaluation.top_k_accuracy: by score, ties by class order (stable sort).
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    # The serving ranking: by score, ties by class order.
+    order = top_k_indices(scores, k)
     return (order == truth[:, None]).any(axis=1)
 
 
@@ -223,7 +223,6 @@ class SizeChoice:
     """What the automatic choice decided, for the fit and for MLflow."""
 
     max_leaf_nodes: int
-    budget_bytes: float
     budget_leaves: int  # the largest max_leaf_nodes the budget allows
     budget_bound: bool  # True when the budget, not accuracy, set max_leaf_nodes
     estimated_bytes: int  # the size formula at max_leaf_nodes
@@ -249,9 +248,9 @@ def choose_max_leaf_nodes(x_train: Any, y_train: Sequence[Any], params: Mapping[
     x_fit, x_val, y_fit, y_val = _validation_split(features, labels, seed)
     # Candidates above what the budget allows (at the search split's rows per leaf) are not evaluated.
     search_cap = max(2, int(budget_leaves * len(y_fit) / len(labels)))
-    search = pick_leaves(leaf_curve(_search_chunks(x_fit, y_fit, params, seed), x_val, y_val, max_leaves=search_cap), z)
+    search = pick_leaves(leaf_curve(_search_chunks(x_fit, y_fit, params, n_trees, seed), x_val, y_val, max_leaves=search_cap), z)
     chosen, bound, reason = _carry_over(search, budget_leaves, search_cap, len(y_fit), len(labels), z)
-    return SizeChoice(chosen, float(budget_bytes), budget_leaves, bound, estimate_forest_bytes(n_trees, chosen, n_classes),
+    return SizeChoice(chosen, budget_leaves, bound, estimate_forest_bytes(n_trees, chosen, n_classes),
                       search, len(y_fit), len(y_val), reason)
 
 
@@ -285,9 +284,9 @@ def _validation_split(features: np.ndarray, labels: np.ndarray, seed: int):
     return x_fit, x_val, y_fit, y_val
 
 
-def _search_chunks(x_fit: np.ndarray, y_fit: np.ndarray, params: Mapping[str, Any], seed: int) -> Iterator[RandomForestClassifier]:
-    """``n_estimators`` fully grown best-first trees, yielded as forests of a few dozen trees."""
-    n_trees = int(params.get("n_estimators", 100))
+def _search_chunks(x_fit: np.ndarray, y_fit: np.ndarray, params: Mapping[str, Any], n_trees: int,
+                   seed: int) -> Iterator[RandomForestClassifier]:
+    """``n_trees`` fully grown best-first trees, yielded as forests of a few dozen trees."""
     search_params = {key: value for key, value in params.items() if key not in SIZE_PARAMS | {"warm_start", "oob_score"}}
     # Best-first with room for a leaf per row grows trees as fully as sklearn's default builder.
     search_params["max_leaf_nodes"] = max(2, len(y_fit))

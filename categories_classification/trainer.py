@@ -80,7 +80,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
 
     data = load_training_data(client_id, features, path)
     fitted = _fit_and_evaluate(data.features, data.labels, explicit, budget_mb)
-    model, metrics = fitted.model, fitted.metrics
+    model, metrics = fitted.forest.model, fitted.metrics
     if fitted.forest.over_budget:
         LOGGER.warning("client %s: the forest takes %.1f MB in memory, over its %.1f MB budget (%s)", client_id,
                        metrics["model_memory_bytes"] / MB, fitted.forest.budget_bytes / MB,
@@ -212,7 +212,6 @@ def fit_forest(x_train: pd.DataFrame, y_train: pd.Series, model_params: Optional
 class _Fitted:
     """A fitted forest, its split and its metrics."""
 
-    model: RandomForestClassifier
     x_train: pd.DataFrame
     x_test: pd.DataFrame
     y_train: pd.Series
@@ -239,12 +238,12 @@ def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, model_params: M
         "n_test_rows": float(len(x_test)),
         "n_categories": float(len(model.classes_)),
     }
-    return _Fitted(model, x_train, x_test, y_train, y_test, train_proba, test_proba, metrics, forest)
+    return _Fitted(x_train, x_test, y_train, y_test, train_proba, test_proba, metrics, forest)
 
 
 def _log_evaluation_artifacts(client_id: str, fitted: _Fitted) -> None:
     """Per-category report (CSV + JSON) and top-k / per-category plots on the active run."""
-    model = fitted.model
+    model = fitted.forest.model
     report = per_class_report(fitted.y_test, fitted.test_proba, model.classes_)
     mlflow.log_text(report.to_csv(index=False), "evaluation/per_class_report.csv")
     mlflow.log_dict({"split": "test", "categories": report.to_dict(orient="records")}, "evaluation/per_class_report.json")
@@ -262,7 +261,7 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Fitted) -> None:
 def _promotion_gate(client_id: str, ref: registry.ModelRef, fitted: _Fitted, tolerance: float) -> Decision:
     """Score the new version and the current champion on the same test rows and decide."""
     x_test, y_test = fitted.x_test, fitted.y_test
-    challenger = top_k_accuracy(y_test, fitted.test_proba, fitted.model.classes_)
+    challenger = top_k_accuracy(y_test, fitted.test_proba, fitted.forest.model.classes_)
     champion = registry.champion_version(client_id)
     if champion is None or champion.version == ref.version:
         return decide(challenger, None, None, tolerance)

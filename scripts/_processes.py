@@ -1,8 +1,21 @@
 """Process helpers shared by the local-stack and Spark-cluster scripts (pid checks, group stop)."""
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 from typing import Callable, Optional
+
+
+def spawn_detached(command: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """Start ``command`` in a new session (its own process group), output appended to ``log_path``.
+
+    The group is what :func:`stop_group` ends: the process and every child it starts, and it
+    outlives the command that started it.
+    """
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,  # pylint: disable=consider-using-with
+                                stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def alive(pid: int) -> bool:

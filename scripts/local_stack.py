@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from scripts._processes import alive, stop_group
+from scripts._processes import alive, spawn_detached, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -110,10 +110,8 @@ def _spawn(name: str, command: list[str], env: dict[str, str]) -> None:
     if pid_file.exists() and alive(int(pid_file.read_text(encoding="utf-8"))):
         print(f"{name} already running (pid {pid_file.read_text(encoding='utf-8')})")
         return
-    with (RUN_DIR / f"{name}.log").open("ab") as log:
-        # A new session: the server and all its children form one group that stop() can end.
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,  # pylint: disable=consider-using-with
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    # The server and all its children form one group that stop() can end.
+    process = spawn_detached(command, RUN_DIR / f"{name}.log", env, ROOT)
     pid_file.write_text(str(process.pid), encoding="utf-8")
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from scripts._processes import alive, stop_group
+from scripts._processes import alive, spawn_detached, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "spark"
@@ -124,15 +124,16 @@ def start_cluster(*, workers: int = WORKERS, cores: int = WORKER_CORES, memory: 
     run_dir.mkdir(parents=True, exist_ok=True)
     env = _env(run_dir)
     spark_class = str(spark_home() / "bin" / "spark-class")
-    master = _spawn(run_dir / "master.log",
-                    [spark_class, MASTER_CLASS, "--host", HOST, "--port", str(port), "--webui-port", str(webui_port)], env)
+    # Each daemon (spark-class execs into its JVM) and the executors it launches form one
+    # process group that stop can end.
+    master = spawn_detached([spark_class, MASTER_CLASS, "--host", HOST, "--port", str(port), "--webui-port",
+                             str(webui_port)], run_dir / "master.log", env, ROOT)
     cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui_port}", run_dir, master)
     try:
         for number in range(1, workers + 1):
-            cluster.workers.append(_spawn(
-                run_dir / f"worker-{number}.log",
+            cluster.workers.append(spawn_detached(
                 [spark_class, WORKER_CLASS, cluster.master_url, "--host", HOST, "--cores", str(cores), "--memory", memory,
-                 "--webui-port", "0", "--work-dir", str(run_dir / "work")], env))
+                 "--webui-port", "0", "--work-dir", str(run_dir / "work")], run_dir / f"worker-{number}.log", env, ROOT))
         _wait_for_workers(cluster, workers, timeout)
     except BaseException:
         cluster.stop(grace=10)
@@ -210,30 +211,22 @@ def _env(run_dir: Path) -> dict[str, str]:
     return env
 
 
-def _spawn(log_path: Path, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    with log_path.open("ab") as log:
-        # A new session: the daemon (spark-class execs into its JVM) and the executors it
-        # launches form one process group that stop can end, and that outlives this command.
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,  # pylint: disable=consider-using-with
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
 def _wait_for_workers(cluster: Cluster, expected: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    alive = 0
+    registered = 0
     while time.monotonic() < deadline:
         for process in [cluster.master, *cluster.workers]:
             if process.poll() is not None:
                 raise ClusterError(f"a Spark daemon exited with code {process.returncode} while starting:\n"
                                    f"{_log_tails(cluster)}")
         try:
-            alive = int(cluster.state(timeout=2)["aliveworkers"])
+            registered = int(cluster.state(timeout=2)["aliveworkers"])
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, KeyError):
-            alive = 0
-        if alive >= expected:
+            registered = 0
+        if registered >= expected:
             return
         time.sleep(0.5)
-    raise ClusterError(f"{alive} of {expected} worker(s) registered with {cluster.master_url} within {timeout:.0f}s:\n"
+    raise ClusterError(f"{registered} of {expected} worker(s) registered with {cluster.master_url} within {timeout:.0f}s:\n"
                        f"{_log_tails(cluster)}")
 
 
