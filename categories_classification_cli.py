@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import click
 
 from categories_classification.config import load_config, validate_client_id
-from categories_classification.errors import CategoriesError
+from categories_classification.errors import CategoriesError, unexpected
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
 
@@ -74,7 +74,7 @@ def cli(verbose: bool) -> None:
 def trainer(client_id: str, features: list, model_params: dict, training_date: str,
             promotion_tolerance: Optional[float], max_model_mb: Optional[float]) -> None:
     """Train one client's model, register it as a new version, promote it if it passes the gate."""
-    from categories_classification.trainer import train_model  # pylint: disable=import-outside-toplevel
+    from categories_classification.training.trainer import train_model  # pylint: disable=import-outside-toplevel
 
     result = train_model(client_id, features, model_params, training_date, promotion_tolerance=promotion_tolerance,
                          max_model_mb=max_model_mb)
@@ -94,7 +94,7 @@ def trainer(client_id: str, features: list, model_params: dict, training_date: s
               help="Serve this registered version instead of the champion (pin or roll back).")
 def predictor(client_id: str, inference_date: str, model_version: Optional[int]) -> None:
     """Predict the top-5 categories of one client's products with its champion model."""
-    from categories_classification.predictor import predict_categories  # pylint: disable=import-outside-toplevel
+    from categories_classification.prediction.predictor import predict_categories  # pylint: disable=import-outside-toplevel
 
     result = predict_categories(client_id, inference_date, model_version=model_version)
     click.echo(
@@ -238,9 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:  # pylint: disable=broad-except  # the last wall before a bare traceback
         if os.environ.get("CATEGORIES_DEBUG"):
             raise
-        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        click.echo(f"Error: unexpected {type(exc).__name__}: {first_line} (set CATEGORIES_DEBUG=1 for the traceback)",
-                   err=True)
+        click.echo(f"Error: {unexpected(exc)} (set CATEGORIES_DEBUG=1 for the traceback)", err=True)
         return 1
     return 0
 

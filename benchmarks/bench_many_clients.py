@@ -13,7 +13,7 @@ import pandas as pd
 
 from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
 from categories_classification.paths import train_path
-from categories_classification.trainer import fit_forest
+from categories_classification.training.trainer import fit_forest
 from scripts.generate_example_data import ClientSpec, write_client
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
@@ -107,7 +107,7 @@ def _fit_with_pool(data: Path, client_ids: list[str]) -> float:
 
 def _fit_with_spark(data: Path) -> float:
     # pylint: disable=import-outside-toplevel
-    from categories_classification.spark import get_spark
+    from categories_classification.prediction.spark import get_spark
 
     spark = get_spark("bench_many_models")
     try:

@@ -23,16 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from skops.io import dumps as plain_skops_bytes
 from sklearn.ensemble import RandomForestClassifier
 
 from benchmarks._common import BenchContext, Row, Section, megabytes, ratio, seconds
 from categories_classification.config import ClientConfig, ClientsConfig, load_config
-from categories_classification.data import load_training_data
-from categories_classification.evaluation import top_k_accuracy
+from categories_classification.training.data import load_training_data
+from categories_classification.training.evaluation import top_k_accuracy
 from categories_classification.paths import train_path
 from categories_classification.serialization import dump_model
-from categories_classification.sizing import MARGIN_STANDARD_ERRORS, MAX_LOSS_FROM_BEST, estimate_forest_bytes, leaf_curve
-from categories_classification.trainer import DEFAULT_MAX_MODEL_MB, SEED, fit_forest, split_training_data
+from categories_classification.training.sizing import MARGIN_STANDARD_ERRORS, MAX_LOSS_FROM_BEST, estimate_forest_bytes, leaf_curve
+from categories_classification.training.trainer import DEFAULT_MAX_MODEL_MB, SEED, fit_forest, split_training_data
 from scripts.generate_example_data import ClientSpec, write_client
 
 TARGET_SIZE_SHARE = 0.03  # of the design's pickled size
@@ -141,8 +142,8 @@ def _scored(model: RandomForestClassifier, split, fit_seconds: float, skops: boo
             max_leaf_nodes: Any = None) -> Measured:
     _, x_test, _, y_test = split
     top5 = top_k_accuracy(y_test, model.predict_proba(x_test), model.classes_)
-    return Measured(_pickled_size(model), len(dump_model(model)) if skops else None,
-                    len(dump_model(model, compress=True)) if deflated else None, top5, fit_seconds, max_leaf_nodes)
+    return Measured(_pickled_size(model), len(plain_skops_bytes(model)) if skops else None,
+                    len(dump_model(model)) if deflated else None, top5, fit_seconds, max_leaf_nodes)
 
 
 class _Counter:

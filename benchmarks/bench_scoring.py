@@ -16,7 +16,6 @@ see the same machine (wall time and peak RSS of the whole process tree, from ``r
     python -m benchmarks.bench_scoring limit --client scoring --source F.csv.gz --target out.parquet   # one side
 """
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 from benchmarks._common import (BenchContext, Row, Section, Timed, megabytes, ratio, run_command,
                                 seconds)
 from categories_classification.serialization import load_model_bytes
-from categories_classification.scoring import labels_of, repeated_values, score_batch
+from categories_classification.prediction.scoring import labels_of, repeated_values, score_batch
 from categories_classification.topk import ARROW_SCHEMA, TOP_K
 from scripts.generate_example_data import ClientSpec, write_client
 
@@ -67,14 +66,14 @@ def run(ctx: BenchContext) -> Section:
                  f"--features={json.dumps(FEATURES)}", "--model_params={}", f"--training_date={DATE}"],
                 env={**env, "DATA_PREFIX": str(prefixes[sizes[0]])})
 
-    limits, predictors, unchecked = _measure(ctx, prefixes, repeats, env)
+    limits, predictors = _measure(ctx, prefixes, repeats, env)
     for size in sizes:
         expected = 5 * size
         for measured in limits[size] + predictors[size]:
             if measured.info["rows_written"] != expected:
                 raise RuntimeError(f"{size:,} products gave {measured.info['rows_written']:,} rows, expected {expected:,}")
 
-    _rows(section, sizes, limits, predictors, unchecked)
+    _rows(section, sizes, limits, predictors)
     hash_seconds = _hash_check_cost(largest)
     section.rows.append(Row(
         f"duplicate check alone: sort + compare {largest:,} 64-bit hashes (in-process)", seconds(hash_seconds),
@@ -114,19 +113,16 @@ def run(ctx: BenchContext) -> Section:
     for size in sizes:
         section.notes.append(
             f"{size:,} products, every run: limit " + ", ".join(seconds(s.seconds) for s in limits[size])
-            + "; predictor " + ", ".join(seconds(s.seconds) for s in predictors[size])
-            + (("; predictor without duplicate check " + ", ".join(seconds(s.seconds) for s in unchecked))
-               if size == largest and unchecked else ""))
+            + "; predictor " + ", ".join(seconds(s.seconds) for s in predictors[size]))
     return section
 
 
 def _measure(ctx: BenchContext, prefixes: dict[int, Path], repeats: int,
-             env: dict[str, str]) -> tuple[dict[int, list["_Side"]], dict[int, list["_Side"]], list["_Side"]]:
-    """Run limit and predictor alternately, ``repeats`` times per size; plus one unchecked predictor run."""
+             env: dict[str, str]) -> tuple[dict[int, list["_Side"]], dict[int, list["_Side"]]]:
+    """Run limit and predictor alternately, ``repeats`` times per size."""
     sizes = sorted(prefixes)
     limits: dict[int, list[_Side]] = {size: [] for size in sizes}
     predictors: dict[int, list[_Side]] = {size: [] for size in sizes}
-    unchecked: list[_Side] = []
     for repeat in range(repeats):
         for size in sizes:
             source = prefixes[size] / "prediction" / f"client_id={CLIENT}" / "data_predict.csv.gz"
@@ -138,10 +134,7 @@ def _measure(ctx: BenchContext, prefixes: dict[int, Path], repeats: int,
             pair = [(limits, limit_cmd), (predictors, predictor_cmd)]
             for target, command in pair if repeat % 2 == 0 else pair[::-1]:
                 target[size].append(_side(run_command(command, env=env)))
-            if size == sizes[-1] and repeat == 0 and not ctx.quick:
-                # The same predictor without the duplicate check, right after: what the check costs.
-                unchecked.append(_side(run_command(predictor_cmd, env={**env, "BENCH_NO_DUPLICATE_CHECK": "1"})))
-    return limits, predictors, unchecked
+    return limits, predictors
 
 
 class _Side:
@@ -175,7 +168,7 @@ def _generate(ctx: BenchContext, sizes: tuple[int, ...]) -> tuple[dict[int, Path
 
 
 def _rows(section: Section, sizes: tuple[int, ...], limits: dict[int, list[_Side]],
-          predictors: dict[int, list[_Side]], unchecked: list[_Side]) -> None:
+          predictors: dict[int, list[_Side]]) -> None:
     largest, smallest = sizes[-1], sizes[0]
     best = {size: (min(limits[size], key=lambda s: s.seconds), min(predictors[size], key=lambda s: s.seconds))
             for size in sizes}
@@ -202,13 +195,6 @@ def _rows(section: Section, sizes: tuple[int, ...], limits: dict[int, list[_Side
             f"{limit.cpu:.1f} s limit", ratio(predictor.cpu, limit.cpu)),
     ]
     _memory_rows(section, sizes, limits, predictors)
-    if unchecked:
-        checked = predictors[largest][0]  # the run just before the unchecked one
-        cost = checked.seconds - unchecked[0].seconds
-        section.rows.append(Row(
-            f"duplicate product_id check, {largest:,} products (with - without, adjacent runs)",
-            f"{cost:+.1f} s, {checked.cpu - unchecked[0].cpu:+.1f} CPU s",
-            f"{seconds(unchecked[0].seconds)} without", ratio(checked.seconds, unchecked[0].seconds)))
 
 
 def _memory_rows(section: Section, sizes: tuple[int, ...], limits: dict[int, list[_Side]],
@@ -299,15 +285,12 @@ def limit_side(model_bytes: bytes, source: str, target: str, features: list[str]
             "rows_written": rows, "rows_skipped": skipped}
 
 
-def predictor_side(client_id: str, data_prefix: str, check_duplicates: bool = True) -> dict[str, Any]:
+def predictor_side(client_id: str, data_prefix: str) -> dict[str, Any]:
     """Start Spark (timed apart), then time :func:`predict_categories` in this process."""
     # pylint: disable=import-outside-toplevel
-    from categories_classification import predictor
-    from categories_classification.spark import get_spark
+    from categories_classification.prediction import predictor
+    from categories_classification.prediction.spark import get_spark
 
-    if not check_duplicates:  # only to measure what the check costs
-        unchecked = functools.partial(predictor._score_and_write, check_duplicates=False)  # pylint: disable=protected-access
-        predictor._score_and_write = unchecked  # pylint: disable=protected-access
     started = time.perf_counter()
     spark = get_spark("bench_scoring")
     spark.range(1).count()  # the first job pays for the executor's lazy set-up
@@ -374,8 +357,7 @@ def _main(argv: Optional[list[str]] = None) -> int:
         model_bytes, features = registry.fetch_model_bytes(registry.resolve_model(args.client))
         out = limit_side(model_bytes, args.source, args.target, features)
     else:
-        out = predictor_side(args.client, args.data_prefix,
-                             check_duplicates=os.environ.get("BENCH_NO_DUPLICATE_CHECK") != "1")
+        out = predictor_side(args.client, args.data_prefix)
     print(RESULT_PREFIX + json.dumps(out), flush=True)
     return 0
 

@@ -11,11 +11,11 @@ __all__ = ["train_model", "predict_categories"]  # pylint: disable=undefined-all
 def __getattr__(name: str) -> Any:
     # Lazy re-export: the CLI's --help and the DAG generator must not pay for MLflow/Spark imports.
     if name == "train_model":
-        from categories_classification.trainer import train_model  # pylint: disable=import-outside-toplevel
+        from categories_classification.training.trainer import train_model  # pylint: disable=import-outside-toplevel
 
         return train_model
     if name == "predict_categories":
-        from categories_classification.predictor import predict_categories  # pylint: disable=import-outside-toplevel
+        from categories_classification.prediction.predictor import predict_categories  # pylint: disable=import-outside-toplevel
 
         return predict_categories
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

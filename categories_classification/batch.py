@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from categories_classification.config import ClientConfig, ClientsConfig
-from categories_classification.errors import CategoriesError
-from categories_classification.predictor import PredictionResult, predict_categories
-from categories_classification.spark import get_spark
-from categories_classification.trainer import TrainingResult, train_model
+from categories_classification.errors import CategoriesError, unexpected
+from categories_classification.prediction.predictor import PredictionResult, predict_categories
+from categories_classification.prediction.spark import get_spark
+from categories_classification.training.trainer import TrainingResult, train_model
 
 Step = Callable[[], Union[TrainingResult, PredictionResult]]
 
@@ -53,9 +53,9 @@ def train_all(config: ClientsConfig, training_date: str, on_done: Optional[Calla
         return [_report(_train_one(client, training_date, threads), on_done) for client in clients]
     context = multiprocessing.get_context("forkserver")
     # Workers fork from a server that has imported the trainer once (not once per worker).
-    context.set_forkserver_preload(["categories_classification.trainer"])
+    context.set_forkserver_preload(["categories_classification.training.trainer"])
     outcomes: dict[str, Outcome] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_quiet_worker,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                              initargs=(logging.getLogger().getEffectiveLevel(), dict(os.environ))) as pool:
         pending: dict[Future, ClientConfig] = {
             pool.submit(_train_one, client, training_date, threads): client for client in clients
@@ -102,8 +102,7 @@ def _run(client_id: str, step: Step) -> Outcome:
     except CategoriesError as exc:
         result, error = None, str(exc)
     except Exception as exc:  # pylint: disable=broad-except  # one client's bug must not stop the others
-        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        result, error = None, f"client {client_id!r}: unexpected {type(exc).__name__}: {first_line}"
+        result, error = None, unexpected(exc, client_id)
     return Outcome(client_id, time.perf_counter() - started, result, error)
 
 
@@ -113,7 +112,7 @@ def _report(outcome: Outcome, on_done: Optional[Callable[[Outcome], None]]) -> O
     return outcome
 
 
-def _quiet_worker(level: int, environ: dict[str, str]) -> None:
+def _init_worker(level: int, environ: dict[str, str]) -> None:
     """Give a worker the parent's environment and log level (the CLI's --verbose or not)."""
     # The fork server keeps the environment it started with; MLFLOW_TRACKING_URI, DATA_PREFIX
     # and friends must be today's, the parent's.

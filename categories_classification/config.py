@@ -2,9 +2,9 @@
 
 The file maps each client id to ``features`` (a non-empty list of column names), optional
 ``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``), optional
-``promotion_tolerance`` (see :mod:`categories_classification.promotion`) and optional
+``promotion_tolerance`` (see :mod:`categories_classification.training.promotion`) and optional
 ``max_model_mb``, the size budget of the client's forest in memory (see
-:mod:`categories_classification.sizing`)::
+:mod:`categories_classification.training.sizing`)::
 
     client_0:
       features: [f0, f1, f2, f3, f4]
@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from categories_classification.errors import ConfigError
+from categories_classification.errors import ConfigError, one_line
 
 DEFAULT_CONFIG_FILE = "conf/clients_config.yaml"
 SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")  # always used with fullmatch: "$" would accept a final "\n"
@@ -118,7 +118,7 @@ def load_config(path: Optional[Union[str, Path]] = None) -> ClientsConfig:
     try:
         raw = yaml.load(text, Loader=_UniqueKeySafeLoader)  # a SafeLoader: never builds objects
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {source}: not valid YAML ({_one_line(exc)})") from None
+        raise ConfigError(f"config file {source}: not valid YAML ({one_line(exc)})") from None
     except ConfigError as exc:  # duplicate keys, found by the loader
         raise ConfigError(f"config file {source}: {exc.detail}") from None
     if not isinstance(raw, dict) or not raw:
@@ -194,7 +194,7 @@ def _check_random_forest_params(params: dict[str, Any]) -> None:
         # The estimator's own constraint table: the same check fit() would do, done up front.
         RandomForestClassifier(**params)._validate_params()  # pylint: disable=protected-access
     except InvalidParameterError as exc:
-        raise ValueError(_one_line(exc)) from None
+        raise ValueError(one_line(exc)) from None
 
 
 def _config_error(exc: ValidationError, client_id: Optional[str], source: Optional[Path] = None) -> ConfigError:
@@ -207,10 +207,6 @@ def _config_error(exc: ValidationError, client_id: Optional[str], source: Option
     found = first.get("input")
     suffix = "" if first["type"] in {"value_error", "missing"} else f", found {found!r}"
     return ConfigError(f"{where}key {key!r}: {message}{suffix}", client_id)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 class _UniqueKeySafeLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors

@@ -34,3 +34,21 @@ class ModelNotFoundError(CategoriesError):
 
 class TrackingError(CategoriesError):
     """The MLflow tracking server or store could not be used."""
+
+
+def one_line(error: object, limit: int = 300) -> str:
+    """``error``'s text on one line (whitespace collapsed), cut at ``limit`` characters.
+
+    The one way this package shortens a message from a library (MLflow, Spark, YAML) before it
+    goes into its own one-line errors.
+    """
+    text = " ".join(str(error).split())
+    return text[:limit] + "..." if len(text) > limit else text
+
+
+def unexpected(error: BaseException, client_id: Optional[str] = None) -> str:
+    """The one line shown for an error this package did not expect (a bug, not bad input)."""
+    prefix = f"client {client_id!r}: " if client_id else ""
+    # The first line only: an unexpected error's text may carry a whole (Java) stack trace.
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{prefix}unexpected {type(error).__name__}: {one_line(first)}"

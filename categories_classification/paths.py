@@ -28,6 +28,11 @@ def is_uri(path: str) -> bool:
     return bool(_URI.match(path))
 
 
+def absolute(path: str) -> str:
+    """``path`` as an absolute local path, or unchanged if it is a URI (lineage means the same from anywhere)."""
+    return path if is_uri(path) else os.path.abspath(path)
+
+
 def _join(*parts: str) -> str:
     # Plain "/" joining on purpose: os.path.join would mangle URIs on other platforms.
     return "/".join(part.strip("/") if i else part.rstrip("/") for i, part in enumerate(parts))

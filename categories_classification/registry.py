@@ -20,7 +20,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from categories_classification.errors import ModelNotFoundError, TrackingError
+from categories_classification.errors import ModelNotFoundError, TrackingError, one_line
 from categories_classification.serialization import SKOPS_TRUSTED_TYPES, deflate_file, load_model_bytes
 
 LOGGER = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
-def configure_tracking(client_id: Optional[str] = None) -> str:
+def configure_tracking() -> str:
     """Point MLflow's fluent API at :func:`tracking_uri` (called by entry points, never on import).
 
     A SQLite store is created (or migrated) under an exclusive file lock: two commands starting
@@ -57,7 +57,7 @@ def configure_tracking(client_id: Optional[str] = None) -> str:
     database = _sqlite_file(uri)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(database.with_name(f"{database.name}.lock")), tracking_errors(client_id):
+        with _file_lock(_lock_file(database, "store")), tracking_errors(None):
             MlflowClient(uri).search_experiments(max_results=1)
     return uri
 
@@ -72,7 +72,7 @@ def promotion_lock(client_id: str) -> ContextManager[None]:
     database = _sqlite_file(tracking_uri())
     if database is None:
         return nullcontext()
-    return _file_lock(database.with_name(f"{database.name}.{model_name(client_id)}.lock"))
+    return _file_lock(_lock_file(database, model_name(client_id)))
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def resolve_model(client_id: str, version: Optional[int] = None) -> ModelRef:
         existing = _version_list(client, name)
         if not existing:
             raise ModelNotFoundError(
-                f"no registered model {name!r} in {_safe_uri()}: train the client first (trainer / train-all)",
+                f"no registered model {name!r} in {display_tracking_uri()}: train the client first (trainer / train-all)",
                 client_id,
             )
         raise ModelNotFoundError(
@@ -230,7 +230,7 @@ def list_versions(client_id: str) -> list[dict[str, Any]]:
     with tracking_errors(client_id):
         versions = client.search_model_versions(f"name = '{name}'")
         if not versions:
-            raise ModelNotFoundError(f"no registered model {name!r} in {_safe_uri()}", client_id)
+            raise ModelNotFoundError(f"no registered model {name!r} in {display_tracking_uri()}", client_id)
         aliases = client.get_registered_model(name).aliases
         rows = []
         for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
@@ -311,6 +311,13 @@ def _sqlite_file(uri: str) -> Optional[Path]:
     return Path(unquote(parsed.path[1:]))
 
 
+def _lock_file(database: Path, name: str) -> Path:
+    """``<store dir>/.<store file>.locks/<name>.lock``: every lock of a store in one hidden folder."""
+    folder = database.with_name(f".{database.name}.locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.lock"
+
+
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (flock) on ``path``, held for the ``with`` block."""
@@ -323,12 +330,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def display_tracking_uri() -> str:
-    """The tracking URI without any credentials in it (for messages and lineage)."""
-    return _safe_uri()
-
-
-def _safe_uri() -> str:
-    # Never print credentials that a user may have put in the tracking URI.
+    """The tracking URI without any credentials in it (for messages and lineage): never print a password."""
     parsed = urlparse(tracking_uri())
     if parsed.password or parsed.username:
         return parsed._replace(netloc=f"***@{parsed.hostname}:{parsed.port}" if parsed.port else f"***@{parsed.hostname}").geturl()
@@ -341,9 +343,7 @@ def tracking_errors(client_id: Optional[str]) -> Iterator[None]:
     try:
         yield
     except (MlflowException, OSError) as exc:
-        detail = " ".join(str(exc).split())
-        if len(detail) > 300:
-            detail = detail[:300] + "..."
+        detail = one_line(exc)
         if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise ModelNotFoundError(f"MLflow at {_safe_uri()}: {detail}", client_id) from exc
-        raise TrackingError(f"MLflow at {_safe_uri()} failed: {detail}", client_id) from exc
+            raise ModelNotFoundError(f"MLflow at {display_tracking_uri()}: {detail}", client_id) from exc
+        raise TrackingError(f"MLflow at {display_tracking_uri()} failed: {detail}", client_id) from exc

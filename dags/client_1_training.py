@@ -12,7 +12,7 @@ PROJECT_DIR = os.environ.get("CATEGORIES_PROJECT_DIR") or os.path.dirname(os.pat
 with DAG(
     dag_id='client_1-training',
     description='Training of client client_1',
-    doc_md="### Training of client `client_1`\n\nTrains the client's RandomForest on `train/client_id=client_1/data_train.csv.gz` and registers a new version of `client_1_model` in MLflow (experiment `categories_client_1`).\n\n- features: `f0, f1, f2, f3, f4`\n- model params: `project defaults`\n\nGenerated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.",
+    doc_md="### Training of client `client_1`\n\nTrains the client's model on `train/client_id=client_1/data_train.csv.gz`, registers a new version of `client_1_model` in MLflow (experiment `categories_client_1`) and makes it the `champion` if it passes the promotion gate.\n\n- features: `f0, f1, f2, f3, f4`\n- model params: `project defaults`\n\nGenerated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.",
     schedule=timedelta(days=30),
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,

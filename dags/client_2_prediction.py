@@ -12,7 +12,7 @@ PROJECT_DIR = os.environ.get("CATEGORIES_PROJECT_DIR") or os.path.dirname(os.pat
 with DAG(
     dag_id='client_2-prediction',
     description='Prediction of client client_2',
-    doc_md='### Prediction of client `client_2`\n\nScores `prediction/client_id=client_2/data_predict.csv.gz` with the newest `client_2_model` and writes the top-5 categories per product to `products_categories/client_id=client_2/date=<ds>/` (parquet).\n\n- features: `f0, f1, f2, f3, f4`\n- model params: `{"n_estimators": 50}`\n\nGenerated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.',
+    doc_md='### Prediction of client `client_2`\n\nScores `prediction/client_id=client_2/data_predict.csv.gz` with `client_2_model@champion` (the version that passed the promotion gate) and writes the top-5 categories per product to `products_categories/client_id=client_2/date=<ds>/` (parquet).\n\n- features: `f0, f1, f2, f3, f4`\n- model params: `{"n_estimators": 50}`\n\nGenerated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.',
     schedule="@daily",
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,

@@ -12,7 +12,7 @@ PROJECT_DIR = os.environ.get("CATEGORIES_PROJECT_DIR") or os.path.dirname(os.pat
 with DAG(
     dag_id='client_6-prediction',
     description='Prediction of client client_6',
-    doc_md='### Prediction of client `client_6`\n\nScores `prediction/client_id=client_6/data_predict.csv.gz` with the newest `client_6_model` and writes the top-5 categories per product to `products_categories/client_id=client_6/date=<ds>/` (parquet).\n\n- features: `f0, f1, f2, f3, f4`\n- model params: `project defaults`\n\nGenerated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.',
+    doc_md='### Prediction of client `client_6`\n\nScores `prediction/client_id=client_6/data_predict.csv.gz` with `client_6_model@champion` (the version that passed the promotion gate) and writes the top-5 categories per product to `products_categories/client_id=client_6/date=<ds>/` (parquet).\n\n- features: `f0, f1, f2, f3, f4`\n- model params: `project defaults`\n\nGenerated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.',
     schedule="@daily",
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,

@@ -12,7 +12,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import jinja2
 
@@ -27,12 +27,24 @@ CLI = "pipenv run python categories_classification_cli.py"
 
 @dataclass(frozen=True)
 class _Kind:
-    """One DAG per client per kind: its template, file suffix and CLI command."""
+    """Everything one kind of DAG (one per client) is made of: each kind's facts live here only."""
 
     name: str
     template: str
-    command: str
+    command: str  # the CLI command its task runs
     date_option: str
+    what: str  # doc_md's description; ``{c}`` is the client id
+    options: Callable[[ClientConfig], list[str]]  # the command's options taken from the client's config
+
+
+def _training_options(client: ClientConfig) -> list[str]:
+    words = [f"--features={_literal(json.dumps(list(client.features)))}",
+             f"--model_params={_literal(json.dumps(dict(client.params), sort_keys=True))}"]
+    if client.promotion_tolerance is not None:
+        words.append(f"--promotion_tolerance={_literal(repr(float(client.promotion_tolerance)))}")
+    if client.max_model_mb is not None:
+        words.append(f"--max_model_mb={_literal(repr(float(client.max_model_mb)))}")
+    return words
 
 
 # Airflow 3 runs triggered without a logical date (REST API, "run now") have no {{ ts }} or
@@ -40,8 +52,16 @@ class _Kind:
 # folder (date=YYYY-MM-DD) is safe on every filesystem and an Airflow retry rewrites the same one.
 _RUN_MOMENT = "(dag_run.logical_date or dag_run.run_after)"
 KINDS = (
-    _Kind("training", "training_dag.py.j2", "trainer", f"--training_date='{{{{ {_RUN_MOMENT} | ts }}}}'"),
-    _Kind("prediction", "prediction_dag.py.j2", "predictor", f"--inference_date='{{{{ {_RUN_MOMENT} | ds }}}}'"),
+    _Kind("training", "training_dag.py.j2", "trainer", f"--training_date='{{{{ {_RUN_MOMENT} | ts }}}}'",
+          "Trains the client's model on `train/client_id={c}/data_train.csv.gz`, registers a new version of "
+          "`{c}_model` in MLflow (experiment `categories_{c}`) and makes it the `champion` if it passes the "
+          "promotion gate.",
+          _training_options),
+    _Kind("prediction", "prediction_dag.py.j2", "predictor", f"--inference_date='{{{{ {_RUN_MOMENT} | ds }}}}'",
+          "Scores `prediction/client_id={c}/data_predict.csv.gz` with `{c}_model@champion` (the version that "
+          "passed the promotion gate) and writes the top-5 categories per product to "
+          "`products_categories/client_id={c}/date=<ds>/` (parquet).",
+          lambda client: []),
 )
 
 
@@ -72,16 +92,8 @@ def render_dags(config: ClientsConfig) -> dict[str, str]:
 
 def bash_command(client: ClientConfig, kind: _Kind) -> str:
     """The CLI call of a DAG's task; every configured value is shell-quoted and Jinja-inert."""
-    words = [CLI, kind.command, f"--client_id={_literal(client.client_id)}"]
-    if kind.name == "training":
-        words.append(f"--features={_literal(json.dumps(list(client.features)))}")
-        words.append(f"--model_params={_literal(json.dumps(dict(client.params), sort_keys=True))}")
-        if client.promotion_tolerance is not None:
-            words.append(f"--promotion_tolerance={_literal(repr(float(client.promotion_tolerance)))}")
-        if client.max_model_mb is not None:
-            words.append(f"--max_model_mb={_literal(repr(float(client.max_model_mb)))}")
-    words.append(kind.date_option)
-    return " ".join(words)
+    return " ".join([CLI, kind.command, f"--client_id={_literal(client.client_id)}", *kind.options(client),
+                     kind.date_option])
 
 
 def write_dags(files: dict[str, str], output_dir: Path) -> tuple[list[str], list[str]]:
@@ -130,13 +142,8 @@ def _literal(value: str) -> str:
 
 
 def _doc(client: ClientConfig, kind: _Kind) -> str:
-    what = ("Trains the client's RandomForest on `train/client_id={c}/data_train.csv.gz` and registers a new "
-            "version of `{c}_model` in MLflow (experiment `categories_{c}`)."
-            if kind.name == "training" else
-            "Scores `prediction/client_id={c}/data_predict.csv.gz` with the newest `{c}_model` and writes the "
-            "top-5 categories per product to `products_categories/client_id={c}/date=<ds>/` (parquet).")
     params = json.dumps(dict(client.params), sort_keys=True) if client.params else "project defaults"
-    return (f"### {kind.name.capitalize()} of client `{client.client_id}`\n\n{what.format(c=client.client_id)}\n\n"
+    return (f"### {kind.name.capitalize()} of client `{client.client_id}`\n\n{kind.what.format(c=client.client_id)}\n\n"
             f"- features: `{', '.join(client.features)}`\n- model params: `{params}`\n\n"
             "Generated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.")
 

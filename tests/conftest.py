@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 
 import pytest
 
+from scripts._processes import stop_group
 from scripts.generate_example_data import ClientSpec, write_client
 
 # Airflow writes to ~/airflow on a bare import; point it at a throwaway folder for the whole run.
@@ -21,7 +22,6 @@ if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow_home_tests_")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
-FEATURES = ["f0", "f1", "f2", "f3", "f4"]
 SMALL_CLIENTS = (
     ClientSpec("small_a", 101, n_train=900, n_predict=400, n_categories=12),
     ClientSpec("small_b", 102, n_train=500, n_predict=250, n_categories=3),
@@ -67,7 +67,7 @@ def _use_store(patch: pytest.MonkeyPatch, store: Path) -> None:
 @pytest.fixture(scope="session")
 def spark():
     """One real local Spark session (2 cores) for the whole test run."""
-    from categories_classification.spark import get_spark  # pylint: disable=import-outside-toplevel
+    from categories_classification.prediction.spark import get_spark  # pylint: disable=import-outside-toplevel
 
     os.environ.setdefault("SPARK_MASTER", "local[2]")
     session = get_spark("categories_classification_tests")
@@ -145,9 +145,8 @@ def _wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout:
 def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if process.poll() is not None:
         return
-    os.killpg(process.pid, sig)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    if sig != signal.SIGTERM:  # an outage on purpose (e.g. SIGKILL): no grace period
+        os.killpg(process.pid, sig)
         process.wait(timeout=10)
+        return
+    stop_group(process.pid, grace=20, reaper=process.poll)

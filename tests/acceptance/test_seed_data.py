@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from categories_classification.batch import predict_all, train_all
 from categories_classification.config import load_config
+from tests.helpers import DATE, read_output
 
 SEED = Path(__file__).resolve().parents[3] / "shared" / "seed-data"
 pytestmark = [
@@ -14,7 +15,6 @@ pytestmark = [
     pytest.mark.acceptance,
     pytest.mark.skipif(not (SEED / "clients_config.yaml").is_file(), reason="../shared/seed-data is absent"),
 ]
-DATE = "2026-11-23"
 
 
 @pytest.mark.usefixtures("tracking_store", "spark")
@@ -43,7 +43,7 @@ def test_design_clients_train_and_predict_five_rows_per_product(tmp_path, monkey
     for outcome in predicted:
         client_id = outcome.client_id
         source = pd.read_csv(SEED / f"prediction/client_id={client_id}/data_predict.csv.gz", usecols=["product_id"])
-        output = pd.read_parquet(prefix / f"products_categories/client_id={client_id}/date={DATE}")
+        output = read_output(prefix, client_id)
         assert set(output["product_id"]) == set(source["product_id"])
         assert (output.groupby("product_id").size() == 5).all()
         assert sorted(output["rank"].unique()) == [0, 1, 2, 3, 4]

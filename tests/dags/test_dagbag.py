@@ -1,12 +1,11 @@
 """The committed dags/ as Airflow itself loads it (real DagBag)."""
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from categories_classification.config import load_config
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = [client.client_id for client in load_config(ROOT / "conf" / "clients_config.yaml")]
 
 
@@ -43,6 +42,8 @@ def test_prediction_dag(dagbag, client_id):
     dag = dagbag.dags[f"{client_id}-prediction"]
     assert set(dag.tags) == {"prediction", client_id}
     assert dag.timetable.__class__.__name__ == "CronTriggerTimetable" and not dag.catchup
+    # The docs say what the task serves: the champion alias, not "the newest" version.
+    assert f"{client_id}_model@champion" in dag.doc_md and "newest" not in dag.doc_md
     (task,) = dag.tasks
     assert task.retries == 2
     assert task.bash_command == (f"pipenv run python categories_classification_cli.py predictor --client_id={client_id} "

@@ -1,9 +1,8 @@
 """The Docker path cannot run here (no engine): check what the Makefile and DAGs rely on."""
-from pathlib import Path
 
 import yaml
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compose() -> dict:

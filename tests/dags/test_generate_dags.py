@@ -10,8 +10,8 @@ import jinja2
 import pytest
 
 from scripts.generate_dags import GENERATED_MARKER, main
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 GOOD = "zeta:\n  features: [a, b]\nalpha:\n  features: [x]\n  params: {n_estimators: 7, max_depth: 3}\n"
 
 

@@ -4,18 +4,15 @@ from mlflow.tracking import MlflowClient
 
 from categories_classification.batch import train_all
 from categories_classification.config import load_config
+from tests.helpers import DATE, client_entry, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tracking_store")]
-DATE = "2026-11-23"
 
 
 def test_parallel_training_keeps_client_order_and_contains_failures(small_data, tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_PREFIX", str(small_data))
-    config_path = tmp_path / "clients.yaml"
-    config_path.write_text(
-        "small_b: {features: [f0, f1, f2, f3, f4], params: {n_estimators: 10}}\n"
-        "small_a: {features: [f0, f1, f2, f3, f4], params: {n_estimators: 10}}\n"
-        "absent: {features: [f0, f1, f2, f3, f4]}\n", encoding="utf-8")
+    config_path = write_config(tmp_path / "clients.yaml", {"small_b": client_entry(10), "small_a": client_entry(10),
+                                                           "absent": client_entry()})
     seen = []
 
     outcomes = train_all(load_config(config_path), DATE, on_done=lambda outcome: seen.append(outcome.client_id),

@@ -1,32 +1,23 @@
 """Faults injected for real: the predictor killed mid-write, the MLflow server stopped mid-training,
 two trainings of one client at once."""
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification import registry
-from categories_classification.trainer import train_model
+from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.conftest import FEATURES
+from tests.helpers import DATE, FEATURES, output_folder, start_cli, train_args
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-DATE = "2026-11-23"
 
 
 def _predictor(env):
-    return subprocess.Popen(  # pylint: disable=consider-using-with
-        [sys.executable, str(ROOT / "categories_classification_cli.py"), "predictor", "--client_id=big",
-         f"--inference_date={DATE}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True)
+    return start_cli(["predictor", "--client_id=big", f"--inference_date={DATE}"], env)
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -39,9 +30,9 @@ def test_predictor_killed_mid_write_keeps_previous_output_and_next_run_replaces_
     write_client(ClientSpec("big", 5, n_train=800, n_predict=150_000, n_categories=10), prefix)
     train_model("big", FEATURES, {"n_estimators": 30}, DATE, data_prefix=str(prefix))
     env = dict(os.environ, DATA_PREFIX=str(prefix), SPARK_MASTER="local[2]")
-    folder = prefix / "products_categories/client_id=big"
+    folder = output_folder(prefix, "big").parent
     first = _predictor(env)
-    assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-2000:]
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
     previous = _sorted(pd.read_parquet(folder / f"date={DATE}"))
     manifest = (folder / f"date={DATE}" / "_manifest.json").read_bytes()
 
@@ -57,7 +48,7 @@ def test_predictor_killed_mid_write_keeps_previous_output_and_next_run_replaces_
     assert (folder / f"date={DATE}" / "_manifest.json").read_bytes() == manifest
 
     retry = _predictor(env)
-    assert retry.wait(timeout=600) == 0, retry.stderr.read().decode()[-2000:]
+    assert retry.wait(timeout=600) == 0, retry.stderr.read()[-2000:]
     assert sorted(path.name for path in folder.iterdir()) == [f"date={DATE}"]  # no staging left over
     output = pd.read_parquet(folder / f"date={DATE}")
     assert len(output) == 5 * 150_000 and (output.groupby("product_id").size() == 5).all()
@@ -65,11 +56,7 @@ def test_predictor_killed_mid_write_keeps_previous_output_and_next_run_replaces_
 
 
 def _trainer(env, client_id="small_a", date=DATE, n_estimators=60):
-    return subprocess.Popen(  # pylint: disable=consider-using-with
-        [sys.executable, str(ROOT / "categories_classification_cli.py"), "trainer", f"--client_id={client_id}",
-         f"--features={json.dumps(FEATURES)}", f'--model_params={{"n_estimators": {n_estimators}}}',
-         f"--training_date={date}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    return start_cli(train_args(client_id, params=f'{{"n_estimators": {n_estimators}}}', date=date), env)
 
 
 def test_mlflow_server_stopped_during_training_fails_clearly_and_a_retry_succeeds(mlflow_server_control,

@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification import registry
 from categories_classification.errors import ModelNotFoundError
-from categories_classification.predictor import MANIFEST, predict_categories
-from categories_classification.trainer import train_model
+from categories_classification.prediction.output import MANIFEST
+from categories_classification.prediction.predictor import predict_categories
+from categories_classification.training.trainer import train_model
 from categories_classification_cli import main
-from tests.conftest import FEATURES
+from tests.helpers import FEATURES, output_folder, read_output
 
 pytestmark = pytest.mark.slow
 WEAK = {"n_estimators": 1, "max_depth": 1}
@@ -31,7 +31,7 @@ def store(request):
 
 
 def _manifest(prefix: Path, date: str) -> dict:
-    return json.loads((prefix / f"products_categories/client_id=small_a/date={date}" / MANIFEST).read_text())
+    return json.loads((output_folder(prefix, "small_a", date) / MANIFEST).read_text())
 
 
 @pytest.mark.usefixtures("store")
@@ -66,7 +66,9 @@ def test_gate_alias_pin_rollback_and_lineage(small_data, spark, capsys):
     assert prediction_run.data.tags["model_version"] == "3" and prediction_run.data.tags["client_id"] == "small_a"
     assert prediction_run.data.metrics["rows_out"] == manifest["rows_written"] == 5 * 400
     assert MlflowClient().get_run(manifest["training_run_id"]).info.run_name == "training_2026-11-03"
-    assert "_manifest.json" not in pd.read_parquet(small_data / "products_categories/client_id=small_a/date=2026-11-23").columns
+    assert "_manifest.json" not in read_output(small_data, "small_a").columns
+    # Lineage means the same from anywhere: an absolute input path.
+    assert Path(manifest["input_path"]).is_absolute() and Path(manifest["input_path"]).is_file()
 
     pinned = predict_categories("small_a", "2026-11-24", model_version=1, data_prefix=prefix, spark=spark)
     assert pinned.model_version == 1 and _manifest(small_data, "2026-11-24")["model_selector"] == "pinned"

@@ -5,33 +5,18 @@ versions and the champion aliases are exactly what they were before the failed c
 """
 import gzip
 import hashlib
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FEATURES
+from tests.helpers import DATE, output_folder, run_cli, train_args
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-DATE = "2026-11-23"
 CLIENTS = ("small_a", "small_b")
-
-
-def _cli(args, env):
-    return subprocess.run([sys.executable, str(ROOT / "categories_classification_cli.py"), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
-
-
-def _train(client_id, **extra):
-    return ["trainer", f"--client_id={client_id}", f"--features={json.dumps(extra.get('features', FEATURES))}",
-            f"--model_params={extra.get('params', '{}')}", f"--training_date={DATE}"]
 
 
 def _state(data: Path, store_uri: str) -> dict:
@@ -42,7 +27,7 @@ def _state(data: Path, store_uri: str) -> dict:
         name = f"{client_id}_model"
         state[name] = (sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")),
                        dict(client.get_registered_model(name).aliases))
-        folder = data / "products_categories" / f"client_id={client_id}"
+        folder = output_folder(data, client_id).parent
         state[str(folder)] = {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
                               for path in sorted(folder.rglob("*")) if path.is_file()}
     return state
@@ -57,9 +42,9 @@ def stack(small_data, tmp_path_factory):
     env = dict(os.environ, DATA_PREFIX=str(data), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
                SPARK_MASTER="local[2]")
     for client_id in CLIENTS:
-        for args in (_train(client_id, params='{"n_estimators": 8}'),
+        for args in (train_args(client_id, params='{"n_estimators": 8}'),
                      ["predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]):
-            result = _cli(args, env)
+            result = run_cli(args, env)
             assert result.returncode == 0, result.stderr
     return data, env
 
@@ -82,15 +67,15 @@ def _restore(data: Path) -> None:
 
 
 @pytest.mark.parametrize("case, args, setup, expected", [
-    ("DATA_PREFIX pointing nowhere (training)", _train("small_a"), "nowhere",
+    ("DATA_PREFIX pointing nowhere (training)", train_args("small_a"), "nowhere",
      r"client 'small_a': file /nowhere/train/client_id=small_a/data_train.csv.gz: not found"),
     ("DATA_PREFIX pointing nowhere (prediction)", ["predictor", "--client_id=small_a", f"--inference_date={DATE}"],
      "nowhere", r"client 'small_a': file /nowhere/prediction/client_id=small_a/data_predict.csv.gz: not found"),
-    ("configured feature missing", _train("small_a", features=["f0", "f9"]), None, r"missing column\(s\) 'f9'"),
-    ("non-numeric training value", _train("small_a"), "train", r"not_a_number"),
+    ("configured feature missing", train_args("small_a", features=["f0", "f9"]), None, r"missing column\(s\) 'f9'"),
+    ("non-numeric training value", train_args("small_a"), "train", r"not_a_number"),
     ("non-numeric prediction value", ["predictor", "--client_id=small_a", f"--inference_date={DATE}"], "prediction",
      r"a feature value is not a number"),
-    ("unknown model parameter", _train("small_a", params='{"n_trees": 3}'), None, r"unknown RandomForestClassifier"),
+    ("unknown model parameter", train_args("small_a", params='{"n_trees": 3}'), None, r"unknown RandomForestClassifier"),
     ("pinned version that does not exist",
      ["predictor", "--client_id=small_a", f"--inference_date={DATE}", "--model_version=99"], None,
      r"has no version 99: expected one of 1"),
@@ -102,7 +87,7 @@ def test_a_failed_command_says_why_on_one_line_and_loses_nothing(stack, case, ar
     if setup in ("train", "prediction"):
         _corrupt(data, setup)
     try:
-        result = _cli(args, run_env)
+        result = run_cli(args, run_env)
     finally:
         _restore(data)
     assert result.returncode in (1, 2), case

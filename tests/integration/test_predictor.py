@@ -3,18 +3,15 @@ import gzip
 import re
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from categories_classification.errors import InputDataError, ModelNotFoundError
-from categories_classification.predictor import _raise_on_duplicates, predict_categories
-from categories_classification.scoring import repeated_values
-from categories_classification.trainer import train_model
-from tests.conftest import FEATURES
+from categories_classification.prediction.predictor import _raise_on_duplicates, predict_categories
+from categories_classification.training.trainer import train_model
+from tests.helpers import DATE, FEATURES, output_folder
 
 pytestmark = pytest.mark.slow
-DATE = "2026-11-23"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +23,7 @@ def trained(small_data, module_tracking_store):  # pylint: disable=unused-argume
 
 
 def _output(prefix, client_id, date=DATE):
-    return pd.read_parquet(prefix / "products_categories" / f"client_id={client_id}" / f"date={date}")
+    return pd.read_parquet(output_folder(prefix, client_id, date))
 
 
 def test_five_ranked_rows_per_product(trained, spark):
@@ -54,7 +51,7 @@ def test_fewer_categories_than_five(trained, spark):
 
 def test_rerun_replaces_the_output_whole(trained, spark):
     predict_categories("small_a", "2026-11-25", data_prefix=str(trained), spark=spark)
-    folder = trained / "products_categories/client_id=small_a/date=2026-11-25"
+    folder = output_folder(trained, "small_a", "2026-11-25")
     (folder / "part-stale.parquet").write_bytes(b"left over from an older run")
     predict_categories("small_a", "2026-11-25", data_prefix=str(trained), spark=spark)
     assert not (folder / "part-stale.parquet").exists()
@@ -117,7 +114,7 @@ def test_client_without_a_model(trained, spark):
 
 
 def test_leftovers_of_a_killed_run_are_recovered(trained, spark):
-    folder = trained / "products_categories/client_id=small_a"
+    folder = output_folder(trained, "small_a").parent
     predict_categories("small_a", "2026-11-27", data_prefix=str(trained), spark=spark)
     before = _output(trained, "small_a", "2026-11-27")
     # A run killed between the two renames of the swap: old output renamed away, staging left.
@@ -145,7 +142,7 @@ def test_duplicate_product_ids_fail_clearly_and_keep_previous_output(trained, sp
         rf"\(5 rows, e\.g\. '{twice}', '{thrice}'\): expected one row per product_id; .*", message), message
     assert "\n" not in message
     _assert_previous_output_kept(trained, prefix)
-    folder = prefix / "products_categories/client_id=small_a"
+    folder = output_folder(prefix, "small_a").parent
     assert not [path.name for path in folder.iterdir() if path.name.startswith("_")]  # staging removed
 
 
@@ -154,10 +151,3 @@ def test_duplicate_check_is_exact_across_partitions(spark):
     with pytest.raises(InputDataError, match=r"2 product_id value\(s\) appear more than once \(5 rows, e\.g\. 'a', 'b'\)"):
         _raise_on_duplicates("x", "file.csv.gz", products.repartition(3))
     _raise_on_duplicates("x", "file.csv.gz", products.dropDuplicates().repartition(3))  # no error: all unique
-
-
-def test_repeated_hash_values_are_counted_once_each():
-    chunks = [np.array([5, 1, 9], dtype=np.int64), np.array([1, 7, 5, 1], dtype=np.int64), np.array([], dtype=np.int64)]
-    assert repeated_values(chunks) == 2  # 1 (three times) and 5 (twice)
-    assert repeated_values([np.arange(10, dtype=np.int64)]) == 0
-    assert repeated_values([]) == 0

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -16,14 +15,13 @@ from typing import Any, Callable, Iterator, Optional
 import pandas as pd
 import pytest
 
-from categories_classification.predictor import predict_categories
-from categories_classification.trainer import train_model
+from categories_classification.prediction.predictor import predict_categories
+from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
 from scripts.spark_cluster import Cluster, free_ports, start_cluster
-from tests.conftest import FEATURES
+from tests.helpers import FEATURES, output_folder, read_output, start_cli
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 LOCAL_DATE, CLUSTER_DATE = "2026-11-22", "2026-11-23"
 SMALL = ClientSpec("cluster_small", 111, n_train=900, n_predict=400, n_categories=12)
 # Enough rows that scoring lasts seconds (one gzip file: one task, or a few if the input is split).
@@ -67,9 +65,8 @@ def predict_on(cluster: Cluster, prefix: Path, tmp_path: Path) -> Iterator[Calla
                                        "--conf spark.eventLog.compress=false --conf spark.eventLog.rolling.enabled=false "
                                        "pyspark-shell")
         with (tmp_path / "logs" / "stdout").open("wb") as out, (tmp_path / "logs" / "stderr").open("wb") as err:
-            started.append(subprocess.Popen(  # pylint: disable=consider-using-with
-                [sys.executable, str(ROOT / "categories_classification_cli.py"), "predictor", f"--client_id={client_id}",
-                 f"--inference_date={CLUSTER_DATE}"], cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True))
+            started.append(start_cli(["predictor", f"--client_id={client_id}", f"--inference_date={CLUSTER_DATE}"], env,
+                                     stdout=out, stderr=err))
         return started[-1]
 
     yield start
@@ -95,15 +92,10 @@ def _events(logs: Path) -> list[dict[str, Any]]:
             for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def _output(prefix: Path, client_id: str, date: str) -> pd.DataFrame:
-    frame = pd.read_parquet(prefix / "products_categories" / f"client_id={client_id}" / f"date={date}")
-    return frame.sort_values(["product_id", "rank"]).reset_index(drop=True)
-
-
 def _assert_same_output(prefix: Path, client_id: str) -> None:
-    cluster_output, local_output = _output(prefix, client_id, CLUSTER_DATE), _output(prefix, client_id, LOCAL_DATE)
+    cluster_output, local_output = read_output(prefix, client_id, CLUSTER_DATE), read_output(prefix, client_id, LOCAL_DATE)
     pd.testing.assert_frame_equal(cluster_output, local_output, check_exact=False, rtol=1e-9, atol=1e-12)
-    folder = prefix / "products_categories" / f"client_id={client_id}"
+    folder = output_folder(prefix, client_id).parent
     manifests = [json.loads((folder / f"date={date}" / "_manifest.json").read_text()) for date in (CLUSTER_DATE, LOCAL_DATE)]
     assert {(m["model_version"], m["training_run_id"], m["rows_written"]) for m in manifests} == {
         (1, manifests[1]["training_run_id"], len(local_output))}
@@ -156,7 +148,7 @@ def test_worker_lost_mid_scoring_is_retried_on_the_other_worker(cluster, prefix,
     state = cluster.state()
     assert state["aliveworkers"] == 2
     before = {app["id"] for app in state["completedapps"]}
-    folder = prefix / "products_categories" / f"client_id={BIG.client_id}"
+    folder = output_folder(prefix, BIG.client_id).parent
 
     run = predict_on(BIG.client_id)
     # Not a fixed sleep: wait until a worker's executor is scoring, however many tasks the job has.

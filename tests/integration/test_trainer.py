@@ -3,14 +3,14 @@ import zipfile
 from pathlib import Path
 
 import mlflow
+import skops.io
 import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import InputDataError
 from categories_classification.registry import ModelRef, download_model_file, experiment_name, model_name
-from categories_classification.serialization import dump_model
-from categories_classification.trainer import DEFAULT_MAX_MODEL_MB, train_model
-from tests.conftest import FEATURES
+from categories_classification.training.trainer import DEFAULT_MAX_MODEL_MB, train_model
+from tests.helpers import FEATURES
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     assert run.data.metrics["model_size_bytes"] == model_file.stat().st_size
     reloaded = mlflow.sklearn.load_model(f"models:/small_a_model/{first.version}")
     assert reloaded.get_params()["n_estimators"] == 20
-    assert model_file.stat().st_size < len(dump_model(reloaded)) / 2
+    assert model_file.stat().st_size < len(skops.io.dumps(reloaded)) / 2
 
 
 @pytest.mark.usefixtures("tracking_store")

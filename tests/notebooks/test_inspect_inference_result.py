@@ -1,15 +1,13 @@
 """The inspection notebook, executed for real (Jupyter kernel, Spark, MLflow) on a prediction output."""
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from categories_classification.predictor import predict_categories
-from categories_classification.trainer import train_model
-from tests.conftest import FEATURES
+from categories_classification.prediction.predictor import predict_categories
+from categories_classification.training.trainer import train_model
+from tests.helpers import FEATURES, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "inspect_inference_result.ipynb"
 
 

@@ -32,7 +32,9 @@ def test_a_second_process_waits_for_the_same_clients_lock(tmp_path, monkeypatch)
         time.sleep(1.0)
         assert blocked.poll() is None and not same.exists()
     assert blocked.wait(timeout=60) == 0 and same.exists()
-    assert (tmp_path / "mlflow.db.client_0_model.lock").exists()
+    # Every lock of the store sits in one hidden folder, none beside the store itself.
+    assert (tmp_path / ".mlflow.db.locks" / "client_0_model.lock").exists()
+    assert not list(tmp_path.glob("*.lock"))
 
 
 def test_a_tracking_server_has_no_local_lock(monkeypatch):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from categories_classification.evaluation import top_k_accuracy
-from categories_classification.promotion import DEFAULT_TOLERANCE, decide
+from categories_classification.training.evaluation import top_k_accuracy
+from categories_classification.training.promotion import DEFAULT_TOLERANCE, decide
 
 
 def test_first_version_is_always_promoted():

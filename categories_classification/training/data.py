@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from categories_classification.errors import InputDataError
+from categories_classification.errors import InputDataError, one_line
 from categories_classification.paths import is_uri
 
 ID_COLUMN = "product_id"
@@ -115,8 +115,7 @@ def _read_csv(client_id: str, path: str, dtype: dict) -> pd.DataFrame:
     except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
         raise InputDataError(f"file {path}: is not a valid gzip file ({exc}): expected a gzip-compressed CSV", client_id) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        detail = " ".join(str(exc).split())
-        raise InputDataError(f"file {path}: is not a readable CSV ({detail})", client_id) from None
+        raise InputDataError(f"file {path}: is not a readable CSV ({one_line(exc)})", client_id) from None
 
 
 def _local_path(client_id: str, path: str) -> Path:

@@ -1,12 +1,14 @@
 """Model size: the size formula, the budget, truncated best-first trees and the leaf-count choice."""
 import pickle
 
+import skops.io
+
 import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
-from categories_classification import sizing
-from categories_classification.evaluation import top_k_accuracy
+from categories_classification.training import sizing
+from categories_classification.training.evaluation import top_k_accuracy
 from categories_classification.serialization import dump_model, load_model_bytes
 
 
@@ -121,6 +123,6 @@ def test_choose_max_leaf_nodes_with_rare_categories_and_user_params():
 def test_compressed_skops_is_smaller_and_loads_with_the_trusted_types():
     features, labels = _data()
     model = RandomForestClassifier(n_estimators=5, max_leaf_nodes=40, random_state=0).fit(features, labels)
-    plain, packed = dump_model(model), dump_model(model, compress=True)
+    plain, packed = skops.io.dumps(model), dump_model(model)
     assert len(packed) < len(plain) / 2
     assert np.array_equal(load_model_bytes(packed).predict_proba(features[:20]), model.predict_proba(features[:20]))

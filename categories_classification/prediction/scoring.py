@@ -32,20 +32,20 @@ class Scorer:
 
     ``model_bytes`` returns the skops bytes (a broadcast's ``.value``), read only on the first
     batch a worker sees; the forest predicts with ``n_jobs`` threads. Rows with a missing
-    feature are skipped and counted in the ``skipped`` accumulator. If ``hash_column`` is given
-    (a 64-bit hash of ``product_id`` on every input row), the number of hash values seen more
-    than once in the partition is added to ``repeated`` once the partition is done (8 bytes per
-    row held until then).
+    feature are skipped and counted with ``skipped.add``. If ``hash_column`` is given (a 64-bit
+    hash of ``product_id`` on every input row), the number of hash values seen more than once
+    in the partition is given to ``repeated.add`` once the partition is done (8 bytes per row
+    held until then). ``skipped`` and ``repeated`` are Spark accumulators on a cluster.
     """
 
     model_key: str
     model_bytes: Callable[[], bytes]
     features: tuple[str, ...]
     k: int
+    skipped: Any
+    repeated: Any
     n_jobs: int = 1
-    skipped: Any = None
     hash_column: Optional[str] = None
-    repeated: Any = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # Three stages that overlap: a thread reads input batches off Spark's socket, another
@@ -65,11 +65,11 @@ class Scorer:
             if self.hash_column is not None:
                 hashes.append(np.array(batch.column(self.hash_column).to_numpy(zero_copy_only=False), dtype=np.int64))
             scored, skipped = score_batch(model, labels, columns, batch, self.k)
-            if skipped and self.skipped is not None:
+            if skipped:
                 self.skipped.add(skipped)
             if scored is not None:
                 yield scored
-        if self.hash_column is not None and self.repeated is not None:
+        if self.hash_column is not None:
             self.repeated.add(repeated_values(hashes))
 
 

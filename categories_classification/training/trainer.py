@@ -18,12 +18,12 @@ from categories_classification.config import (
     validate_max_model_mb,
     validate_model_params,
 )
-from categories_classification.data import load_training_data
-from categories_classification.evaluation import classification_metrics, per_class_report, top_k_accuracy, top_k_curve
+from categories_classification.training.data import load_training_data
+from categories_classification.training.evaluation import classification_metrics, per_class_report, top_k_accuracy, top_k_curve
 from categories_classification.paths import normalize_date, train_path
-from categories_classification.plots import close_figure, per_class_figure, top_k_figure
-from categories_classification.promotion import DEFAULT_TOLERANCE, Decision, decide
-from categories_classification.sizing import MB, SIZE_PARAMS, SizeChoice, choose_max_leaf_nodes, forest_memory_bytes
+from categories_classification.training.plots import close_figure, per_class_figure, top_k_figure
+from categories_classification.training.promotion import DEFAULT_TOLERANCE, Decision, decide
+from categories_classification.training.sizing import MB, SIZE_PARAMS, SizeChoice, choose_max_leaf_nodes, forest_memory_bytes
 
 LOGGER = logging.getLogger(__name__)
 TEST_SIZE = 0.2
@@ -39,7 +39,8 @@ DEFAULT_MODEL_PARAMS: Mapping[str, Any] = {
     "n_jobs": -1,
 }
 # Size budget of one client's forest in memory (MB, 10^6 bytes), overridable per client
-# (`max_model_mb:` in the config, `--max_model_mb`). A ceiling: the design's 10 clients choose 3-46 MB.
+# (`max_model_mb:` in the config, `--max_model_mb`): a ceiling, well above what the automatic choice
+# usually picks (see benchmarks/results.md).
 DEFAULT_MAX_MODEL_MB = 64.0
 
 
@@ -68,7 +69,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
     themselves, ``max_leaf_nodes`` is chosen on the training split within ``max_model_mb``
     (default :data:`DEFAULT_MAX_MODEL_MB`), see :func:`fit_forest`.
     The new version becomes ``champion`` only if the promotion gate lets it (see
-    :mod:`categories_classification.promotion`); the decision and both scores are on the run.
+    :mod:`categories_classification.training.promotion`); the decision and both scores are on the run.
     """
     client_id = validate_client_id(client_id)
     features = validate_features(list(features), client_id)
@@ -187,10 +188,10 @@ def fit_forest(x_train: pd.DataFrame, y_train: pd.Series, model_params: Optional
                max_model_mb: Optional[float] = None) -> FittedForest:
     """Fit the client's forest: the explicit ``model_params`` over :data:`DEFAULT_MODEL_PARAMS`.
 
-    When ``model_params`` set none of :data:`~categories_classification.sizing.SIZE_PARAMS`,
+    When ``model_params`` set none of :data:`~categories_classification.training.sizing.SIZE_PARAMS`,
     ``max_leaf_nodes`` is chosen on ``(x_train, y_train)`` only (a validation split carved out
     of it) within ``max_model_mb`` (default :data:`DEFAULT_MAX_MODEL_MB`); see
-    :func:`categories_classification.sizing.choose_max_leaf_nodes`. Explicit values always win.
+    :func:`categories_classification.training.sizing.choose_max_leaf_nodes`. Explicit values always win.
     """
     explicit = dict(model_params or {})
     params = {**DEFAULT_MODEL_PARAMS, **explicit}
@@ -209,8 +210,8 @@ def fit_forest(x_train: pd.DataFrame, y_train: pd.Series, model_params: Optional
 
 
 @dataclass(frozen=True)
-class _Fitted:
-    """A fitted forest, its split and its metrics."""
+class _EvaluatedForest:
+    """The fitted forest with both splits, their predicted probabilities and the metrics on each."""
 
     x_train: pd.DataFrame
     x_test: pd.DataFrame
@@ -223,7 +224,7 @@ class _Fitted:
 
 
 def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, model_params: Mapping[str, Any],
-                      max_model_mb: Optional[float]) -> _Fitted:
+                      max_model_mb: Optional[float]) -> _EvaluatedForest:
     """Stratified split (fixed seed), fit, and train/test metrics with model size and fit time."""
     x_train, x_test, y_train, y_test = split_training_data(features, labels)
     forest = fit_forest(x_train, y_train, model_params, max_model_mb)
@@ -238,10 +239,10 @@ def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, model_params: M
         "n_test_rows": float(len(x_test)),
         "n_categories": float(len(model.classes_)),
     }
-    return _Fitted(x_train, x_test, y_train, y_test, train_proba, test_proba, metrics, forest)
+    return _EvaluatedForest(x_train, x_test, y_train, y_test, train_proba, test_proba, metrics, forest)
 
 
-def _log_evaluation_artifacts(client_id: str, fitted: _Fitted) -> None:
+def _log_evaluation_artifacts(client_id: str, fitted: _EvaluatedForest) -> None:
     """Per-category report (CSV + JSON) and top-k / per-category plots on the active run."""
     model = fitted.forest.model
     report = per_class_report(fitted.y_test, fitted.test_proba, model.classes_)
@@ -258,7 +259,7 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Fitted) -> None:
         close_figure(figure)
 
 
-def _promotion_gate(client_id: str, ref: registry.ModelRef, fitted: _Fitted, tolerance: float) -> Decision:
+def _promotion_gate(client_id: str, ref: registry.ModelRef, fitted: _EvaluatedForest, tolerance: float) -> Decision:
     """Score the new version and the current champion on the same test rows and decide."""
     x_test, y_test = fitted.x_test, fitted.y_test
     challenger = top_k_accuracy(y_test, fitted.test_proba, fitted.forest.model.classes_)

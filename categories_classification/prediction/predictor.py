@@ -1,26 +1,11 @@
-"""Prediction stage: resolve model -> Spark read -> mapInArrow(top-k) -> atomic parquet write.
+"""Prediction stage: resolve the model -> Spark read -> ``mapInArrow`` top-k -> atomic parquet write.
 
-Atomic write: the output is written to a hidden staging folder beside the final one
-(``_staging-date=<d>-<uuid>``), then swapped in by renames; a failed or killed run leaves the
-previous output of that date untouched, and a re-run replaces it whole.
-
-Parallelism: the prediction file is one gzip CSV, which Spark cannot split, so it is one
-partition. It is *not* repartitioned: a shuffle would first decompress and parse the whole file
-on one core while the other waits, then write and re-read every row. Instead the single task
-streams: the JVM parses the CSV and writes parquet while the Python worker scores the batches
-in between with a forest that uses every core of the executor (``n_jobs``), so parsing,
-scoring and writing overlap. With several partitions (a splittable input, a cluster) the cores
-are shared between the tasks instead.
-
-Duplicate ``product_id`` rows are an error (one row per product is expected): the check rides
-along the scoring pass (a 64-bit hash per row, sorted in the worker at the end of its partition)
-and runs before the swap, so the previous output of that date stays in place.
+How the single gzip partition is scored, the duplicate ``product_id`` rule and the atomic swap
+are explained in the README ("How prediction works").
 """
 import functools
-import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
@@ -29,23 +14,23 @@ import mlflow
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from categories_classification import registry
 from categories_classification.config import validate_client_id
-from categories_classification.errors import InputDataError, ModelNotFoundError
-from categories_classification.paths import normalize_date, output_path, predict_path
-from categories_classification.scoring import Scorer
+from categories_classification.errors import InputDataError, ModelNotFoundError, one_line
+from categories_classification.paths import absolute, normalize_date, output_path, predict_path
+from categories_classification.prediction.output import write_atomically
+from categories_classification.prediction.scoring import Scorer
 from categories_classification.serialization import untrusted_types
-from categories_classification.spark import get_spark
+from categories_classification.prediction.spark import get_spark
 from categories_classification.topk import ARROW_SCHEMA, TOP_K
 
 LOGGER = logging.getLogger(__name__)
 OUTPUT_SCHEMA = from_arrow_schema(ARROW_SCHEMA)  # product_id, pred_label, pred_score, rank
-MANIFEST = "_manifest.json"  # '_' prefix: Spark and pyarrow skip it when reading the parquet
 HASH_COLUMN = "_product_id_hash"  # 64-bit hash of product_id, fed to the scorer for the duplicate check
 DUPLICATE_EXAMPLES = 3
 
@@ -91,10 +76,10 @@ def predict_categories(client_id: str, inference_date: str, *, model_version: Op
     with registry.tracking_errors(client_id), mlflow.start_run(
         experiment_id=experiment_id, run_name=f"prediction_{date}", tags=tags
     ) as run:
-        lineage = functools.partial(_manifest, ref=ref, tags=tags, prediction_run_id=run.info.run_id,
-                                    source=source, features=features)
+        manifest = functools.partial(_manifest, ref=ref, tags=tags, prediction_run_id=run.info.run_id,
+                                     source=source, features=features)
         rows, skipped = _score_and_write(spark, ref, model_bytes, features, source=source, target=target,
-                                         lineage=lineage)
+                                         manifest=manifest)
         seconds = time.perf_counter() - started
         mlflow.log_metrics({"rows_out": rows, "rows_skipped": skipped, "duration_seconds": seconds,
                             "model_version": ref.version})
@@ -105,18 +90,13 @@ def predict_categories(client_id: str, inference_date: str, *, model_version: Op
 
 
 def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: bytes, features: list[str], *,  # pylint: disable=too-many-arguments
-                     source: str, target: str, lineage: Callable[..., dict[str, Any]],
-                     check_duplicates: bool = True) -> tuple[int, int]:
-    """Read, score with mapInArrow, check duplicates, write atomically; return (rows written, products skipped).
-
-    Duplicate product_id rows fail the run; ``check_duplicates=False`` exists only for
-    benchmarks/bench_scoring.py, which measures what the check costs.
-    """
+                     source: str, target: str, manifest: Callable[..., dict[str, Any]]) -> tuple[int, int]:
+    """Read, score with mapInArrow, check duplicates, write atomically; return (rows written, products skipped)."""
     products = _read_products(spark, ref.client_id, source, features)
     partitions = products.rdd.getNumPartitions()
     # The hash check is exact only when one task sees every row (the gzip case); with several
     # partitions the exact Spark check runs instead, so the rows are not hashed for nothing.
-    hashed = check_duplicates and partitions == 1
+    hashed = partitions == 1
     shipped = spark.sparkContext.broadcast(model_bytes)
     skipped = spark.sparkContext.accumulator(0)
     repeated = spark.sparkContext.accumulator(0)
@@ -129,16 +109,16 @@ def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: b
     def duplicates_check() -> None:
         # No repeated hash among every row means no duplicate id, exactly; otherwise (a repeated
         # hash, or ids spread over partitions) ask Spark exactly.
-        if not check_duplicates or (hashed and repeated.value == 0):
+        if hashed and repeated.value == 0:
             return
         _raise_on_duplicates(ref.client_id, source, products)
 
     try:
         scored = (products.withColumn(HASH_COLUMN, F.xxhash64("product_id")) if hashed else products).mapInArrow(
             scorer, schema=OUTPUT_SCHEMA)
-        rows = _write_atomically(spark, scored, target,
-                                 lambda written: lineage(rows_written=written, rows_skipped=skipped.value),
-                                 before_swap=duplicates_check)
+        rows = write_atomically(spark, scored, target,
+                                lambda written: manifest(rows_written=written, rows_skipped=skipped.value),
+                                before_swap=duplicates_check)
     except (PySparkException, Py4JJavaError) as exc:
         raise _input_error(ref.client_id, source, exc) from None
     finally:
@@ -181,7 +161,7 @@ def _manifest(*, ref: registry.ModelRef, tags: dict[str, str], prediction_run_id
         "training_run_id": ref.run_id,
         "prediction_run_id": prediction_run_id,
         "tracking_uri": registry.display_tracking_uri(),
-        "input_path": source,
+        "input_path": absolute(source),
         "features": features,
         "rows_written": rows_written,
         "rows_skipped": rows_skipped,
@@ -229,68 +209,14 @@ def _header(spark: SparkSession, client_id: str, source: str) -> list[str]:
             raise InputDataError(
                 f"file {source}: not found (expected a gzip CSV at this path; is DATA_PREFIX right?)", client_id
             ) from None
-        raise InputDataError(f"file {source}: cannot be read ({_one_line(exc)})", client_id) from None
+        raise InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id) from None
     except PySparkException as exc:
-        raise InputDataError(f"file {source}: cannot be read ({_one_line(exc)})", client_id) from None
+        raise InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id) from None
     except Exception as exc:  # pylint: disable=broad-except  # Py4J wraps Java I/O errors (bad gzip)
-        raise InputDataError(f"file {source}: cannot be read as gzip CSV ({_one_line(exc)})", client_id) from None
+        raise InputDataError(f"file {source}: cannot be read as gzip CSV ({one_line(exc)})", client_id) from None
     if first is None or not first.value.strip():
         raise InputDataError(f"file {source}: is empty: expected a header row and data", client_id)
     return [column.strip() for column in first.value.split(",")]
-
-
-def _write_atomically(spark: SparkSession, predictions: DataFrame, target: str,
-                      manifest: Callable[[int], dict[str, Any]], before_swap: Callable[[], None] = lambda: None) -> int:
-    """Write ``predictions`` to a staging folder, check, add the manifest, swap it in; return the rows.
-
-    ``before_swap`` runs once the data is written and may raise: the staging folder is then
-    removed and the current output of the date stays as it was.
-    """
-    jvm = spark.sparkContext._jvm  # pylint: disable=protected-access
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # pylint: disable=protected-access
-    final = jvm.org.apache.hadoop.fs.Path(target)
-    filesystem = final.getFileSystem(hadoop_conf)
-    parent, name = target.rsplit("/", 1)
-    _recover_interrupted_swap(jvm, filesystem, final, parent, name)
-    token = uuid.uuid4().hex[:12]
-    staging = f"{parent}/_staging-{name}-{token}"
-    previous = jvm.org.apache.hadoop.fs.Path(f"{parent}/_previous-{name}-{token}")
-    # Rows are counted while they are written (an observed metric: exact, no second read).
-    observed = Observation("written")
-    try:
-        predictions.observe(observed, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(staging)
-        rows = int(observed.get["rows"])
-        before_swap()
-        # The manifest goes into the staging folder, so it appears (or not) together with the data.
-        stream = filesystem.create(jvm.org.apache.hadoop.fs.Path(f"{staging}/{MANIFEST}"), True)
-        try:
-            stream.write(bytearray(json.dumps(manifest(rows), indent=2).encode("utf-8")))
-        finally:
-            stream.close()
-    except Exception:
-        filesystem.delete(jvm.org.apache.hadoop.fs.Path(staging), True)
-        raise
-    if filesystem.exists(final):
-        filesystem.rename(final, previous)
-    if not filesystem.rename(jvm.org.apache.hadoop.fs.Path(staging), final):
-        if filesystem.exists(previous):
-            filesystem.rename(previous, final)
-        raise InputDataError(f"output {target}: could not move the new output into place")
-    filesystem.delete(previous, True)
-    return rows
-
-
-def _recover_interrupted_swap(jvm: Any, filesystem: Any, final: Any, parent: str, name: str) -> None:
-    """Undo what a run killed mid-write left: its staging folders, and a half-done swap."""
-    path = jvm.org.apache.hadoop.fs.Path
-    for leftover in filesystem.globStatus(path(f"{parent}/_staging-{name}-*")) or []:
-        filesystem.delete(leftover.getPath(), True)
-    previous = filesystem.globStatus(path(f"{parent}/_previous-{name}-*")) or []
-    if previous and not filesystem.exists(final):
-        # Killed between the two renames: the old output is intact under its temporary name.
-        filesystem.rename(previous[0].getPath(), final)
-    for leftover in filesystem.globStatus(path(f"{parent}/_previous-{name}-*")) or []:
-        filesystem.delete(leftover.getPath(), True)
 
 
 def _input_error(client_id: str, source: str, exc: Exception) -> Exception:
@@ -306,10 +232,5 @@ def _input_error(client_id: str, source: str, exc: Exception) -> Exception:
     if any(marker in text for marker in ("ZipException", "EOFException", "Not in GZIP format", "incorrect header check")):
         return InputDataError(f"file {source}: is not a valid gzip file: expected a gzip-compressed CSV", client_id)
     if "FAILED_READ_FILE" in text:
-        return InputDataError(f"file {source}: cannot be read ({_one_line(exc)})", client_id)
+        return InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id)
     return exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + "..." if len(text) > 300 else text

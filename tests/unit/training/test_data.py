@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from categories_classification.data import load_training_data
+from categories_classification.training.data import load_training_data
 from categories_classification.errors import InputDataError
 
 FEATURES = ["f0", "f1"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from categories_classification.evaluation import classification_metrics, per_class_report, top_k_curve
+from categories_classification.training.evaluation import classification_metrics, per_class_report, top_k_curve
 
 
 def test_perfect_scores():

@@ -11,7 +11,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from categories_classification.topk import TOP_K
+from categories_classification.topk import TOP_K, top_k_indices
 
 
 def classification_metrics(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray, prefix: str) -> dict[str, float]:
@@ -44,7 +44,7 @@ def top_k_accuracy(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray
     y_true = np.asarray(y_true)
     if len(y_true) == 0:
         return 0.0
-    order = np.argsort(-np.asarray(proba, dtype=np.float64), axis=1, kind="stable")[:, :k]
+    order = top_k_indices(proba, k)  # the ranking rule of prediction, ties included
     return float((np.asarray(classes)[order] == y_true[:, None]).any(axis=1).mean())
 
 
@@ -61,7 +61,7 @@ def per_class_report(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarr
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, predicted, labels=classes, zero_division=0
     )
-    order = np.argsort(-np.asarray(proba, dtype=np.float64), axis=1, kind="stable")[:, :TOP_K]
+    order = top_k_indices(proba, TOP_K)
     in_top = (classes[order] == y_true[:, None]).any(axis=1)
     top_recall = [float(in_top[y_true == label].mean()) if (y_true == label).any() else 0.0 for label in classes]
     return pd.DataFrame({

@@ -1,29 +1,9 @@
 """How big a client's forest may grow: a size budget and a leaf count chosen on the training split.
 
-A RandomForest's size is its trees' node arrays: every node (internal or leaf) stores a 64-byte
-record and a class-probability vector of ``n_classes`` float64, so a forest of ``n_trees`` trees
-with ``L`` leaves each takes about ``n_trees * (2L - 1) * (64 + 8 * n_classes)`` bytes in memory
-(and as much pickled). Fully grown trees on noisy data have thousands of leaves of one or two
-rows each, which is where the size goes and where the top-5 ranking gets noisy.
-
-The automatic choice (:func:`choose_max_leaf_nodes`) answers "what is the smallest
-``max_leaf_nodes`` that loses nothing against fully grown trees, and little against the best
-leaf count the budget allows?":
-
-1. carve a validation split out of the *training* split (never the test split);
-2. fit one forest of fully grown trees on the rest with the best-first builder
-   (``max_leaf_nodes`` set), in chunks of trees so memory stays bounded;
-3. a best-first tree grown with ``max_leaf_nodes=L`` is exactly the first ``2L - 1`` nodes of
-   the same tree grown further (same seed, same samples): node ids are handed out two by two
-   in expansion order. So the forest's validation top-5 accuracy for *every* candidate ``L``,
-   and for the fully grown trees themselves, comes from this one fit (:func:`leaf_curve`);
-4. keep the smallest ``L`` whose top-5 accuracy beats the fully grown forest's by ``z``
-   (:data:`MARGIN_STANDARD_ERRORS`) standard errors of the paired difference and is within
-   :data:`MAX_LOSS_FROM_BEST` of the best candidate (:func:`pick_leaves`); carry it to the
-   whole training split at the same rows per leaf, and cap it by the size budget
-   (:func:`max_leaves_for_budget`).
-
-Pure: numpy and scikit-learn only (no MLflow), unit-tested in ``tests/unit/test_sizing.py``.
+:func:`choose_max_leaf_nodes` finds the smallest ``max_leaf_nodes`` that loses nothing against
+fully grown trees (and little against the best leaf count the budget allows), from one
+best-first fit on a validation split carved out of the training split. Pure: numpy and
+scikit-learn only. The method, step by step, is in docs/model_size.md.
 """
 import math
 from dataclasses import dataclass
@@ -47,16 +27,12 @@ SIZE_PARAMS = frozenset({"max_depth", "min_samples_split", "min_samples_leaf", "
 VALIDATION_SIZE = 0.2
 # A candidate must beat the fully grown forest by this many standard errors of the paired
 # difference on the validation rows: validation sets of a thousand rows are noisy, and the
-# smallest merely "equal" candidate is, half of the time, a little worse on other rows. On the
-# design's 10 clients (this condition alone): 0 -> 3.8% of the design's pickled size but one
-# client 1.3 points lower on test; 0.5 -> 4.9%, worst client -0.35, mean +0.75; 1 -> 6.1%.
+# smallest merely "equal" candidate is, half of the time, a little worse on other rows
+# (the trade-off is measured in benchmarks/results.md).
 MARGIN_STANDARD_ERRORS = 0.5
 # ... and be within this much top-5 accuracy of the best candidate the budget allows: where fully
 # grown trees are a weak baseline (heavily overlapping categories), matching them alone would
-# stop at leaf counts whose accuracy is still rising steeply. On the example data, 2 points
-# keeps the mean within 1 point of min_samples_leaf=10 at a sixth of its size (without it: 1.7
-# points lower); on the design's clients it moves 2 of 10 up: 5.1% of the design's size, worst
-# client +0.16 point, mean +0.88 (benchmarks/bench_model_size.py).
+# stop at leaf counts whose accuracy is still rising steeply.
 MAX_LOSS_FROM_BEST = 0.02
 LEAF_GRID_START = 4
 LEAF_GRID_STEPS_PER_DOUBLING = 4  # candidates 19% apart
@@ -233,7 +209,7 @@ class SizeChoice:
 
 
 def choose_max_leaf_nodes(x_train: Any, y_train: Sequence[Any], params: Mapping[str, Any], budget_bytes: float,
-                          *, seed: int = 42, z: float = MARGIN_STANDARD_ERRORS) -> SizeChoice:
+                          *, seed: int = 42) -> SizeChoice:
     """The automatic ``max_leaf_nodes`` for a forest of ``params`` trained on ``(x_train, y_train)``.
 
     Uses the training split only: a validation split is carved out of it with ``seed``. Costs
@@ -248,14 +224,14 @@ def choose_max_leaf_nodes(x_train: Any, y_train: Sequence[Any], params: Mapping[
     x_fit, x_val, y_fit, y_val = _validation_split(features, labels, seed)
     # Candidates above what the budget allows (at the search split's rows per leaf) are not evaluated.
     search_cap = max(2, int(budget_leaves * len(y_fit) / len(labels)))
-    search = pick_leaves(leaf_curve(_search_chunks(x_fit, y_fit, params, n_trees, seed), x_val, y_val, max_leaves=search_cap), z)
-    chosen, bound, reason = _carry_over(search, budget_leaves, search_cap, len(y_fit), len(labels), z)
+    search = pick_leaves(leaf_curve(_search_chunks(x_fit, y_fit, params, n_trees, seed), x_val, y_val, max_leaves=search_cap))
+    chosen, bound, reason = _carry_over(search, budget_leaves, search_cap, len(y_fit), len(labels))
     return SizeChoice(chosen, budget_leaves, bound, estimate_forest_bytes(n_trees, chosen, n_classes),
                       search, len(y_fit), len(y_val), reason)
 
 
-def _carry_over(search: LeafChoice, budget_leaves: int, search_cap: int, n_fit: int, n_train: int,
-                z: float) -> tuple[int, bool, str]:
+def _carry_over(search: LeafChoice, budget_leaves: int, search_cap: int, n_fit: int,
+                n_train: int) -> tuple[int, bool, str]:
     """The search split's choice for the whole training split: (max_leaf_nodes, budget bound?, why)."""
     if search.leaves is None:
         return budget_leaves, True, (
@@ -266,7 +242,7 @@ def _carry_over(search: LeafChoice, budget_leaves: int, search_cap: int, n_fit: 
     bound = scaled > budget_leaves
     return min(scaled, budget_leaves), bound, (
         f"smallest max_leaf_nodes whose validation top-5 ({search.accuracy:.4f}) beats the fully grown forest's "
-        f"({search.reference_accuracy:.4f}) by {z:g} SE ({search.margin:.4f}) and is within "
+        f"({search.reference_accuracy:.4f}) by {MARGIN_STANDARD_ERRORS:g} SE ({search.margin:.4f}) and is within "
         f"{MAX_LOSS_FROM_BEST:g} of the best candidate's ({search.best_accuracy:.4f}): {search.leaves} on {n_fit} rows, "
         f"{scaled} on {n_train}" + (", capped by the size budget" if bound else ""))
 
