@@ -268,7 +268,6 @@ def limit_side(model_bytes: bytes, source: str, target: str, features: list[str]
     """Score ``source`` into ``target`` in this process at the hardware limit; return counts and timings."""
     started, cpu_started = time.perf_counter(), _tree_cpu()
     model = load_model_bytes(model_bytes)
-    model.n_jobs = 2
     labels = labels_of(model)
     convert = pacsv.ConvertOptions(column_types={"product_id": pa.string(), **{f: pa.float64() for f in features}},
                                    include_columns=["product_id", *features])
@@ -276,7 +275,7 @@ def limit_side(model_bytes: bytes, source: str, target: str, features: list[str]
     with pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=LIMIT_BLOCK_BYTES),
                         convert_options=convert) as reader, pq.ParquetWriter(target, ARROW_SCHEMA) as writer:
         for batch in reader:
-            scored, missing = score_batch(model, labels, features, batch, k)  # the predictor's own per-batch code
+            scored, missing = score_batch(model, labels, features, batch, k, threads=2)  # the predictor's own code
             skipped += missing
             if scored is not None:
                 writer.write_batch(scored)

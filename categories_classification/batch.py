@@ -2,8 +2,8 @@
 
 ``train_all`` trains clients in parallel worker processes, one per core (a forest of a few
 thousand rows keeps one core busy for a second or two, so parallelism across clients beats
-threads inside one fit); ``predict_all`` scores every client in one Spark session, which
-already uses every core within each client's job.
+threads inside one fit); ``predict_all`` scores every client in one Spark job, each row with
+its own client's model.
 """
 import logging
 import multiprocessing
@@ -16,8 +16,7 @@ from typing import Callable, Optional, Union
 
 from categories_classification.config import ClientConfig, ClientsConfig
 from categories_classification.errors import CategoriesError, unexpected
-from categories_classification.prediction.predictor import PredictionResult, predict_categories
-from categories_classification.prediction.spark import get_spark
+from categories_classification.prediction.predictor import PredictionResult, predict_clients
 from categories_classification.training.trainer import TrainingResult, train_model
 
 Step = Callable[[], Union[TrainingResult, PredictionResult]]
@@ -70,13 +69,28 @@ def train_all(config: ClientsConfig, training_date: str, on_done: Optional[Calla
 
 def predict_all(config: ClientsConfig, inference_date: str,
                 on_done: Optional[Callable[[Outcome], None]] = None) -> list[Outcome]:
-    """Predict every client of ``config`` in one Spark session; errors are recorded, not raised."""
-    spark = get_spark()
-    return [
-        _report(_run(client.client_id, lambda c=client: predict_categories(c.client_id, inference_date, spark=spark)),
-                on_done)
-        for client in config
-    ]
+    """Predict every client of ``config`` in one Spark job (many models); errors are recorded, not raised.
+
+    A client's bad input or missing model fails that client only; the others are written.
+    """
+    started = time.perf_counter()
+    clients = [client.client_id for client in config]
+    try:
+        results = predict_clients(clients, inference_date)
+    except CategoriesError as exc:  # the date, the store: nothing could start for any client
+        results = {client_id: exc for client_id in clients}
+    seconds = (time.perf_counter() - started) / max(1, len(clients))  # the job's time, shared
+    outcomes = []
+    for client_id in clients:
+        result = results[client_id]
+        if isinstance(result, CategoriesError):
+            outcome = Outcome(client_id, seconds, error=str(result))
+        elif isinstance(result, Exception):
+            outcome = Outcome(client_id, seconds, error=unexpected(result, client_id))
+        else:
+            outcome = Outcome(client_id, result.seconds, result)
+        outcomes.append(_report(outcome, on_done))
+    return outcomes
 
 
 def _train_one(client: ClientConfig, training_date: str, threads: int) -> Outcome:

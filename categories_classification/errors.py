@@ -36,6 +36,10 @@ class TrackingError(CategoriesError):
     """The MLflow tracking server or store could not be used."""
 
 
+class InfrastructureError(CategoriesError):
+    """A service or storage the stack relies on failed (Spark, a file system): not the input's fault."""
+
+
 def one_line(error: object, limit: int = 300) -> str:
     """``error``'s text on one line (whitespace collapsed), cut at ``limit`` characters.
 

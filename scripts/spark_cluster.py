@@ -118,7 +118,7 @@ def start_cluster(*, workers: int = WORKERS, cores: int = WORKER_CORES, memory: 
     started is stopped and :class:`ClusterError` carries the log tails.
     """
     for wanted in (port, webui_port):
-        if not _port_free(wanted):
+        if not port_free(wanted):
             raise ClusterError(f"port {wanted} on {HOST} is in use (a cluster already running? "
                                "`python -m scripts.spark_cluster status`)")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,8 @@ def _log_tails(cluster: Cluster, chars: int = 1500) -> str:
     return "\n".join(tails)
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:``port`` right now."""
     with socket.socket() as probe:
         try:
             probe.bind((HOST, port))

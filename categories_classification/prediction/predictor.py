@@ -1,38 +1,50 @@
-"""Prediction stage: resolve the model -> Spark read -> ``mapInArrow`` top-k -> atomic parquet write.
+"""Prediction stage: resolve each client's model -> one Spark job over every client's rows -> atomic writes.
 
-How the single gzip partition is scored, the duplicate ``product_id`` rule and the atomic swap
-are explained in the README ("How prediction works").
+:func:`predict_categories` scores one client; :func:`predict_clients` scores many in as few
+Spark jobs as their files allow (the "many models" pattern: each row is scored by its own
+client's model, models shipped once as files and cached per worker). Both are the same code:
+one client is a fleet of one. How the single gzip partition is scored, the duplicate
+``product_id`` rule and the atomic swap are explained in the README ("How prediction works").
 """
-import functools
+import gzip
 import logging
+import os
+import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+import zlib
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from functools import reduce
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
 
-import mlflow
-
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from categories_classification import registry
 from categories_classification.config import validate_client_id
-from categories_classification.errors import InputDataError, ModelNotFoundError, one_line
-from categories_classification.paths import absolute, normalize_date, output_path, predict_path
-from categories_classification.prediction.output import write_atomically
-from categories_classification.prediction.scoring import Scorer
+from categories_classification.errors import CategoriesError, InputDataError, ModelNotFoundError, one_line
+from categories_classification.paths import absolute, is_uri, normalize_date, output_path, predict_path
+from categories_classification.paths import data_prefix as resolve_prefix
+from categories_classification.prediction import output
+from categories_classification.prediction.scoring import (
+    CLIENT, FEATURES, HASH, MALFORMED, OUTPUT_SCHEMA, STATS, ClientModel, Scorer, read_stats)
+from categories_classification.prediction.spark import get_spark, is_connect, ship_file
 from categories_classification.serialization import untrusted_types
-from categories_classification.prediction.spark import get_spark
-from categories_classification.topk import ARROW_SCHEMA, TOP_K
+from categories_classification.topk import TOP_K
 
 LOGGER = logging.getLogger(__name__)
-OUTPUT_SCHEMA = from_arrow_schema(ARROW_SCHEMA)  # product_id, pred_label, pred_score, rank
-HASH_COLUMN = "_product_id_hash"  # 64-bit hash of product_id, fed to the scorer for the duplicate check
+SPARK_OUTPUT_SCHEMA = from_arrow_schema(OUTPUT_SCHEMA)  # client_id, product_id, pred_label, pred_score, rank, _stats
+STAGING_COLUMN = "_staging-date"  # fleet writes: client_id=<id>/_staging-date=<date>-<token>/, beside date=<date>
 DUPLICATE_EXAMPLES = 3
+UNCHANGED = "nothing written, the output of this date is left as it was"
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,9 @@ class PredictionResult:
     prediction_run_id: str = ""
 
 
+Outcome = Union[PredictionResult, Exception]
+
+
 def predict_categories(client_id: str, inference_date: str, *, model_version: Optional[int] = None,
                        data_prefix: Optional[str] = None, spark: Optional[SparkSession] = None) -> PredictionResult:
     """Score the client's prediction file with its champion (or ``model_version``); write top-5 parquet.
@@ -59,78 +74,293 @@ def predict_categories(client_id: str, inference_date: str, *, model_version: Op
     run, time) written with the parquet files and swapped in with them; the prediction itself
     is an MLflow run ``prediction_<date>`` in the client's experiment.
     """
-    started = time.perf_counter()
     client_id = validate_client_id(client_id)
-    date = normalize_date(inference_date, "inference_date", client_id)
-    source = predict_path(client_id, data_prefix)
-    target = output_path(client_id, date, data_prefix)
+    outcome = predict_clients([client_id], inference_date, model_versions={client_id: model_version},
+                              data_prefix=data_prefix, spark=spark)[client_id]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
+
+def predict_clients(client_ids: Sequence[str], inference_date: str, *,
+                    model_versions: Optional[Mapping[str, Optional[int]]] = None, data_prefix: Optional[str] = None,
+                    spark: Optional[SparkSession] = None) -> dict[str, Outcome]:
+    """Predict every client of ``client_ids`` for one date; a client's failure is its outcome, not raised.
+
+    Each client is served its champion, or the version in ``model_versions``. Clients whose
+    model and input file are in order are scored together; if that job fails, each is scored
+    alone, so that one client's bad file fails that client only.
+    """
+    started = time.perf_counter()
+    date = normalize_date(inference_date, "inference_date")
+    prefix = resolve_prefix(data_prefix)
     registry.configure_tracking()
-    ref = registry.resolve_model(client_id, model_version)
-    model_bytes, features = _fetch_model(ref)
-    experiment_id = registry.ensure_experiment(client_id)
-    spark = spark or get_spark()
-    tags = {"client_id": client_id, "inference_date": date, "stage": "prediction", "model_name": ref.name,
-            "model_version": str(ref.version), "model_run_id": ref.run_id,
-            "model_selector": "pinned" if model_version is not None else registry.CHAMPION, "output_path": target}
-    with registry.tracking_errors(client_id), mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"prediction_{date}", tags=tags
-    ) as run:
-        manifest = functools.partial(_manifest, ref=ref, tags=tags, prediction_run_id=run.info.run_id,
-                                     source=source, features=features)
-        rows, skipped = _score_and_write(spark, ref, model_bytes, features, source=source, target=target,
-                                         manifest=manifest)
-        seconds = time.perf_counter() - started
-        mlflow.log_metrics({"rows_out": rows, "rows_skipped": skipped, "duration_seconds": seconds,
-                            "model_version": ref.version})
-    if skipped:
-        LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s", client_id, skipped, source)
-    return PredictionResult(client_id, date, target, ref.name, ref.version, ref.run_id, rows, skipped, seconds,
-                            run.info.run_id)
+    versions = dict(model_versions or {})
+    outcomes: dict[str, Outcome] = {}
+    jobs: list[_ClientJob] = []
+    for client_id in client_ids:
+        try:
+            jobs.append(_prepare(validate_client_id(client_id), date, prefix, versions.get(client_id)))
+        except CategoriesError as exc:
+            outcomes[client_id] = exc
+    if jobs:
+        spark = spark or get_spark()
+        files = output.files_for(spark, prefix)
+        for job in jobs:
+            _start_run(job)
+        _score(spark, files, jobs, date)
+        for job in jobs:
+            outcomes[job.client_id] = _finish(spark, files, job, started)
+    return {client_id: outcomes[client_id] for client_id in client_ids}
 
 
-def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: bytes, features: list[str], *,  # pylint: disable=too-many-arguments
-                     source: str, target: str, manifest: Callable[..., dict[str, Any]]) -> tuple[int, int]:
-    """Read, score with mapInArrow, check duplicates, write atomically; return (rows written, products skipped)."""
-    products = _read_products(spark, ref.client_id, source, features)
-    partitions = products.rdd.getNumPartitions()
-    # The hash check is exact only when one task sees every row (the gzip case); with several
-    # partitions the exact Spark check runs instead, so the rows are not hashed for nothing.
-    hashed = partitions == 1
-    shipped = spark.sparkContext.broadcast(model_bytes)
-    skipped = spark.sparkContext.accumulator(0)
-    repeated = spark.sparkContext.accumulator(0)
-    scorer = Scorer(
-        model_key=f"{ref.name}/{ref.version}", model_bytes=lambda: shipped.value, features=tuple(features), k=TOP_K,
-        n_jobs=_threads_per_task(spark, partitions), skipped=skipped,
-        hash_column=HASH_COLUMN if hashed else None, repeated=repeated,
-    )
+@dataclass
+class _Progress:
+    """What happened to a client's prediction so far."""
 
-    def duplicates_check() -> None:
-        # No repeated hash among every row means no duplicate id, exactly; otherwise (a repeated
-        # hash, or ids spread over partitions) ask Spark exactly.
-        if hashed and repeated.value == 0:
-            return
-        _raise_on_duplicates(ref.client_id, source, products)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    run_id: str = ""
+    staging: str = ""
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    error: Optional[Exception] = None
 
+
+@dataclass
+class _ClientJob:
+    """One client's prediction as the driver follows it through the job."""
+
+    client_id: str
+    date: str
+    source: str
+    target: str
+    ref: registry.ModelRef
+    selector: str
+    model_file: Path
+    features: list[str]
+    header: list[str]
+    state: _Progress = field(default_factory=_Progress)
+
+    @property
+    def model(self) -> ClientModel:
+        """What the workers need to score this client."""
+        return ClientModel(self.model_file.name, tuple(self.features))
+
+    def count(self, key: str) -> int:
+        """A counter summed over the partitions that saw this client."""
+        return sum(int(entry[key]) for entry in self.state.stats)
+
+
+def _prepare(client_id: str, date: str, prefix: str, version: Optional[int]) -> _ClientJob:
+    """Everything that can be checked before the Spark job: the model, its file, the input's header."""
+    source, target = predict_path(client_id, prefix), output_path(client_id, date, prefix)
+    ref = registry.resolve_model(client_id, version)
+    model_file, features = _model_file(ref)
+    header = _header(client_id, source)
+    missing = [column for column in ["product_id", *features] if column not in header]
+    if missing:
+        raise InputDataError(
+            f"file {source}: missing column(s) {', '.join(map(repr, missing))} that the model needs: "
+            f"expected product_id, {', '.join(features)}, found {', '.join(header)}", client_id)
+    selector = "pinned" if version is not None else registry.CHAMPION
+    return _ClientJob(client_id, date, source, target, ref, selector, model_file, features, header)
+
+
+def _model_file(ref: registry.ModelRef) -> tuple[Path, list[str]]:
+    """The version's skops file on this machine (checked here, once) and its input columns."""
+    model_bytes, features = registry.fetch_model_bytes(ref)
+    # Checked on the driver so that an unsafe file fails once, clearly, instead of in every task.
+    refused = untrusted_types(model_bytes)
+    if refused:
+        raise ModelNotFoundError(
+            f"model {ref.name} version {ref.version} needs untrusted type(s) {', '.join(refused)}; refusing to load it",
+            ref.client_id)
+    if not features:
+        raise ModelNotFoundError(f"model {ref.name} version {ref.version} has no input signature", ref.client_id)
+    # Named by version and run, so that a shipped name always means the same bytes.
+    path = Path(tempfile.gettempdir()) / "categories_models" / f"{ref.name}-v{ref.version}-{ref.run_id[:12]}.skops"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_bytes() != model_bytes:
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        staging.write_bytes(model_bytes)
+        staging.replace(path)
+    return path, features
+
+
+def _header(client_id: str, source: str) -> list[str]:
+    """The input's column names, read on the driver (one line, not a Spark job)."""
+    local = Path(source[len("file:"):]) if source.startswith("file:") else Path(source)
+    if is_uri(source) and not source.startswith("file:"):
+        return _spark_header(client_id, source)
     try:
-        scored = (products.withColumn(HASH_COLUMN, F.xxhash64("product_id")) if hashed else products).mapInArrow(
-            scorer, schema=OUTPUT_SCHEMA)
-        rows = write_atomically(spark, scored, target,
-                                lambda written: manifest(rows_written=written, rows_skipped=skipped.value),
-                                before_swap=duplicates_check)
+        with gzip.open(local, "rt", encoding="utf-8", newline="") as handle:
+            first = handle.readline()
+    except FileNotFoundError:
+        raise InputDataError(f"file {source}: not found (expected a gzip CSV at this path; is DATA_PREFIX right?)",
+                             client_id) from None
+    except (gzip.BadGzipFile, zlib.error, EOFError):
+        raise InputDataError(f"file {source}: is not a valid gzip file: expected a gzip-compressed CSV", client_id) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id) from None
+    if not first.strip():
+        raise InputDataError(f"file {source}: is empty: expected a header row and data", client_id)
+    return [column.strip() for column in first.split(",")]
+
+
+def _spark_header(client_id: str, source: str) -> list[str]:
+    try:
+        first = get_spark().read.text(source).first()
+    except AnalysisException as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
+            raise InputDataError(
+                f"file {source}: not found (expected a gzip CSV at this path; is DATA_PREFIX right?)", client_id
+            ) from None
+        raise InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id) from None
     except (PySparkException, Py4JJavaError) as exc:
-        raise _input_error(ref.client_id, source, exc) from None
-    finally:
-        shipped.destroy()
-    return rows, int(skipped.value)
+        raise InputDataError(f"file {source}: cannot be read as gzip CSV ({one_line(exc)})", client_id) from None
+    if first is None or not first.value.strip():
+        raise InputDataError(f"file {source}: is empty: expected a header row and data", client_id)
+    return [column.strip() for column in first.value.split(",")]
 
 
-def _threads_per_task(spark: SparkSession, partitions: int) -> int:
-    """Threads for each task's forest: the cores the tasks leave idle, within one executor."""
-    cores = spark.sparkContext.defaultParallelism
-    per_executor = int(spark.sparkContext.getConf().get("spark.executor.cores", str(cores)))
-    return max(1, min(cores // max(partitions, 1), per_executor))
+def _start_run(job: _ClientJob) -> None:
+    """The client's prediction run (MLflow), opened before the job so the manifest can name it."""
+    client = MlflowClient()
+    with registry.tracking_errors(job.client_id):
+        experiment_id = registry.ensure_experiment(job.client_id)
+        run = client.create_run(experiment_id, run_name=f"prediction_{job.date}", tags=_tags(job))
+    job.state.run_id = run.info.run_id
+
+
+def _tags(job: _ClientJob) -> dict[str, str]:
+    return {"client_id": job.client_id, "inference_date": job.date, "stage": "prediction", "model_name": job.ref.name,
+            "model_version": str(job.ref.version), "model_run_id": job.ref.run_id, "model_selector": job.selector,
+            "output_path": job.target}
+
+
+def _score(spark: SparkSession, files: output.Files, jobs: list[_ClientJob], date: str) -> None:
+    """Score ``jobs`` in one Spark job; if it fails and several clients share it, score each alone."""
+    try:
+        _score_together(spark, files, jobs, date)
+    except Exception as exc:  # pylint: disable=broad-except  # isolated below, per client
+        if len(jobs) == 1:
+            jobs[0].state.error = _spark_error(jobs[0], exc)
+            return
+        LOGGER.warning("the job over %d clients failed (%s): scoring each client alone", len(jobs), one_line(exc))
+        for job in jobs:
+            job.state.stats, job.state.error = [], None
+            try:
+                _score_together(spark, files, [job], date)
+            except Exception as alone:  # pylint: disable=broad-except  # this client's outcome
+                job.state.error = _spark_error(job, alone)
+
+
+def _score_together(spark: SparkSession, files: output.Files, jobs: list[_ClientJob], date: str) -> None:
+    """One Spark job: read every job's file, score each row with its client's model, write staging folders."""
+    for job in jobs:
+        output.recover_interrupted_swap(files, job.target)
+        ship_file(spark, job.model_file)
+    scorer = Scorer({job.client_id: job.model for job in jobs}, TOP_K, n_jobs=max(1, _cores(spark) // len(jobs)),
+                    hash_ids=True)
+    observed = Observation(f"scored_{uuid.uuid4().hex[:8]}")
+    scored = (_products(spark, jobs).mapInArrow(scorer, schema=SPARK_OUTPUT_SCHEMA)
+              .observe(observed, F.collect_list(STATS).alias("stats"))
+              .where(F.col(STATS).isNull()).drop(STATS))
+    token = uuid.uuid4().hex[:12]
+    try:
+        if len(jobs) == 1:
+            jobs[0].state.staging = output.staging_path(jobs[0].target, token)
+            scored.drop(CLIENT).write.mode("overwrite").parquet(jobs[0].state.staging)
+        else:
+            # Each client's rows land in its own staging folder beside its date= folder.
+            root = jobs[0].target.rsplit("/", 2)[0]
+            for job in jobs:
+                job.state.staging = output.staging_path(job.target, f"{token}")
+            (scored.withColumn(STAGING_COLUMN, F.lit(f"{date}-{token}"))
+             .write.mode("append").partitionBy(CLIENT, STAGING_COLUMN).parquet(root))
+        stats = read_stats(observed.get["stats"])
+    except Exception:
+        for job in jobs:
+            if job.state.staging:
+                files.delete(job.state.staging)
+        raise
+    for job in jobs:
+        job.state.stats = stats.get(job.client_id, [])
+
+
+def _products(spark: SparkSession, jobs: list[_ClientJob]) -> DataFrame:
+    """Every job's input rows as ``client_id, product_id, features, _corrupt, _hash``: one read per file layout."""
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[_ClientJob]] = {}
+    for job in jobs:
+        groups.setdefault((tuple(job.header), tuple(job.features)), []).append(job)
+    frames = [_read_group(spark, header, features, members) for (header, features), members in groups.items()]
+    return reduce(DataFrame.unionByName, frames)
+
+
+def _read_group(spark: SparkSession, header: tuple[str, ...], features: tuple[str, ...],
+                jobs: list[_ClientJob]) -> DataFrame:
+    # An explicit schema (never all strings): features are doubles, anything else is text; a row
+    # that does not parse is kept whole in _corrupt and fails its client (not the others).
+    schema = T.StructType([T.StructField(column, T.DoubleType() if column in features else T.StringType())
+                           for column in header] + [T.StructField(MALFORMED, T.StringType())])
+    frame = spark.read.csv([job.source for job in jobs], header=True, schema=schema, mode="PERMISSIVE",
+                           columnNameOfCorruptRecord=MALFORMED)
+    if len(jobs) == 1:
+        client = F.lit(jobs[0].client_id)
+    else:  # the layout's own folder name: <prefix>/prediction/client_id=<id>/data_predict.csv.gz
+        client = F.regexp_extract(F.col("_metadata.file_path"), r"client_id=([^/]+)/[^/]+$", 1)
+    return frame.select(client.alias(CLIENT), "product_id", F.array(*features).alias(FEATURES), MALFORMED,
+                        F.xxhash64("product_id").alias(HASH))
+
+
+def _cores(spark: SparkSession) -> int:
+    """Cores of the session's executors (each client's forest shares them with the other tasks)."""
+    if is_connect(spark):
+        # The service's own setting when it has one; else it runs on this machine (loopback).
+        return int(spark.conf.get("spark.default.parallelism", None) or 0) or os.cpu_count() or 1
+    return spark.sparkContext.defaultParallelism
+
+
+def _finish(spark: SparkSession, files: output.Files, job: _ClientJob, started: float) -> Outcome:
+    """Check what the job saw of this client; swap its output in, or discard it; close its MLflow run."""
+    if job.state.error is None:
+        try:
+            _check(spark, job)
+            output.swap_in(files, job.state.staging, job.target, _manifest(job), job.state.token)
+        except CategoriesError as exc:
+            job.state.error = exc
+    if job.state.error is not None:
+        if job.state.staging:
+            files.delete(job.state.staging)
+        _end_run(job, RunStatus.FAILED, {})
+        return job.state.error
+    seconds = time.perf_counter() - started
+    written, skipped = job.count("written"), job.count("skipped")
+    _end_run(job, RunStatus.FINISHED, {"rows_out": written, "rows_skipped": skipped, "duration_seconds": seconds,
+                                        "model_version": job.ref.version})
+    if skipped:
+        LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s", job.client_id, skipped,
+                       job.source)
+    return PredictionResult(job.client_id, job.date, job.target, job.ref.name, job.ref.version, job.ref.run_id,
+                            written, skipped, seconds, job.state.run_id)
+
+
+def _check(spark: SparkSession, job: _ClientJob) -> None:
+    """Fail the client if a row did not parse or a product_id appears twice (before anything is swapped in)."""
+    malformed = job.count("malformed")
+    if malformed:
+        example = next(entry["malformed_example"] for entry in job.state.stats if entry["malformed"])
+        raise InputDataError(
+            f"file {job.source}: a feature value is not a number, or a row has the wrong number of fields "
+            f"({malformed} row(s), e.g. {example!r}): expected product_id and numbers in every feature column; "
+            f"{UNCHANGED}", job.client_id)
+    # A client seen by one partition had every row hashed together: no repeated hash means no
+    # duplicate, exactly. Otherwise (a repeated hash, or rows spread over partitions) ask Spark.
+    if len(job.state.stats) == 1 and job.count("repeated") == 0:
+        return
+    if len(job.state.stats) > 1 or job.count("repeated"):
+        schema = T.StructType([T.StructField(column, T.StringType()) for column in job.header])
+        ids = spark.read.csv(job.source, header=True, schema=schema).select("product_id")
+        _raise_on_duplicates(job.client_id, job.source, ids)
 
 
 def _raise_on_duplicates(client_id: str, source: str, products: DataFrame) -> None:
@@ -143,94 +373,54 @@ def _raise_on_duplicates(client_id: str, source: str, products: DataFrame) -> No
     shown = ", ".join(repr(example if example is not None else "") for example in examples)
     raise InputDataError(
         f"file {source}: {summary['ids']} product_id value(s) appear more than once ({summary['rows']} rows, "
-        f"e.g. {shown}): expected one row per product_id; nothing written, the output of this date is left as it was",
-        client_id,
-    )
+        f"e.g. {shown}): expected one row per product_id; {UNCHANGED}", client_id)
 
 
-def _manifest(*, ref: registry.ModelRef, tags: dict[str, str], prediction_run_id: str, source: str,
-              features: list[str], rows_written: int, rows_skipped: int) -> dict[str, Any]:
+def _manifest(job: _ClientJob) -> dict[str, Any]:
     """The lineage record written beside the parquet files."""
     return {
-        "client_id": ref.client_id,
-        "inference_date": tags["inference_date"],
-        "model_name": ref.name,
-        "model_version": ref.version,
-        "model_uri": ref.uri,
-        "model_selector": tags["model_selector"],
-        "training_run_id": ref.run_id,
-        "prediction_run_id": prediction_run_id,
+        "client_id": job.client_id,
+        "inference_date": job.date,
+        "model_name": job.ref.name,
+        "model_version": job.ref.version,
+        "model_uri": job.ref.uri,
+        "model_selector": job.selector,
+        "training_run_id": job.ref.run_id,
+        "prediction_run_id": job.state.run_id,
         "tracking_uri": registry.display_tracking_uri(),
-        "input_path": absolute(source),
-        "features": features,
-        "rows_written": rows_written,
-        "rows_skipped": rows_skipped,
+        "input_path": absolute(job.source),
+        "features": job.features,
+        "rows_written": job.count("written"),
+        "rows_skipped": job.count("skipped"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _fetch_model(ref: registry.ModelRef) -> tuple[bytes, list[str]]:
-    """The model's skops bytes, checked on the driver, and its input columns."""
-    model_bytes, features = registry.fetch_model_bytes(ref)
-    # Checked here so that an unsafe file fails once, clearly, instead of in every Spark task.
-    refused = untrusted_types(model_bytes)
-    if refused:
-        raise ModelNotFoundError(
-            f"model {ref.name} version {ref.version} needs untrusted type(s) {', '.join(refused)}; refusing to load it",
-            ref.client_id,
-        )
-    if not features:
-        raise ModelNotFoundError(f"model {ref.name} version {ref.version} has no input signature", ref.client_id)
-    return model_bytes, features
+def _end_run(job: _ClientJob, status: int, metrics: dict[str, float]) -> None:
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    with registry.tracking_errors(job.client_id):
+        if metrics:
+            client.log_batch(job.state.run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
+        client.set_terminated(job.state.run_id, RunStatus.to_string(status), end_time=now)
 
 
-def _read_products(spark: SparkSession, client_id: str, source: str, features: list[str]) -> DataFrame:
-    header = _header(spark, client_id, source)
-    missing = [column for column in ["product_id", *features] if column not in header]
-    if missing:
-        raise InputDataError(
-            f"file {source}: missing column(s) {', '.join(map(repr, missing))} that the model needs: "
-            f"expected product_id, {', '.join(features)}, found {', '.join(header)}",
-            client_id,
-        )
-    # An explicit schema (never all strings): features are doubles, anything else is text.
-    schema = T.StructType([
-        T.StructField(column, T.DoubleType() if column in features else T.StringType()) for column in header
-    ])
-    # One gzip file is one unsplittable partition: kept as it is (see the module docstring).
-    return spark.read.csv(source, header=True, schema=schema, mode="FAILFAST").select("product_id", *features)
-
-
-def _header(spark: SparkSession, client_id: str, source: str) -> list[str]:
-    try:
-        first = spark.read.text(source).first()
-    except AnalysisException as exc:
-        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
-            raise InputDataError(
-                f"file {source}: not found (expected a gzip CSV at this path; is DATA_PREFIX right?)", client_id
-            ) from None
-        raise InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id) from None
-    except PySparkException as exc:
-        raise InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id) from None
-    except Exception as exc:  # pylint: disable=broad-except  # Py4J wraps Java I/O errors (bad gzip)
-        raise InputDataError(f"file {source}: cannot be read as gzip CSV ({one_line(exc)})", client_id) from None
-    if first is None or not first.value.strip():
-        raise InputDataError(f"file {source}: is empty: expected a header row and data", client_id)
-    return [column.strip() for column in first.value.split(",")]
+def _spark_error(job: _ClientJob, exc: Exception) -> Exception:
+    """A failed job, told as one line about this client's input where the cause is known."""
+    if isinstance(exc, CategoriesError):
+        return exc
+    if not isinstance(exc, (PySparkException, Py4JJavaError)):
+        return exc
+    return _input_error(job.client_id, job.source, exc)
 
 
 def _input_error(client_id: str, source: str, exc: Exception) -> Exception:
     # Spark reports parse and decompression failures as long Java traces: map the known causes
     # to one line, and let anything else through unchanged (it is not an input problem).
     text = str(exc)
-    if any(marker in text for marker in ("MALFORMED_RECORD", "Malformed records", "NumberFormatException")):
-        return InputDataError(
-            f"file {source}: a feature value is not a number (Spark could not parse a row as "
-            "product_id + numeric features): expected numbers in every feature column",
-            client_id,
-        )
     if any(marker in text for marker in ("ZipException", "EOFException", "Not in GZIP format", "incorrect header check")):
-        return InputDataError(f"file {source}: is not a valid gzip file: expected a gzip-compressed CSV", client_id)
+        return InputDataError(f"file {source}: is not a valid gzip file: expected a gzip-compressed CSV; {UNCHANGED}",
+                              client_id)
     if "FAILED_READ_FILE" in text:
         return InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id)
     return exc

@@ -1,51 +1,90 @@
 """Worker-side scoring for ``DataFrame.mapInArrow``: light imports (numpy, pandas, pyarrow; skops lazily).
 
-Spark pickles a :class:`Scorer` (its class by reference), so each Python worker imports this module
-(not MLflow, not Spark's driver code) and keeps the deserialized model in :data:`_MODELS` for
-as long as the worker lives: a model is loaded once per worker, not once per batch or task.
+Spark pickles a :class:`Scorer` (its class by reference), so each Python worker imports this
+module (not MLflow, not Spark's driver code). Rows of several clients may share a partition
+(the fleet path): each client's rows are scored by that client's model, read from the file the
+driver shipped (``SparkFiles``) and kept in :data:`_MODELS` while the worker lives, so a model is
+loaded once per worker, not once per batch or task. Nothing here needs a SparkContext, a
+broadcast or an accumulator, so it runs the same behind Spark Connect: what the driver must
+learn (rows, skipped and malformed rows, repeated ids) comes back as one ``_stats`` row per
+client and partition, which the driver collects with an observed metric.
 
-Batches stay in Arrow end to end: features go straight to one numpy matrix (wrapped in a
-DataFrame only to carry the column names the forest was fitted with), product ids are never
-turned into Python strings (Arrow's ``take`` repeats them), and the output batch is built in
-Arrow, so the work per batch is essentially ``predict_proba`` and the vectorised top-k.
+Batches stay in Arrow end to end: features go straight to one numpy matrix, product ids are
+never turned into Python strings (Arrow's ``take`` repeats them), and the output batch is built
+in Arrow, so the work per batch is essentially ``predict_proba`` and the vectorised top-k.
 """
+import json
 import os
 import queue
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from categories_classification.topk import top_k_arrow
+from categories_classification.topk import ARROW_SCHEMA, top_k_arrow
 
 PREFETCH = 2  # batches a stage may run ahead of the next (bounded memory: a few 10k-row batches)
-# key -> (model, its labels as an Arrow string array)
-_MODELS: dict[str, tuple[Any, pa.Array]] = {}
+MODELS_KEPT = 8  # models a worker keeps loaded (a fleet partition goes through many clients)
+# Input columns the driver builds; ``features`` holds the model's features, in its order.
+CLIENT, PRODUCT, FEATURES, MALFORMED, HASH, STATS = "client_id", "product_id", "features", "_corrupt", "_hash", "_stats"
+OUTPUT_SCHEMA = pa.schema([pa.field(CLIENT, pa.string()), *ARROW_SCHEMA, pa.field(STATS, pa.string())])
+EXAMPLE_CHARS = 80
+MIN_ROWS_PER_THREAD = 500  # below this, splitting the rows between threads costs more than it saves
+# file name -> (model, its labels as an Arrow string array), least recently used first
+_MODELS: "OrderedDict[str, tuple[Any, pa.Array]]" = OrderedDict()
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+@dataclass(frozen=True)
+class ClientModel:
+    """What a worker needs to score one client: the shipped model file and the feature names."""
+
+    file_name: str
+    features: tuple[str, ...]
+
+
+@dataclass
+class ClientStats:
+    """What one partition saw of one client, sent back to the driver as JSON."""
+
+    rows: int = 0
+    written: int = 0
+    skipped: int = 0
+    malformed: int = 0
+    malformed_example: str = ""
+    repeated: int = 0
+    partition: int = -1
+    hashes: list = field(default_factory=list, repr=False)
+
+    def to_json(self, client_id: str) -> str:
+        """The record the driver reads back (hashes stay here: only their verdict travels)."""
+        return json.dumps({"client_id": client_id, "rows": self.rows, "written": self.written,
+                           "skipped": self.skipped, "malformed": self.malformed,
+                           "malformed_example": self.malformed_example, "repeated": self.repeated,
+                           "partition": self.partition})
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """The function given to ``mapInArrow``: yields the top-``k`` rows of every product of every batch.
+    """The function given to ``mapInArrow``: the top-``k`` rows of every product, per client.
 
-    ``model_bytes`` returns the skops bytes (a broadcast's ``.value``), read only on the first
-    batch a worker sees; the forest predicts with ``n_jobs`` threads. Rows with a missing
-    feature are skipped and counted with ``skipped.add``. If ``hash_column`` is given (a 64-bit
-    hash of ``product_id`` on every input row), the number of hash values seen more than once
-    in the partition is given to ``repeated.add`` once the partition is done (8 bytes per row
-    held until then). ``skipped`` and ``repeated`` are Spark accumulators on a cluster.
+    ``models`` maps each client id to its :class:`ClientModel`; ``load`` turns a shipped file
+    name into skops bytes (``SparkFiles`` by default). The forest predicts with ``n_jobs``
+    threads (never more than the worker's cores). With ``hash_ids``, the input carries a 64-bit
+    hash of ``product_id`` and each client's repeated hash values are counted at the end of the
+    partition (8 bytes per row held until then).
     """
 
-    model_key: str
-    model_bytes: Callable[[], bytes]
-    features: tuple[str, ...]
+    models: Mapping[str, ClientModel]
     k: int
-    skipped: Any
-    repeated: Any
     n_jobs: int = 1
-    hash_column: Optional[str] = None
+    hash_ids: bool = False
+    load: Optional[Callable[[str], bytes]] = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # Three stages that overlap: a thread reads input batches off Spark's socket, another
@@ -55,33 +94,67 @@ class Scorer:
         return _in_background(self._score(_in_background(batches)))
 
     def _score(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model, labels = _model(self.model_key, self.model_bytes)
-        if hasattr(model, "n_jobs"):
-            # Never more threads than this machine has (the driver sized n_jobs from the cluster).
-            model.n_jobs = max(1, min(self.n_jobs, os.cpu_count() or 1))
-        columns = list(self.features)
-        hashes: list[np.ndarray] = []
+        stats: dict[str, ClientStats] = {}
+        threads = max(1, min(self.n_jobs, os.cpu_count() or 1))
         for batch in batches:
-            if self.hash_column is not None:
-                hashes.append(np.array(batch.column(self.hash_column).to_numpy(zero_copy_only=False), dtype=np.int64))
-            scored, skipped = score_batch(model, labels, columns, batch, self.k)
-            if skipped:
-                self.skipped.add(skipped)
-            if scored is not None:
-                yield scored
-        if self.hash_column is not None:
-            self.repeated.add(repeated_values(hashes))
+            for client_id, rows in split_by_client(batch):
+                seen = stats.setdefault(client_id, ClientStats(partition=_partition_id()))
+                spec = self.models[client_id]
+                model, labels = _model(spec.file_name, self.load or _spark_file)
+                scored = self._client_rows(model, labels, spec, rows, seen, threads)
+                if scored is not None:
+                    seen.written += scored.num_rows
+                    yield _with_client(scored, client_id)
+        if stats:
+            yield _stats_batch(stats)
+
+    def _client_rows(self, model: Any, labels: pa.Array, spec: ClientModel, rows: pa.RecordBatch,
+                     seen: ClientStats, threads: int) -> Optional[pa.RecordBatch]:
+        seen.rows += rows.num_rows
+        if self.hash_ids:
+            seen.hashes.append(np.asarray(rows.column(HASH).to_numpy(zero_copy_only=False), dtype=np.int64))
+        if MALFORMED in rows.schema.names:
+            broken = np.asarray(rows.column(MALFORMED).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            count = int(np.count_nonzero(broken))
+            if count:
+                if not seen.malformed:
+                    seen.malformed_example = rows.column(MALFORMED)[int(np.argmax(broken))].as_py()[:EXAMPLE_CHARS]
+                seen.malformed += count
+                rows = rows.filter(pa.array(~broken))
+        values = feature_matrix(rows.column(FEATURES), len(spec.features))
+        scored, skipped = score_matrix(model, labels, list(spec.features), values, rows.column(PRODUCT), self.k,
+                                       threads=threads)
+        seen.skipped += skipped
+        return scored
 
 
-def score_batch(model: Any, labels: pa.Array, features: list[str], batch: pa.RecordBatch,
-                k: int) -> tuple[Optional[pa.RecordBatch], int]:
-    """The top-``k`` rows of every complete product of ``batch``, and how many were skipped.
+def split_by_client(batch: pa.RecordBatch) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """The rows of ``batch`` per client id, in order of first appearance (usually one client)."""
+    encoded = batch.column(CLIENT).dictionary_encode()
+    values = encoded.dictionary.to_pylist()
+    if len(values) == 1:
+        yield values[0], batch
+        return
+    indices = encoded.indices.to_numpy(zero_copy_only=False)
+    for index, value in enumerate(values):
+        yield value, batch.filter(pa.array(indices == index))
 
-    A product with a missing feature (an Arrow null arrives as NaN) is skipped; the result is
-    None when no product of the batch is complete.
+
+def feature_matrix(features: pa.Array, width: int) -> np.ndarray:
+    """``(rows, width)`` float matrix of a list<double> column (a null value becomes NaN)."""
+    if len(features) == 0:
+        return np.empty((0, width))
+    flat = features.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float64).reshape(len(features), width)
+
+
+def score_matrix(model: Any, labels: pa.Array, features: list[str], values: np.ndarray, product_ids: pa.Array,
+                 k: int, *, threads: int = 1) -> tuple[Optional[pa.RecordBatch], int]:
+    """The top-``k`` rows of every complete product, and how many products were skipped.
+
+    A product with a missing feature (NaN) is skipped; the result is None when no product is
+    complete. ``threads`` share the rows (see :func:`predict_proba`).
     """
-    values = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in features])
-    product_ids = batch.column("product_id")
     complete = ~np.isnan(values).any(axis=1)
     skipped = int(len(complete) - np.count_nonzero(complete))
     if skipped:
@@ -89,13 +162,99 @@ def score_batch(model: Any, labels: pa.Array, features: list[str], batch: pa.Rec
     if values.shape[0] == 0:
         return None, skipped
     # A DataFrame with the training column names: what the forest was fitted on (no warning).
-    proba = model.predict_proba(pd.DataFrame(values, columns=features, copy=False))
+    proba = predict_proba(model, pd.DataFrame(values, columns=features, copy=False), threads)
     return top_k_arrow(product_ids, proba, labels, k), skipped
+
+
+def predict_proba(model: Any, rows: pd.DataFrame, threads: int = 1) -> np.ndarray:
+    """Class probabilities, the same to the last bit however many threads compute them.
+
+    A forest's own ``n_jobs`` sums its trees' votes in whatever order its threads finish, so the
+    last bit of a score (and a tie between two categories) could change from run to run; here
+    each thread takes a share of the rows and sums every tree in the same order.
+    """
+    if hasattr(model, "n_jobs"):
+        model.n_jobs = 1
+    if threads <= 1 or len(rows) < threads * MIN_ROWS_PER_THREAD:
+        return model.predict_proba(rows)
+    bounds = np.linspace(0, len(rows), threads + 1).astype(int)
+    parts = _pool(threads).map(lambda span: model.predict_proba(rows.iloc[span[0]:span[1]]), zip(bounds, bounds[1:]))
+    return np.vstack(list(parts))
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per worker process and size: tree traversal releases the GIL, so threads run in parallel."""
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
+    return pool
+
+
+def score_batch(model: Any, labels: pa.Array, features: list[str], batch: pa.RecordBatch, k: int, *,
+                threads: int = 1) -> tuple[Optional[pa.RecordBatch], int]:
+    """:func:`score_matrix` of a batch that holds ``product_id`` and one column per feature."""
+    values = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False) for name in features])
+    return score_matrix(model, labels, features, values.astype(np.float64, copy=False), batch.column(PRODUCT), k,
+                        threads=threads)
 
 
 def labels_of(model: Any) -> pa.Array:
     """The model's categories as the Arrow strings the output rows carry."""
     return pa.array([str(label) for label in model.classes_], type=pa.string())
+
+
+def read_stats(records: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The driver's side of ``_stats``: each client's records, one per partition that saw it."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        entry = json.loads(record)
+        found.setdefault(entry["client_id"], []).append(entry)
+    return found
+
+
+def repeated_values(chunks: list[np.ndarray]) -> int:
+    """How many distinct values occur more than once across ``chunks`` (sorted in place, O(n log n))."""
+    if not chunks:
+        return 0
+    values = np.concatenate(chunks)
+    chunks.clear()  # the concatenated copy is the only one kept
+    values.sort()
+    same = values[1:] == values[:-1]
+    # A value repeated r times gives r-1 consecutive "same" flags: count the runs.
+    return int(np.count_nonzero(same[1:] & ~same[:-1]) + (1 if len(same) and same[0] else 0))
+
+
+def _with_client(scored: pa.RecordBatch, client_id: str) -> pa.RecordBatch:
+    rows = scored.num_rows
+    return pa.RecordBatch.from_arrays(
+        [pa.array([client_id] * rows, pa.string()), *scored.columns, pa.nulls(rows, pa.string())],
+        schema=OUTPUT_SCHEMA)
+
+
+def _stats_batch(stats: dict[str, ClientStats]) -> pa.RecordBatch:
+    for seen in stats.values():
+        seen.repeated = repeated_values(seen.hashes)
+    clients = list(stats)
+    empty = pa.nulls(len(clients))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(clients, pa.string()), empty.cast(pa.string()), empty.cast(pa.string()),
+         empty.cast(pa.float64()), empty.cast(pa.int32()),
+         pa.array([stats[client].to_json(client) for client in clients], pa.string())],
+        schema=OUTPUT_SCHEMA)
+
+
+def _partition_id() -> int:
+    from pyspark import TaskContext  # pylint: disable=import-outside-toplevel  # light, and absent outside Spark
+
+    context = TaskContext.get()
+    return context.partitionId() if context is not None else -1
+
+
+def _spark_file(file_name: str) -> bytes:
+    from pyspark import SparkFiles  # pylint: disable=import-outside-toplevel
+
+    with open(SparkFiles.get(file_name), "rb") as handle:
+        return handle.read()
 
 
 def _in_background(items: Iterator[Any], depth: int = PREFETCH) -> Iterator[Any]:
@@ -139,26 +298,16 @@ def _in_background(items: Iterator[Any], depth: int = PREFETCH) -> Iterator[Any]
         stop.set()  # normally the thread has ended already; otherwise it ends at its next put
 
 
-def repeated_values(chunks: list[np.ndarray]) -> int:
-    """How many distinct values occur more than once across ``chunks`` (sorted in place, O(n log n))."""
-    if not chunks:
-        return 0
-    values = np.concatenate(chunks)
-    chunks.clear()  # the concatenated copy is the only one kept
-    values.sort()
-    same = values[1:] == values[:-1]
-    # A value repeated r times gives r-1 consecutive "same" flags: count the runs.
-    return int(np.count_nonzero(same[1:] & ~same[:-1]) + (1 if len(same) and same[0] else 0))
+def _model(file_name: str, load: Callable[[str], bytes]) -> tuple[Any, pa.Array]:
+    cached = _MODELS.get(file_name)
+    if cached is not None:
+        _MODELS.move_to_end(file_name)
+        return cached
+    # Imported lazily so that a worker which never scores does not pay for sklearn.
+    from categories_classification.serialization import load_model_bytes  # pylint: disable=import-outside-toplevel
 
-
-def _model(model_key: str, model_bytes: Callable[[], bytes]) -> tuple[Any, pa.Array]:
-    cached = _MODELS.get(model_key)
-    if cached is None:
-        # Imported lazily so that a worker which never scores does not pay for sklearn.
-        from categories_classification.serialization import load_model_bytes  # pylint: disable=import-outside-toplevel
-
-        model = load_model_bytes(model_bytes())
-        labels = labels_of(model)
-        _MODELS.clear()  # one model per worker at a time: a long-lived worker must not hoard them
-        cached = _MODELS[model_key] = (model, labels)
+    model = load_model_bytes(load(file_name))
+    cached = _MODELS[file_name] = (model, labels_of(model))
+    while len(_MODELS) > MODELS_KEPT:  # a long-lived worker must not hoard every client's model
+        _MODELS.popitem(last=False)
     return cached

@@ -1,9 +1,13 @@
-"""The Spark session: local mode with sensible defaults, overridable for a cluster.
+"""The Spark session: local mode with sensible defaults, a cluster, or a shared Spark Connect service.
 
-``SPARK_MASTER`` picks the master (default ``local[*]``). Any setting already given the standard
-way (``spark-submit --conf``, ``PYSPARK_SUBMIT_ARGS``) wins over the defaults below.
+``SPARK_REMOTE`` (``sc://host:port``, Spark's own variable) connects to a running Spark Connect
+service instead of starting a JVM; otherwise ``SPARK_MASTER`` picks the master (default
+``local[*]``). Any setting already given the standard way (``spark-submit --conf``,
+``PYSPARK_SUBMIT_ARGS``) wins over the defaults below. Code that must work both ways uses only
+what both sessions offer (no ``sparkContext``): see :func:`ship_file` and :func:`is_connect`.
 """
 import os
+import socket
 import sys
 import tempfile
 import zipfile
@@ -15,7 +19,11 @@ from urllib.parse import urlparse
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
+from categories_classification.errors import InfrastructureError
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # categories_classification/
+DEFAULT_CONNECT_PORT = 15002  # Spark Connect's own default
+CONNECT_PROBE_SECONDS = 5.0
 DEFAULT_CONF = {
     # mapInArrow moves data as Arrow batches; ~10k rows keep a batch's per-tree predict_proba arrays
     # in cache (fewer CPU cycles per row than larger batches).
@@ -39,10 +47,13 @@ DEFAULT_CONF = {
 
 
 def get_spark(app_name: str = "categories_classification") -> SparkSession:
-    """Return the active session or build one (``SPARK_MASTER`` or ``local[*]``)."""
+    """Return the active session or build one (``SPARK_REMOTE``, else ``SPARK_MASTER`` or ``local[*]``)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    remote = os.environ.get("SPARK_REMOTE")
+    if remote:
+        return _connect(remote, app_name)
     given = _given_conf()
     builder = SparkSession.builder.appName(app_name)  # pylint: disable=no-member  # builder is a class property
     master = os.environ.get("SPARK_MASTER") or given.get("spark.master") or "local[*]"
@@ -110,11 +121,56 @@ def _on_this_machine(master: str) -> bool:
     return master.startswith("spark://") and urlparse(master).hostname in ("127.0.0.1", "localhost")
 
 
+def is_connect(session: SparkSession) -> bool:
+    """True for a Spark Connect session (no SparkContext, no JVM in this process)."""
+    return not hasattr(session, "_jsc")
+
+
+def ship_file(session: SparkSession, path: Path) -> None:
+    """Make ``path`` readable by the session's Python workers as ``SparkFiles.get(path.name)``.
+
+    A file name is shipped once per session: callers name files by their content (a model's
+    version and digest), so the same name always means the same bytes.
+    """
+    key = (id(session), path.name)
+    if key in _SHIPPED:
+        return
+    if is_connect(session):
+        session.addArtifacts(str(path), file=True)
+    else:
+        session.sparkContext.addFile(str(path))
+    _SHIPPED.add(key)
+
+
+_SHIPPED: set[tuple[int, str]] = set()
+
+
+def _connect(remote: str, app_name: str) -> SparkSession:
+    """A session on the Spark Connect service at ``remote``; one clear line if nothing answers there."""
+    parsed = urlparse(remote)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or DEFAULT_CONNECT_PORT
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_PROBE_SECONDS):
+            pass
+    except OSError as exc:
+        raise InfrastructureError(
+            f"Spark Connect service at {host}:{port} (SPARK_REMOTE) is not reachable ({exc.strerror or exc}): "
+            "start it (make start-airflow, or python -m scripts.spark_connect start), or unset SPARK_REMOTE "
+            "to run Spark in this process") from None
+    session = SparkSession.builder.remote(remote).appName(app_name).getOrCreate()  # pylint: disable=no-member
+    _ship_package(session)
+    return session
+
+
 def _ship_package(session: SparkSession) -> None:
-    # Workers (local or on a cluster) import categories_classification.prediction.scoring; shipping the
-    # package as a zip makes that work whatever the workers' working directory or PYTHONPATH.
+    # Workers (local, on a cluster or behind Spark Connect) import
+    # categories_classification.prediction.scoring; shipping the package as a zip makes that work
+    # whatever the workers' working directory or PYTHONPATH.
     archive = Path(tempfile.mkdtemp(prefix="categories_pkg_")) / "categories_classification.zip"
     with zipfile.ZipFile(archive, "w") as bundle:
         for source in sorted(PACKAGE_DIR.rglob("*.py")):
             bundle.write(source, Path("categories_classification") / source.relative_to(PACKAGE_DIR))
-    session.sparkContext.addPyFile(str(archive))
+    if is_connect(session):
+        session.addArtifacts(str(archive), pyfile=True)
+    else:
+        session.sparkContext.addPyFile(str(archive))

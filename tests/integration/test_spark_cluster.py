@@ -19,11 +19,12 @@ from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
 from scripts.spark_cluster import Cluster, free_ports, start_cluster
-from tests.helpers import FEATURES, output_folder, read_output, start_cli
+from tests.helpers import FEATURES, client_entry, output_folder, read_output, run_cli, start_cli, write_config
 
 pytestmark = pytest.mark.slow
-LOCAL_DATE, CLUSTER_DATE = "2026-11-22", "2026-11-23"
+LOCAL_DATE, CLUSTER_DATE, FLEET_DATE = "2026-11-22", "2026-11-23", "2026-11-24"
 SMALL = ClientSpec("cluster_small", 111, n_train=900, n_predict=400, n_categories=12)
+SMALL_TOO = ClientSpec("cluster_small_too", 113, n_train=700, n_predict=300, n_categories=5)
 # Enough rows that scoring lasts seconds (one gzip file: one task, or a few if the input is split).
 BIG = ClientSpec("cluster_big", 112, n_train=800, n_predict=150_000, n_categories=10)
 
@@ -39,9 +40,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory: pytest.TempPathFactory, module_tracking_store: Path) -> Path:  # pylint: disable=unused-argument
-    """A data prefix with SMALL and BIG, each trained once (version 1, champion)."""
+    """A data prefix with SMALL, SMALL_TOO and BIG, each trained once (version 1, champion)."""
     root = tmp_path_factory.mktemp("data")
-    for spec in (SMALL, BIG):
+    for spec in (SMALL, SMALL_TOO, BIG):
         write_client(spec, root)
         train_model(spec.client_id, FEATURES, {"n_estimators": 20}, LOCAL_DATE, data_prefix=str(root))
     return root
@@ -140,6 +141,19 @@ def test_cluster_output_equals_local_mode_output(cluster, prefix, spark, predict
     executors = [event for event in _events(tmp_path / "logs") if event["Event"] == "SparkListenerExecutorAdded"]
     assert len(executors) == 2
     _assert_same_output(prefix, SMALL.client_id)
+
+
+def test_fleet_job_on_the_cluster_writes_what_each_client_alone_writes_locally(cluster, prefix, spark, tmp_path):
+    clients = (SMALL, SMALL_TOO)
+    for spec in clients:
+        predict_categories(spec.client_id, LOCAL_DATE, data_prefix=str(prefix), spark=spark)
+    config = write_config(tmp_path / "clients.yaml", {spec.client_id: client_entry() for spec in clients})
+    env = dict(os.environ, SPARK_MASTER=cluster.master_url, SPARK_LOCAL_IP="127.0.0.1", DATA_PREFIX=str(prefix),
+               CONFIG_FILE=str(config), SPARK_JVM_LOG=str(tmp_path / "jvm.log"))
+    result = run_cli(["predict-all", f"--inference_date={FLEET_DATE}"], env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for spec in clients:
+        assert read_output(prefix, spec.client_id, FLEET_DATE).equals(read_output(prefix, spec.client_id, LOCAL_DATE))
 
 
 def test_worker_lost_mid_scoring_is_retried_on_the_other_worker(cluster, prefix, spark, predict_on, tmp_path):

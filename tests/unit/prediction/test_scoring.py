@@ -1,7 +1,6 @@
 """The worker-side scorer without Spark: the background pipeline, the batch scorer, the hash check."""
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -9,38 +8,34 @@ import pyarrow as pa
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
-from categories_classification.prediction.scoring import Scorer, _in_background, repeated_values, score_batch
+from categories_classification.prediction.scoring import (
+    CLIENT, FEATURES as FEATURES_COLUMN, HASH, MALFORMED, MODELS_KEPT, STATS, ClientModel, Scorer, _in_background, read_stats,
+    repeated_values, score_batch)
 from categories_classification.serialization import dump_model
 from tests.helpers import reference_top_k
 
 FEATURES = ("f0", "f1")
 
 
-@dataclass
-class _Counter:
-    """Stands in for a Spark accumulator (only ``add`` is used on the worker side)."""
-
-    value: int = 0
-    calls: list = field(default_factory=list)
-
-    def add(self, amount: int) -> None:
-        self.calls.append(amount)
-        self.value += amount
-
-
-def _model() -> RandomForestClassifier:
-    rng = np.random.default_rng(0)
+def _model(seed: int = 0) -> RandomForestClassifier:
+    rng = np.random.default_rng(seed)
     features = pd.DataFrame(rng.random((200, 2)), columns=list(FEATURES))
     labels = np.array([f"c{i}" for i in rng.integers(0, 7, 200)])
     return RandomForestClassifier(n_estimators=5, random_state=0).fit(features, labels)
 
 
-def _batch(ids, f0, f1, hashes=None) -> pa.RecordBatch:
-    columns = {"product_id": pa.array(ids, pa.string()), "f0": pa.array(f0, pa.float64()),
-               "f1": pa.array(f1, pa.float64())}
-    if hashes is not None:
-        columns["_hash"] = pa.array(hashes, pa.int64())
-    return pa.RecordBatch.from_pydict(columns)
+def _batch(ids, f0, f1) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({"product_id": pa.array(ids, pa.string()), "f0": pa.array(f0, pa.float64()),
+                                       "f1": pa.array(f1, pa.float64())})
+
+
+def _input(client_ids, ids, rows, malformed=None) -> pa.RecordBatch:
+    """A batch as the driver builds it: client, id, feature list, unparsed text, id hash."""
+    return pa.RecordBatch.from_pydict({
+        CLIENT: pa.array(client_ids, pa.string()), "product_id": pa.array(ids, pa.string()),
+        FEATURES_COLUMN: pa.array(rows, pa.list_(pa.float64())),
+        MALFORMED: pa.array(malformed or [None] * len(ids), pa.string()),
+        HASH: pa.array([hash(value) for value in ids], pa.int64())})
 
 
 def test_repeated_hash_values_are_counted_once_each():
@@ -99,14 +94,39 @@ def test_score_batch_skips_incomplete_rows_and_ranks_like_the_reference():
     assert score_batch(model, labels, list(FEATURES), _batch(["p"], [None], [1.0]), 5) == (None, 1)
 
 
-def test_scorer_counts_skipped_rows_and_repeated_hashes_over_a_partition():
-    model = _model()
-    skipped, repeated = _Counter(), _Counter()
-    scorer = Scorer(model_key="unit/1", model_bytes=lambda: dump_model(model), features=FEATURES, k=5,
-                    skipped=skipped, repeated=repeated, hash_column="_hash")
-    batches = [_batch(["a", "b"], [0.1, 0.2], [0.3, None], hashes=[11, 12]),
-               _batch(["c", "a"], [0.5, 0.1], [0.5, 0.3], hashes=[13, 11])]
-    out = pa.Table.from_batches(list(scorer(iter(batches))))
-    assert out.num_rows == 3 * 5  # a, c, a: every complete row, 5 categories each
-    assert skipped.value == 1
-    assert repeated.calls == [1]  # once, at the end of the partition: hash 11 seen twice
+def test_scorer_scores_each_client_with_its_own_model_and_reports_per_client():
+    first, second = _model(0), _model(1)
+    files = {"first.skops": dump_model(first), "second.skops": dump_model(second)}
+    scorer = Scorer({"a": ClientModel("first.skops", FEATURES), "b": ClientModel("second.skops", FEATURES)}, k=5,
+                    hash_ids=True, load=files.__getitem__)
+    batches = [_input(["a", "a", "b"], ["p1", "p2", "p1"], [[0.1, 0.2], [0.3, None], [0.5, 0.5]]),
+               _input(["b", "b", "a"], ["p2", "p1", "p3"], [[0.2, 0.9], [0.1, 0.1], [0.0, 0.0]],
+                      malformed=[None, None, "p3,x,0.0"])]
+    out = pa.Table.from_batches(list(scorer(iter(batches)))).to_pandas()
+    rows, stats = out[out[STATS].isna()], read_stats(out[STATS].dropna().tolist())
+    # a: p1 scored, p2 skipped (missing feature), p3 malformed; b: p1 twice (a duplicate), p2.
+    assert sorted(rows.groupby(CLIENT)["product_id"].unique().map(sorted).to_dict().items()) == [
+        ("a", ["p1"]), ("b", ["p1", "p2"])]
+    (a,), (b,) = stats["a"], stats["b"]
+    assert (a["rows"], a["written"], a["skipped"], a["malformed"], a["repeated"]) == (3, 5, 1, 1, 0)
+    assert a["malformed_example"] == "p3,x,0.0"
+    assert (b["rows"], b["written"], b["skipped"], b["repeated"]) == (3, 15, 0, 1)
+    # Each client's rows are ranked by its own model.
+    expected = reference_top_k(["p2"], second.predict_proba(pd.DataFrame([[0.2, 0.9]], columns=list(FEATURES))),
+                               second.classes_)
+    got = rows[(rows[CLIENT] == "b") & (rows["product_id"] == "p2")][["product_id", "pred_label", "pred_score", "rank"]]
+    assert got.reset_index(drop=True).equals(expected.astype(got.dtypes.to_dict()))
+
+
+def test_a_worker_keeps_a_bounded_number_of_models():
+    model = dump_model(_model(0))
+    loads = []
+
+    def load(name):
+        loads.append(name)
+        return model
+
+    scorer = Scorer({f"c{i}": ClientModel(f"m{i}.skops", FEATURES) for i in range(MODELS_KEPT + 2)}, k=5, load=load)
+    batches = [_input([f"c{i}"], ["p"], [[0.5, 0.5]]) for i in range(MODELS_KEPT + 2)]
+    list(scorer(iter(batches + batches[-1:])))
+    assert len(loads) == MODELS_KEPT + 2  # the last client, seen twice, was loaded once
