@@ -1,9 +1,17 @@
-"""What several tests need: the project root, the CLI as a subprocess, configs, output paths, a top-k reference."""
+"""What several tests need: the project root, the CLI as a subprocess, configs, output paths, a top-k reference,
+a trained-and-predicted stack and a snapshot of what a failed command must leave as it was."""
+import hashlib
+import io
 import json
+import os
+import shutil
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -83,3 +91,62 @@ def reference_top_k(product_ids: Sequence[Any], scores: np.ndarray, labels: Sequ
         "pred_score": np.take_along_axis(scores, order, axis=1).ravel(),
         "rank": np.tile(np.arange(kept, dtype=np.int32), len(scores)),
     })
+
+
+def trained_and_predicted(source: Path, root: Path, clients: Sequence[str]) -> tuple[Path, dict[str, str]]:
+    """A private copy of ``source``'s inputs under ``root``, each client trained (8 trees) and predicted for DATE
+    through the CLI, with its own SQLite store; returns the data prefix and the CLI's environment."""
+    data = root / "data"
+    shutil.copytree(source, data, ignore=shutil.ignore_patterns("products_categories"))
+    env = dict(os.environ, DATA_PREFIX=str(data), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+               SPARK_MASTER="local[2]")
+    for client_id in clients:
+        for args in (train_args(client_id, params='{"n_estimators": 8}'),
+                     ["predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]):
+            result = run_cli(args, env)
+            assert result.returncode == 0, result.stderr
+    return data, env
+
+
+def snapshot(data: Path, store_uri: str, clients: Sequence[str]) -> dict:
+    """Everything a failed command must leave as it was: each client's registered versions and aliases, and every
+    file (name and SHA-256) under its output folder, staging folders included."""
+    # MLflow is heavy and the unit tests import this module: imported where it is needed.
+    from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
+    from categories_classification.registry import model_name  # pylint: disable=import-outside-toplevel
+
+    client = MlflowClient(store_uri)
+    state: dict[str, Any] = {}
+    for client_id in clients:
+        name = model_name(client_id)
+        state[name] = (sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")),
+                       dict(client.get_registered_model(name).aliases))
+        folder = output_folder(data, client_id).parent
+        state[str(folder)] = {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+                              for path in sorted(folder.rglob("*")) if path.is_file()}
+        state[f"{folder} entries"] = sorted(path.name for path in folder.iterdir())
+    return state
+
+
+def stored_model_file(store_uri: str, client_id: str, version: int) -> Path:
+    """The skops file of a registered version in a local artifact store (for tests that damage it in place)."""
+    from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
+    from categories_classification.registry import model_name  # pylint: disable=import-outside-toplevel
+
+    location = MlflowClient(store_uri).get_model_version_download_uri(model_name(client_id), str(version))
+    folder = Path(unquote(urlparse(location).path))
+    flavor = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]["sklearn"]
+    return folder / flavor["pickled_model"]
+
+
+def flip_bytes_in_largest_entry(data: bytes, count: int = 4) -> bytes:
+    """``data`` (a zip) with ``count`` bytes inverted in the middle of its largest entry's compressed content."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.compress_size)
+    # The local header: 30 fixed bytes ending with the name's and the extra field's lengths, then those two.
+    name_length, extra_length = struct.unpack_from("<HH", data, entry.header_offset + 26)
+    start = entry.header_offset + 30 + name_length + extra_length + entry.compress_size // 2
+    damaged = bytearray(data)
+    for offset in range(start, start + count):
+        damaged[offset] ^= 0xFF
+    return bytes(damaged)
