@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from categories_classification.config import ClientConfig, ClientsConfig
-from categories_classification.errors import CategoriesError, unexpected
+from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
 from categories_classification.prediction.predictor import PredictionResult, predict_categories
 from categories_classification.prediction.spark import get_spark
 from categories_classification.training.trainer import TrainingResult, train_model
@@ -102,7 +102,8 @@ def _run(client_id: str, step: Step) -> Outcome:
     except CategoriesError as exc:
         result, error = None, str(exc)
     except Exception as exc:  # pylint: disable=broad-except  # one client's bug must not stop the others
-        result, error = None, unexpected(exc, client_id)
+        fault = infrastructure_error(exc, client_id)
+        result, error = None, str(fault) if fault is not None else unexpected(exc, client_id)
     return Outcome(client_id, time.perf_counter() - started, result, error)
 
 

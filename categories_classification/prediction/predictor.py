@@ -23,6 +23,7 @@ from categories_classification import registry
 from categories_classification.config import validate_client_id
 from categories_classification.errors import InputDataError, ModelNotFoundError, one_line
 from categories_classification.paths import absolute, normalize_date, output_path, predict_path
+from categories_classification.prediction.failures import spark_failure
 from categories_classification.prediction.output import write_atomically
 from categories_classification.prediction.scoring import Scorer
 from categories_classification.serialization import untrusted_types
@@ -120,7 +121,7 @@ def _score_and_write(spark: SparkSession, ref: registry.ModelRef, model_bytes: b
                                 lambda written: manifest(rows_written=written, rows_skipped=skipped.value),
                                 before_swap=duplicates_check)
     except (PySparkException, Py4JJavaError) as exc:
-        raise _input_error(ref.client_id, source, exc) from None
+        raise spark_failure(ref.client_id, source, target, exc) from None
     finally:
         shipped.destroy()
     return rows, int(skipped.value)
@@ -217,20 +218,3 @@ def _header(spark: SparkSession, client_id: str, source: str) -> list[str]:
     if first is None or not first.value.strip():
         raise InputDataError(f"file {source}: is empty: expected a header row and data", client_id)
     return [column.strip() for column in first.value.split(",")]
-
-
-def _input_error(client_id: str, source: str, exc: Exception) -> Exception:
-    # Spark reports parse and decompression failures as long Java traces: map the known causes
-    # to one line, and let anything else through unchanged (it is not an input problem).
-    text = str(exc)
-    if any(marker in text for marker in ("MALFORMED_RECORD", "Malformed records", "NumberFormatException")):
-        return InputDataError(
-            f"file {source}: a feature value is not a number (Spark could not parse a row as "
-            "product_id + numeric features): expected numbers in every feature column",
-            client_id,
-        )
-    if any(marker in text for marker in ("ZipException", "EOFException", "Not in GZIP format", "incorrect header check")):
-        return InputDataError(f"file {source}: is not a valid gzip file: expected a gzip-compressed CSV", client_id)
-    if "FAILED_READ_FILE" in text:
-        return InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id)
-    return exc
