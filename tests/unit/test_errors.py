@@ -10,36 +10,7 @@ from categories_classification.errors import (
     java_root_cause,
     unexpected,
 )
-
-# What Spark 4 reports when the output's file system fills up while parquet is written (frames trimmed).
-FULL_DISK_TRACE = """An error occurred while calling o186.parquet.
-: org.apache.spark.SparkException: [TASK_WRITE_FAILED] Task failed while writing rows to file:/mnt/data/products_categories/client_id=big/_staging-date=2026-11-23-60b8a045ab8b. SQLSTATE: 58030
-\tat org.apache.spark.sql.errors.QueryExecutionErrors$.taskFailedWhileWritingRowsError(QueryExecutionErrors.scala:823)
-\tat py4j.ClientServerConnection.run(ClientServerConnection.java:108)
-\tat java.base/java.lang.Thread.run(Thread.java:840)
-Caused by: org.apache.parquet.util.AutoCloseables$ParquetCloseResourceException: Unable to close resource
-\tat org.apache.parquet.util.AutoCloseables.uncheckedClose(AutoCloseables.java:85)
-\tat java.base/java.util.concurrent.ThreadPoolExecutor$Worker.run(ThreadPoolExecutor.java:635)
-\t... 1 more
-Caused by: org.apache.hadoop.fs.FSError: java.io.IOException: No space left on device
-\tat org.apache.hadoop.fs.RawLocalFileSystem$LocalFSFileOutputStream.write(RawLocalFileSystem.java:549)
-\t... 29 more
-\tSuppressed: org.apache.hadoop.fs.FSError: java.io.IOException: No space left on device
-\t\tat org.apache.hadoop.fs.RawLocalFileSystem$LocalFSFileOutputStream.write(RawLocalFileSystem.java:549)
-\t\t... 31 more
-\t\tSuppressed: org.apache.hadoop.fs.FSError: java.io.IOException: Stream closed
-\t\t\tat org.apache.hadoop.fs.RawLocalFileSystem$LocalFSFileOutputStream.write(RawLocalFileSystem.java:549)
-\t\tCaused by: java.io.IOException: Stream closed
-\t\t\tat java.base/java.io.FileOutputStream.writeBytes(Native Method)
-\t\t\t... 44 more
-\tCaused by: java.io.IOException: Disk quota exceeded
-\t\tat java.base/java.io.FileOutputStream.writeBytes(Native Method)
-\t\t... 43 more
-Caused by: java.io.IOException: No space left on device
-\tat java.base/java.io.FileOutputStream.writeBytes(Native Method)
-\tat java.base/java.io.FileOutputStream.write(FileOutputStream.java:349)
-\t... 43 more
-"""
+from tests.helpers import FULL_DISK_TRACE
 
 
 def test_the_innermost_cause_of_the_main_chain_is_found_past_suppressed_ones():

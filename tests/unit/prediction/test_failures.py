@@ -1,7 +1,7 @@
 """Spark errors of the scoring job: known input problems name the input, anything else its root cause."""
 from categories_classification.errors import InfrastructureError, InputDataError
 from categories_classification.prediction.failures import spark_failure
-from tests.unit.test_errors import FULL_DISK_TRACE
+from tests.helpers import FULL_DISK_TRACE
 
 SOURCE = "/data/prediction/client_id=c/data_predict.csv.gz"
 TARGET = "/data/products_categories/client_id=c/date=2026-11-23"
