@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import click
 
 from categories_classification.config import load_config, validate_client_id
-from categories_classification.errors import CategoriesError, unexpected
+from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
 
@@ -238,7 +238,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:  # pylint: disable=broad-except  # the last wall before a bare traceback
         if os.environ.get("CATEGORIES_DEBUG"):
             raise
-        click.echo(f"Error: {unexpected(exc)} (set CATEGORIES_DEBUG=1 for the traceback)", err=True)
+        # A file system, MLflow or Spark failure that no stage mapped is a fault to report, not a bug.
+        fault = infrastructure_error(exc)
+        click.echo(f"Error: {fault}" if fault is not None
+                   else f"Error: {unexpected(exc)} (set CATEGORIES_DEBUG=1 for the traceback)", err=True)
         return 1
     return 0
 

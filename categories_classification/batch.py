@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from categories_classification.config import ClientConfig, ClientsConfig
-from categories_classification.errors import CategoriesError, unexpected
+from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
 from categories_classification.prediction.predictor import PredictionResult, predict_clients
 from categories_classification.training.trainer import TrainingResult, train_model
 
@@ -86,7 +86,8 @@ def predict_all(config: ClientsConfig, inference_date: str,
         if isinstance(result, CategoriesError):
             outcome = Outcome(client_id, seconds, error=str(result))
         elif isinstance(result, Exception):
-            outcome = Outcome(client_id, seconds, error=unexpected(result, client_id))
+            fault = infrastructure_error(result, client_id)
+            outcome = Outcome(client_id, seconds, error=str(fault) if fault is not None else unexpected(result, client_id))
         else:
             outcome = Outcome(client_id, result.seconds, result)
         outcomes.append(_report(outcome, on_done))
@@ -116,7 +117,8 @@ def _run(client_id: str, step: Step) -> Outcome:
     except CategoriesError as exc:
         result, error = None, str(exc)
     except Exception as exc:  # pylint: disable=broad-except  # one client's bug must not stop the others
-        result, error = None, unexpected(exc, client_id)
+        fault = infrastructure_error(exc, client_id)
+        result, error = None, str(fault) if fault is not None else unexpected(exc, client_id)
     return Outcome(client_id, time.perf_counter() - started, result, error)
 
 

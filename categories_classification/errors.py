@@ -1,4 +1,10 @@
-"""A small exception hierarchy; the CLI turns each into a one-line message and an exit code."""
+"""A small exception hierarchy; the CLI turns each into a one-line message and an exit code.
+
+Also the pure helpers that reduce a library's failure (a Java stack trace, an ``OSError``) to the
+few words a person can act on.
+"""
+import errno
+import re
 from typing import Optional
 
 
@@ -37,7 +43,11 @@ class TrackingError(CategoriesError):
 
 
 class InfrastructureError(CategoriesError):
-    """A service or storage the stack relies on failed (Spark, a file system): not the input's fault."""
+    """The machine or a service failed (a full disk, the artifact store, Spark's JVM), not the input data."""
+
+
+class ModelIntegrityError(InfrastructureError):
+    """A registered model's stored file is damaged, or was changed after it was registered."""
 
 
 def one_line(error: object, limit: int = 300) -> str:
@@ -50,9 +60,107 @@ def one_line(error: object, limit: int = 300) -> str:
     return text[:limit] + "..." if len(text) > limit else text
 
 
+# A Java class name at the start of a line: lower-case packages, then the class (inner classes with $).
+_JAVA_EXCEPTION = re.compile(r"(?P<name>(?:[a-z_][\w$]*\.)+[A-Z][\w$]*)(?::\s?(?P<message>.*))?")
+# Where an exception's message ends in a stack trace: its frames, "... N more", the next exception.
+_TRACE_LINE = re.compile(r"\s+(?:at |\.\.\. \d+ more)|\s*(?:Caused by|Suppressed): ")
+CAUSED_BY = "Caused by: "
+
+
+def java_root_cause(trace: str) -> Optional[str]:
+    """The innermost cause in a Java stack trace's text, as ``<class>: <message>``; None if it has no Java exception.
+
+    The last ``Caused by:`` at the start of a line ends the main chain (indented ones belong to
+    suppressed exceptions); without one, the first exception line is the cause. A cause whose
+    message is itself ``<class>: <message>`` (Hadoop's ``FSError: java.io.IOException: ...``)
+    gives the inner one.
+    """
+    lines = trace.splitlines()
+    starts = [index for index, line in enumerate(lines) if line.startswith(CAUSED_BY)]
+    if starts:
+        index, first = starts[-1], lines[starts[-1]][len(CAUSED_BY):]
+    else:
+        found = next(((index, line.removeprefix(": ")) for index, line in enumerate(lines)
+                      if _JAVA_EXCEPTION.fullmatch(line.removeprefix(": "))), None)
+        if found is None:
+            return None
+        index, first = found
+    match = _JAVA_EXCEPTION.fullmatch(first)
+    if match is None:
+        return None
+    name, message = match["name"], match["message"] or ""
+    # A message may span lines: they run until the first stack frame.
+    for line in lines[index + 1:]:
+        if _TRACE_LINE.match(line):
+            break
+        message += " " + line
+    inner = _JAVA_EXCEPTION.fullmatch(message.strip())
+    while inner is not None and inner["message"] is not None:
+        name, message = inner["name"], inner["message"]
+        inner = _JAVA_EXCEPTION.fullmatch(message.strip())
+    message = one_line(message)
+    return f"{name}: {message}" if message else name
+
+
+def describe_os_error(error: OSError) -> str:
+    """An ``OSError`` as ``<ERRNO> (<reason>) at <path>``, e.g. ``ENOSPC (No space left on device) at /data/x``."""
+    code = errno.errorcode.get(error.errno) if isinstance(error.errno, int) else None
+    reason = error.strerror or one_line(error) or type(error).__name__
+    text = f"{code} ({reason})" if code else f"{type(error).__name__}: {reason}"
+    paths = [str(path) for path in (error.filename, error.filename2) if path is not None]
+    return text + (f" at {' -> '.join(paths)}" if paths else "")
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)``, with the JVM stack trace a PySpark error keeps aside; never raises.
+
+    A Py4J error asks the JVM for its text, which fails once the JVM is gone.
+    """
+    try:
+        text = str(error)
+    except Exception:  # pylint: disable=broad-except  # the JVM behind the error may be dead
+        text = type(error).__name__
+    trace = getattr(error, "_stackTrace", None)  # PySpark's captured exceptions keep the JVM trace here
+    return f"{text}\n{trace}" if isinstance(trace, str) and trace not in text else text
+
+
+# Failures of the services this package uses, by the qualified name of their base class (no import
+# needed to recognise them): they are faults of the environment, not of this package's code.
+_SERVICE_ERRORS = {
+    "mlflow.exceptions.MlflowException": "MLflow",
+    "py4j.protocol.Py4JError": "Spark",
+    "pyspark.errors.exceptions.base.PySparkException": "Spark",
+}
+
+
+def infrastructure_error(error: BaseException, client_id: Optional[str] = None) -> Optional[InfrastructureError]:
+    """``error`` as a one-line :class:`InfrastructureError` if the file system, MLflow or Spark raised it, else None.
+
+    The last wall before :func:`unexpected`: only what no stage mapped on its own reaches it.
+    """
+    if isinstance(error, OSError):
+        return InfrastructureError(describe_os_error(error), client_id)
+    for cls in type(error).__mro__:
+        service = _SERVICE_ERRORS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if service is not None:
+            return InfrastructureError(f"{service} failed: {root_cause(error)}", client_id)
+    return None
+
+
+def root_cause(error: BaseException, text: Optional[str] = None) -> str:
+    """The innermost cause of a library's error: the Java one in its text (``text``, else
+    :func:`error_text`), else the error's class and first line."""
+    text = error_text(error) if text is None else text
+    return java_root_cause(text) or f"{type(error).__name__}: {first_line(text)}"
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text``, shortened by :func:`one_line`."""
+    return one_line((text.strip().splitlines() or [""])[0])
+
+
 def unexpected(error: BaseException, client_id: Optional[str] = None) -> str:
     """The one line shown for an error this package did not expect (a bug, not bad input)."""
     prefix = f"client {client_id!r}: " if client_id else ""
     # The first line only: an unexpected error's text may carry a whole (Java) stack trace.
-    first = (str(error).strip().splitlines() or [""])[0]
-    return f"{prefix}unexpected {type(error).__name__}: {one_line(first)}"
+    return f"{prefix}unexpected {type(error).__name__}: {first_line(str(error))}"

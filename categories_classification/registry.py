@@ -3,13 +3,17 @@ resolving and fetching model versions.
 
 Models are stored in skops format and loaded with *this module's* list of trusted types, never
 with the list recorded inside the artifact and never with pickle: a model file that needs any
-other type is refused.
+other type is refused. Each version carries the SHA-256 of its stored file (the version tag
+``model_sha256``): a file damaged or changed in the artifact store is refused before anything
+reads it.
 """
 import fcntl
 import io
 import logging
 import os
 import tempfile
+import zipfile
+import zlib
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +24,31 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from categories_classification.errors import ModelNotFoundError, TrackingError, one_line
-from categories_classification.serialization import SKOPS_TRUSTED_TYPES, deflate_file, load_model_bytes
+from categories_classification.errors import (
+    InfrastructureError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    TrackingError,
+    describe_os_error,
+    one_line,
+)
+from categories_classification.serialization import (
+    SKOPS_TRUSTED_TYPES,
+    deflate_file,
+    load_model_bytes,
+    sha256_hex,
+    zip_damage,
+)
 
 LOGGER = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_ARTIFACT = "model"
 # The registry alias of the version that prediction serves (stages are deprecated since 2.9).
 CHAMPION = "champion"
+# The model-version tag holding the SHA-256 of the stored model file, checked before every load.
+DIGEST_TAG = "model_sha256"
+# What a damaged file's deserialization raises (zip, deflate, skops' JSON schema and types).
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, TypeError)
 
 
 def model_name(client_id: str) -> str:
@@ -77,12 +98,17 @@ def promotion_lock(client_id: str) -> ContextManager[None]:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One registered model version and the run that produced it."""
+    """One registered model version and the run that produced it.
+
+    ``digest`` is the SHA-256 registered with the file (the ``model_sha256`` tag): "" when the
+    version was registered without one, None when it has not been looked up.
+    """
 
     client_id: str
     name: str
     version: int
     run_id: str
+    digest: Optional[str] = None
 
     @property
     def uri(self) -> str:
@@ -121,17 +147,22 @@ class _DeflatedSklearnFlavor:
     def __init__(self) -> None:
         self.__name__ = "mlflow.sklearn"  # what MLflow reports as the flavour
         self.stored_bytes = 0
+        self.digest = ""
 
     def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
-        """Save with MLflow's sklearn flavour, then deflate the model file in place."""
+        """Save with MLflow's sklearn flavour, deflate the model file in place, take its SHA-256."""
         mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
-        self.stored_bytes = deflate_file(Path(path) / mlflow_model.flavors["sklearn"]["pickled_model"])
+        model_file = Path(path) / mlflow_model.flavors["sklearn"]["pickled_model"]
+        self.stored_bytes = deflate_file(model_file)
+        # The digest of exactly the bytes that are uploaded: every load checks them against it.
+        self.digest = sha256_hex(model_file.read_bytes())
 
 
 def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any) -> ModelRef:
     """Log ``model`` (deflated skops) in the active run and register it as a new version of the client's model.
 
-    Logs the stored file's size as the run's ``model_size_bytes`` metric.
+    Logs the stored file's size as the run's ``model_size_bytes`` metric and tags the version with
+    the file's SHA-256 (``model_sha256``).
     """
     name = model_name(client_id)
     chatter = io.StringIO()
@@ -158,11 +189,12 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
         client = MlflowClient()
         run_id = mlflow.active_run().info.run_id
         version = info.registered_model_version
+        client.set_model_version_tag(name, str(version), DIGEST_TAG, flavor.digest)
         if not client.get_registered_model(name).description:
             client.update_registered_model(name, f"Product categoriser of client {client_id} (RandomForest, top-5).")
         client.set_registered_model_tag(name, "client_id", client_id)
         client.set_model_version_tag(name, str(version), "client_id", client_id)
-    return ModelRef(client_id, name, int(version), run_id)
+    return ModelRef(client_id, name, int(version), run_id, flavor.digest)
 
 
 def resolve_model(client_id: str, version: Optional[int] = None) -> ModelRef:
@@ -185,7 +217,7 @@ def resolve_model(client_id: str, version: Optional[int] = None) -> ModelRef:
                     f"{_version_list(client, name) or '(none: train the client first)'}",
                     client_id,
                 ) from None
-            return ModelRef(client_id, name, int(found.version), found.run_id)
+            return _ref(client_id, found)
         champion = champion_version(client_id)
     if champion is None:
         existing = _version_list(client, name)
@@ -212,7 +244,12 @@ def champion_version(client_id: str) -> Optional[ModelRef]:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
             raise
-    return ModelRef(client_id, name, int(found.version), found.run_id)
+    return _ref(client_id, found)
+
+
+def _ref(client_id: str, found: Any) -> ModelRef:
+    """A :class:`ModelRef` of an MLflow ``ModelVersion`` (whose tags hold the file's digest)."""
+    return ModelRef(client_id, found.name, int(found.version), found.run_id, (found.tags or {}).get(DIGEST_TAG, ""))
 
 
 def set_champion(client_id: str, version: int) -> ModelRef:
@@ -256,16 +293,88 @@ def describe_version(ref: ModelRef, description: str, tags: dict[str, str]) -> N
 
 
 def fetch_model_bytes(ref: ModelRef) -> tuple[bytes, list[str]]:
-    """A version's skops file content and its input columns (the download is cleaned up)."""
-    with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
-        model_file, features = download_model_file(ref, scratch)
-        return model_file.read_bytes(), features
+    """A version's skops file content, checked against its digest, and its input columns.
+
+    Nothing deserializes the bytes before the check: a file that does not match the digest
+    registered with it is refused (:class:`ModelIntegrityError`). A version registered without a
+    digest is checked as a zip (every entry's CRC-32) and loaded with a warning.
+    """
+    data, features, _ = _fetch_verified(ref)
+    return data, features
+
+
+def _fetch_verified(ref: ModelRef) -> tuple[bytes, list[str], str]:
+    """:func:`fetch_model_bytes`, plus the model file's name (for messages)."""
+    if ref.digest is None:
+        ref = _ref(ref.client_id, _model_version(ref))
+    try:
+        with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
+            model_file, features = download_model_file(ref, scratch)
+            data = model_file.read_bytes()
+    except OSError as exc:  # the local scratch folder, not MLflow (download_model_file maps those)
+        raise InfrastructureError(f"model {ref.name} version {ref.version}: cannot download it to a local "
+                                  f"temporary folder: {describe_os_error(exc)}", ref.client_id) from exc
+    problem = model_file_problem(ref, data)
+    if problem is not None:
+        raise _integrity_error(ref, model_file.name, problem)
+    if not ref.digest:
+        LOGGER.warning("client %s: model %s version %s was registered without a %s tag: its file cannot be "
+                       "checked against a digest (retrain to get one)", ref.client_id, ref.name, ref.version,
+                       DIGEST_TAG)
+    return data, features, model_file.name
+
+
+def model_file_problem(ref: ModelRef, data: bytes) -> Optional[str]:
+    """What is wrong with a version's stored file content, or None; never deserializes it.
+
+    With a registered digest, any difference is a problem; without one (a version registered
+    before digests were recorded), a zip that does not read back intact.
+    """
+    if ref.digest:
+        found = sha256_hex(data)
+        if found != ref.digest:
+            return (f"does not match its digest (expected {DIGEST_TAG} {ref.digest}, found {found}): "
+                    "it was damaged or changed after registration")
+        return None
+    damage = zip_damage(data)
+    if damage is not None:
+        return (f"cannot be read ({damage}): expected an intact skops zip file (the version has no "
+                f"{DIGEST_TAG} tag to check it against)")
+    return None
 
 
 def load_model(ref: ModelRef) -> tuple[Any, list[str]]:
-    """Download and deserialize a version (trusted types only); return it with its input columns."""
-    data, features = fetch_model_bytes(ref)
-    return load_model_bytes(data), features
+    """Download, verify and deserialize a version (trusted types only); return it with its input columns."""
+    data, features, file_name = _fetch_verified(ref)
+    try:
+        return load_model_bytes(data), features
+    except _UNREADABLE as exc:
+        # Reached only by a file that passed its checks (no digest, intact zip) but not skops.
+        raise _integrity_error(ref, file_name, f"cannot be deserialized ({type(exc).__name__}: {one_line(exc)})") from exc
+
+
+def _integrity_error(ref: ModelRef, file_name: str, problem: str) -> ModelIntegrityError:
+    """The one line refusing a version's stored file: which file, what is wrong, what to do."""
+    return ModelIntegrityError(
+        f"model {ref.name} version {ref.version}: the stored file {_stored_location(ref, file_name)} {problem}; "
+        f"refusing to load it. Retrain the client, or serve another version: "
+        f"set-champion --client_id={ref.client_id} --version=<an earlier version>",
+        ref.client_id,
+    )
+
+
+def _stored_location(ref: ModelRef, file_name: str) -> str:
+    """Where the version's file lives in the artifact store (asked only when it is refused)."""
+    try:
+        return f"{MlflowClient().get_model_version_download_uri(ref.name, str(ref.version)).rstrip('/')}/{file_name}"
+    except (MlflowException, OSError):
+        return f"{ref.uri}/{file_name}"
+
+
+def _model_version(ref: ModelRef) -> Any:
+    """The MLflow ``ModelVersion`` of ``ref`` (for its tags)."""
+    with tracking_errors(ref.client_id):
+        return MlflowClient().get_model_version(ref.name, str(ref.version))
 
 
 def _version_list(client: MlflowClient, name: str) -> str:
@@ -343,7 +452,7 @@ def tracking_errors(client_id: Optional[str]) -> Iterator[None]:
     try:
         yield
     except (MlflowException, OSError) as exc:
-        detail = one_line(exc)
+        detail = describe_os_error(exc) if isinstance(exc, OSError) else one_line(exc)
         if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise ModelNotFoundError(f"MLflow at {display_tracking_uri()}: {detail}", client_id) from exc
         raise TrackingError(f"MLflow at {display_tracking_uri()} failed: {detail}", client_id) from exc

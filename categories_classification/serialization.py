@@ -2,10 +2,13 @@
 
 Kept free of MLflow and Spark imports because Spark's Python workers import it to load models.
 """
+import hashlib
+import io
 import os
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import skops.io
 
@@ -37,6 +40,24 @@ def deflate_file(path: Path) -> int:
             target.writestr(entry.filename, source.read(entry))
     os.replace(staging, path)
     return path.stat().st_size
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of ``data`` in hex: the digest recorded with each registered model file."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def zip_damage(data: bytes) -> Optional[str]:
+    """Why ``data`` is not an intact zip (every entry read back against its CRC-32), or None if it is.
+
+    Catches a truncated file and changed bytes without deserializing anything.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None if bad is None else f"entry {bad!r} fails its CRC-32 check"
 
 
 def load_model_bytes(data: bytes) -> Any:

@@ -64,6 +64,26 @@ def _use_store(patch: pytest.MonkeyPatch, store: Path) -> None:
     mlflow.set_tracking_uri(uri)
 
 
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted on a fresh folder: a file system that fills up for real. Needs root (skipped
+    otherwise); always unmounted at teardown."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        # A lazy unmount if something still holds a file there (it goes once that process exits).
+        if subprocess.run(["umount", str(mount_point)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One real local Spark session (2 cores) for the whole test run."""

@@ -1,9 +1,17 @@
-"""What several tests need: the project root, the CLI as a subprocess, configs, output paths, a top-k reference."""
+"""What several tests need: the project root, the CLI as a subprocess, configs, output paths, a top-k reference,
+a trained-and-predicted stack and a snapshot of what a failed command must leave as it was."""
+import hashlib
+import io
 import json
+import os
+import shutil
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -17,6 +25,36 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "categories_classification_cli.py"
 DATE = "2026-11-23"
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
+
+# What Spark 4 reports when the output's file system fills up while parquet is written (frames trimmed).
+FULL_DISK_TRACE = """An error occurred while calling o186.parquet.
+: org.apache.spark.SparkException: [TASK_WRITE_FAILED] Task failed while writing rows to file:/mnt/data/products_categories/client_id=big/_staging-date=2026-11-23-60b8a045ab8b. SQLSTATE: 58030
+\tat org.apache.spark.sql.errors.QueryExecutionErrors$.taskFailedWhileWritingRowsError(QueryExecutionErrors.scala:823)
+\tat py4j.ClientServerConnection.run(ClientServerConnection.java:108)
+\tat java.base/java.lang.Thread.run(Thread.java:840)
+Caused by: org.apache.parquet.util.AutoCloseables$ParquetCloseResourceException: Unable to close resource
+\tat org.apache.parquet.util.AutoCloseables.uncheckedClose(AutoCloseables.java:85)
+\tat java.base/java.util.concurrent.ThreadPoolExecutor$Worker.run(ThreadPoolExecutor.java:635)
+\t... 1 more
+Caused by: org.apache.hadoop.fs.FSError: java.io.IOException: No space left on device
+\tat org.apache.hadoop.fs.RawLocalFileSystem$LocalFSFileOutputStream.write(RawLocalFileSystem.java:549)
+\t... 29 more
+\tSuppressed: org.apache.hadoop.fs.FSError: java.io.IOException: No space left on device
+\t\tat org.apache.hadoop.fs.RawLocalFileSystem$LocalFSFileOutputStream.write(RawLocalFileSystem.java:549)
+\t\t... 31 more
+\t\tSuppressed: org.apache.hadoop.fs.FSError: java.io.IOException: Stream closed
+\t\t\tat org.apache.hadoop.fs.RawLocalFileSystem$LocalFSFileOutputStream.write(RawLocalFileSystem.java:549)
+\t\tCaused by: java.io.IOException: Stream closed
+\t\t\tat java.base/java.io.FileOutputStream.writeBytes(Native Method)
+\t\t\t... 44 more
+\tCaused by: java.io.IOException: Disk quota exceeded
+\t\tat java.base/java.io.FileOutputStream.writeBytes(Native Method)
+\t\t... 43 more
+Caused by: java.io.IOException: No space left on device
+\tat java.base/java.io.FileOutputStream.writeBytes(Native Method)
+\tat java.base/java.io.FileOutputStream.write(FileOutputStream.java:349)
+\t... 43 more
+"""
 
 
 def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -83,3 +121,62 @@ def reference_top_k(product_ids: Sequence[Any], scores: np.ndarray, labels: Sequ
         "pred_score": np.take_along_axis(scores, order, axis=1).ravel(),
         "rank": np.tile(np.arange(kept, dtype=np.int32), len(scores)),
     })
+
+
+def trained_and_predicted(source: Path, root: Path, clients: Sequence[str]) -> tuple[Path, dict[str, str]]:
+    """A private copy of ``source``'s inputs under ``root``, each client trained (8 trees) and predicted for DATE
+    through the CLI, with its own SQLite store; returns the data prefix and the CLI's environment."""
+    data = root / "data"
+    shutil.copytree(source, data, ignore=shutil.ignore_patterns("products_categories"))
+    env = dict(os.environ, DATA_PREFIX=str(data), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+               SPARK_MASTER="local[2]")
+    for client_id in clients:
+        for args in (train_args(client_id, params='{"n_estimators": 8}'),
+                     ["predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]):
+            result = run_cli(args, env)
+            assert result.returncode == 0, result.stderr
+    return data, env
+
+
+def snapshot(data: Path, store_uri: str, clients: Sequence[str]) -> dict:
+    """Everything a failed command must leave as it was: each client's registered versions and aliases, and every
+    file (name and SHA-256) under its output folder, staging folders included."""
+    # MLflow is heavy and the unit tests import this module: imported where it is needed.
+    from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
+    from categories_classification.registry import model_name  # pylint: disable=import-outside-toplevel
+
+    client = MlflowClient(store_uri)
+    state: dict[str, Any] = {}
+    for client_id in clients:
+        name = model_name(client_id)
+        state[name] = (sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")),
+                       dict(client.get_registered_model(name).aliases))
+        folder = output_folder(data, client_id).parent
+        state[str(folder)] = {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+                              for path in sorted(folder.rglob("*")) if path.is_file()}
+        state[f"{folder} entries"] = sorted(path.name for path in folder.iterdir())
+    return state
+
+
+def stored_model_file(store_uri: str, client_id: str, version: int) -> Path:
+    """The skops file of a registered version in a local artifact store (for tests that damage it in place)."""
+    from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
+    from categories_classification.registry import model_name  # pylint: disable=import-outside-toplevel
+
+    location = MlflowClient(store_uri).get_model_version_download_uri(model_name(client_id), str(version))
+    folder = Path(unquote(urlparse(location).path))
+    flavor = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]["sklearn"]
+    return folder / flavor["pickled_model"]
+
+
+def flip_bytes_in_largest_entry(data: bytes, count: int = 4) -> bytes:
+    """``data`` (a zip) with ``count`` bytes inverted in the middle of its largest entry's compressed content."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.compress_size)
+    # The local header: 30 fixed bytes ending with the name's and the extra field's lengths, then those two.
+    name_length, extra_length = struct.unpack_from("<HH", data, entry.header_offset + 26)
+    start = entry.header_offset + 30 + name_length + extra_length + entry.compress_size // 2
+    damaged = bytearray(data)
+    for offset in range(start, start + count):
+        damaged[offset] ^= 0xFF
+    return bytes(damaged)

@@ -34,6 +34,7 @@ from categories_classification.errors import CategoriesError, InputDataError, Mo
 from categories_classification.paths import absolute, is_uri, normalize_date, output_path, predict_path
 from categories_classification.paths import data_prefix as resolve_prefix
 from categories_classification.prediction import output
+from categories_classification.prediction.failures import NOTHING_WRITTEN, spark_failure
 from categories_classification.prediction.scoring import (
     CLIENT, FEATURES, HASH, MALFORMED, OUTPUT_SCHEMA, STATS, ClientModel, Scorer, read_stats)
 from categories_classification.prediction.spark import get_spark, is_connect, ship_file
@@ -44,7 +45,6 @@ LOGGER = logging.getLogger(__name__)
 SPARK_OUTPUT_SCHEMA = from_arrow_schema(OUTPUT_SCHEMA)  # client_id, product_id, pred_label, pred_score, rank, _stats
 STAGING_COLUMN = "_staging-date"  # fleet writes: client_id=<id>/_staging-date=<date>-<token>/, beside date=<date>
 DUPLICATE_EXAMPLES = 3
-UNCHANGED = "nothing written, the output of this date is left as it was"
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,7 @@ def _check(spark: SparkSession, job: _ClientJob) -> None:
         raise InputDataError(
             f"file {job.source}: a feature value is not a number, or a row has the wrong number of fields "
             f"({malformed} row(s), e.g. {example!r}): expected product_id and numbers in every feature column; "
-            f"{UNCHANGED}", job.client_id)
+            f"{NOTHING_WRITTEN}", job.client_id)
     # A client seen by one partition had every row hashed together: no repeated hash means no
     # duplicate, exactly. Otherwise (a repeated hash, or rows spread over partitions) ask Spark.
     if len(job.state.stats) == 1 and job.count("repeated") == 0:
@@ -373,7 +373,7 @@ def _raise_on_duplicates(client_id: str, source: str, products: DataFrame) -> No
     shown = ", ".join(repr(example if example is not None else "") for example in examples)
     raise InputDataError(
         f"file {source}: {summary['ids']} product_id value(s) appear more than once ({summary['rows']} rows, "
-        f"e.g. {shown}): expected one row per product_id; {UNCHANGED}", client_id)
+        f"e.g. {shown}): expected one row per product_id; {NOTHING_WRITTEN}", client_id)
 
 
 def _manifest(job: _ClientJob) -> dict[str, Any]:
@@ -406,21 +406,7 @@ def _end_run(job: _ClientJob, status: int, metrics: dict[str, float]) -> None:
 
 
 def _spark_error(job: _ClientJob, exc: Exception) -> Exception:
-    """A failed job, told as one line about this client's input where the cause is known."""
-    if isinstance(exc, CategoriesError):
+    """A failed job, told as one line about this client (its input, or the infrastructure's root cause)."""
+    if isinstance(exc, CategoriesError) or not isinstance(exc, (PySparkException, Py4JJavaError)):
         return exc
-    if not isinstance(exc, (PySparkException, Py4JJavaError)):
-        return exc
-    return _input_error(job.client_id, job.source, exc)
-
-
-def _input_error(client_id: str, source: str, exc: Exception) -> Exception:
-    # Spark reports parse and decompression failures as long Java traces: map the known causes
-    # to one line, and let anything else through unchanged (it is not an input problem).
-    text = str(exc)
-    if any(marker in text for marker in ("ZipException", "EOFException", "Not in GZIP format", "incorrect header check")):
-        return InputDataError(f"file {source}: is not a valid gzip file: expected a gzip-compressed CSV; {UNCHANGED}",
-                              client_id)
-    if "FAILED_READ_FILE" in text:
-        return InputDataError(f"file {source}: cannot be read ({one_line(exc)})", client_id)
-    return exc
+    return spark_failure(job.client_id, job.source, job.target, exc)

@@ -4,49 +4,22 @@
 versions and the champion aliases are exactly what they were before the failed command.
 """
 import gzip
-import hashlib
-import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.helpers import DATE, output_folder, run_cli, train_args
+from tests.helpers import DATE, run_cli, snapshot, train_args, trained_and_predicted
 
 pytestmark = pytest.mark.slow
 CLIENTS = ("small_a", "small_b")
 
 
-def _state(data: Path, store_uri: str) -> dict:
-    """Everything a failed command must leave as it was."""
-    client = MlflowClient(store_uri)
-    state = {}
-    for client_id in CLIENTS:
-        name = f"{client_id}_model"
-        state[name] = (sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")),
-                       dict(client.get_registered_model(name).aliases))
-        folder = output_folder(data, client_id).parent
-        state[str(folder)] = {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-                              for path in sorted(folder.rglob("*")) if path.is_file()}
-    return state
-
-
 @pytest.fixture(scope="module")
 def stack(small_data, tmp_path_factory):
     """Two clients trained (n_estimators 8) and predicted for DATE, in a private copy of the data."""
-    root = tmp_path_factory.mktemp("nothing_lost")
-    data = root / "data"
-    shutil.copytree(small_data, data, ignore=shutil.ignore_patterns("products_categories"))
-    env = dict(os.environ, DATA_PREFIX=str(data), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
-               SPARK_MASTER="local[2]")
-    for client_id in CLIENTS:
-        for args in (train_args(client_id, params='{"n_estimators": 8}'),
-                     ["predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]):
-            result = run_cli(args, env)
-            assert result.returncode == 0, result.stderr
-    return data, env
+    return trained_and_predicted(small_data, tmp_path_factory.mktemp("nothing_lost"), CLIENTS)
 
 
 def _corrupt(data: Path, kind: str) -> None:
@@ -82,7 +55,7 @@ def _restore(data: Path) -> None:
 ])
 def test_a_failed_command_says_why_on_one_line_and_loses_nothing(stack, case, args, setup, expected):
     data, env = stack
-    before = _state(data, env["MLFLOW_TRACKING_URI"])
+    before = snapshot(data, env["MLFLOW_TRACKING_URI"], CLIENTS)
     run_env = dict(env, DATA_PREFIX="/nowhere") if setup == "nowhere" else env
     if setup in ("train", "prediction"):
         _corrupt(data, setup)
@@ -94,4 +67,4 @@ def test_a_failed_command_says_why_on_one_line_and_loses_nothing(stack, case, ar
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: client 'small_a': "), result.stderr
     assert "Traceback" not in result.stderr
     assert re.search(expected, result.stderr), result.stderr
-    assert _state(data, env["MLFLOW_TRACKING_URI"]) == before
+    assert snapshot(data, env["MLFLOW_TRACKING_URI"], CLIENTS) == before
