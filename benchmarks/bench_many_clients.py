@@ -54,7 +54,7 @@ def run(ctx: BenchContext) -> Section:
     for timed_run in (one_worker, parallel):
         if f"{n_clients}/{n_clients}" not in timed_run.result:
             raise RuntimeError(f"train-all did not train all {n_clients} clients:\n{timed_run.result[-2000:]}")
-    pool_seconds = _fit_with_pool(data, [spec.client_id for spec in specs])
+    pool_seconds = fit_with_pool(data, [spec.client_id for spec in specs])
     spark_seconds = _fit_with_spark(data)
     speedup = sequence / parallel.seconds
     section.rows += [
@@ -91,7 +91,8 @@ def _fit_one(path: str) -> int:
     return len(frame)
 
 
-def _fit_with_pool(data: Path, client_ids: list[str]) -> float:
+def fit_with_pool(data: Path, client_ids: list[str]) -> float:
+    """Seconds to fit every client's forest (size search + fit, no MLflow) in a pool of one process per core."""
     paths = [train_path(client_id, str(data)) for client_id in client_ids]
     workers = os.cpu_count() or 1
     # Forked from this process, which has the trainer imported: warm workers, as Spark's are after its first job.

@@ -76,11 +76,15 @@ def configure_tracking() -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     database = _sqlite_file(uri)
-    if database is not None:
+    if database is not None and not (uri in _READY_STORES and database.exists()):
         database.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(_lock_file(database, "store")), tracking_errors(None):
             MlflowClient(uri).search_experiments(max_results=1)
+        _READY_STORES.add(uri)  # a train-all worker trains many clients into the same store
     return uri
+
+
+_READY_STORES: set[str] = set()
 
 
 def promotion_lock(client_id: str) -> ContextManager[None]:
@@ -151,6 +155,7 @@ class _DeflatedSklearnFlavor:
 
     def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
         """Save with MLflow's sklearn flavour, deflate the model file in place, take its SHA-256."""
+        kwargs.pop("validate_serving_input", None)  # Model.log's own option, passed on to every flavour
         mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
         model_file = Path(path) / mlflow_model.flavors["sklearn"]["pickled_model"]
         self.stored_bytes = deflate_file(model_file)
@@ -182,6 +187,9 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
             # Explicit requirements: MLflow would otherwise re-load the model in a subprocess to
             # infer them, which costs seconds per training for a known answer.
             pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+            # MLflow would load the model back and predict the input example to check it could be
+            # served: this project's loaders (the gate, prediction) read it back anyway.
+            validate_serving_input=False,
         )
     LOGGER.debug("%s", chatter.getvalue().strip())
     with tracking_errors(client_id):

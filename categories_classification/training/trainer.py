@@ -1,7 +1,10 @@
 """Training stage: load -> validate -> split -> fit -> evaluate -> log and register in MLflow."""
+import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import mlflow
@@ -246,17 +249,23 @@ def _log_evaluation_artifacts(client_id: str, fitted: _EvaluatedForest) -> None:
     """Per-category report (CSV + JSON) and top-k / per-category plots on the active run."""
     model = fitted.forest.model
     report = per_class_report(fitted.y_test, fitted.test_proba, model.classes_)
-    mlflow.log_text(report.to_csv(index=False), "evaluation/per_class_report.csv")
-    mlflow.log_dict({"split": "test", "categories": report.to_dict(orient="records")}, "evaluation/per_class_report.json")
     curves = {
         "train": top_k_curve(fitted.y_train, fitted.train_proba, model.classes_),
         "test": top_k_curve(fitted.y_test, fitted.test_proba, model.classes_),
     }
-    mlflow.log_dict(curves, "evaluation/top_k_accuracy.json")
-    for figure, name in ((top_k_figure(curves, f"{client_id}: top-k accuracy"), "top_k_accuracy.png"),
-                         (per_class_figure(report, f"{client_id}: recall per category (test)"), "per_class_recall.png")):
-        mlflow.log_figure(figure, f"evaluation/{name}")
-        close_figure(figure)
+    # Written side by side and uploaded in one call: one round trip to the store per training.
+    with tempfile.TemporaryDirectory(prefix="categories_evaluation_") as folder:
+        scratch = Path(folder)
+        report.to_csv(scratch / "per_class_report.csv", index=False)
+        (scratch / "per_class_report.json").write_text(
+            json.dumps({"split": "test", "categories": report.to_dict(orient="records")}, indent=2), encoding="utf-8")
+        (scratch / "top_k_accuracy.json").write_text(json.dumps(curves, indent=2), encoding="utf-8")
+        for figure, name in ((top_k_figure(curves, f"{client_id}: top-k accuracy"), "top_k_accuracy.png"),
+                             (per_class_figure(report, f"{client_id}: recall per category (test)"),
+                              "per_class_recall.png")):
+            figure.savefig(scratch / name)
+            close_figure(figure)
+        mlflow.log_artifacts(folder, "evaluation")
 
 
 def _promotion_gate(client_id: str, ref: registry.ModelRef, fitted: _EvaluatedForest, tolerance: float) -> Decision:

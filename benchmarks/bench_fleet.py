@@ -1,0 +1,202 @@
+"""Fleet scale: a client should cost its rows, not a fixed overhead.
+
+For N generated clients of 5,000 prediction rows each, side by side in one run:
+
+- `predict-all` (one Spark job for the fleet) against a single-process fleet limit: for every
+  client, fetch its champion from the registry, load it, read its CSV with pyarrow, score,
+  top-5, write parquet (:func:`limit_side`, run as its own command like the CLI);
+- one client's `predictor` command in a fresh process, against a running Spark Connect
+  service and with no service (its own JVM), against that client's work inside the limit;
+- `train-all` for the fleet against fitting the same clients' forests alone.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from benchmarks._common import BenchContext, Row, Section, ratio, run_command, seconds, write_config
+from benchmarks.bench_many_clients import fit_with_pool
+from categories_classification.paths import predict_path
+from categories_classification.prediction.scoring import labels_of, score_batch
+from categories_classification.topk import TOP_K
+from scripts.generate_example_data import ClientSpec, write_client
+
+FEATURES = ["f0", "f1", "f2", "f3", "f4"]
+DATE = "2026-11-23"
+ROWS = 5_000
+RESULT_PREFIX = "RESULT "
+PREDICT_TARGET, OVERHEAD_TARGET, TRAIN_TARGET = 2.0, 3.0, 2.5
+SAMPLES = 3  # per-client commands timed (each the same work): the median is reported
+
+
+def run(ctx: BenchContext) -> Section:
+    """Train the fleet once, then predict it three ways at every size."""
+    sizes = (3, 6) if ctx.quick else (10, 100, 1000)
+    largest = sizes[-1]
+    section = Section(
+        f"Fleet scale: {largest} clients x {ROWS:,} products",
+        f"`predict-all` <= {PREDICT_TARGET:g}x a single-process fleet limit; one client's `predictor` command with "
+        f"the shared Spark service pays <= {OVERHEAD_TARGET:g} s of fixed overhead; `train-all` <= {TRAIN_TARGET:g}x "
+        "fitting the same forests alone.",
+    )
+    data = ctx.scratch("data")
+    specs = [ClientSpec(f"fleet_{i:04d}", 5000 + i, n_train=1000, n_predict=ROWS, n_categories=10) for i in range(largest)]
+    for spec in specs:
+        write_client(spec, data)
+    store = f"sqlite:///{ctx.scratch('mlflow') / 'mlflow.db'}"
+    env = {"DATA_PREFIX": str(data), "MLFLOW_TRACKING_URI": store, "SPARK_MASTER": "local[2]", "PYTHONWARNINGS": "ignore"}
+    cli = [ctx.python, "categories_classification_cli.py"]
+    configs = {size: write_config(ctx.workdir / f"clients_{size}.yaml",
+                                  {spec.client_id: {"features": FEATURES} for spec in specs[:size]}) for size in sizes}
+
+    trained = run_command([*cli, "train-all", f"--config={configs[largest]}", f"--training_date={DATE}"], env=env)
+    _check_all(trained.result, largest, "train-all")
+    fit_alone = fit_with_pool(data, [spec.client_id for spec in specs])
+
+    fleet, limits = {}, {}
+    for size in sizes:
+        # Alternate which side goes first, so that neither always runs on the other's warm page cache.
+        order = [("fleet", size), ("limit", size)] if size % 2 else [("limit", size), ("fleet", size)]
+        for side, _ in order:
+            if side == "fleet":
+                fleet[size] = run_command([*cli, "predict-all", f"--config={configs[size]}", f"--inference_date={DATE}"],
+                                          env=env)
+                _check_all(fleet[size].result, size, "predict-all")
+            else:
+                limits[size] = _limit(ctx, configs[size], env)
+    alone = _per_client(ctx, cli, specs[0].client_id, env)
+
+    for size in sizes:
+        value = fleet[size].seconds / limits[size]["seconds"]
+        section.rows.append(Row(
+            f"`predict-all`, {size} clients (one command: start-up, one Spark job, {size} MLflow runs)",
+            seconds(fleet[size].seconds), f"{seconds(limits[size]['seconds'])} limit", ratio(fleet[size].seconds,
+                                                                                              limits[size]["seconds"]),
+            f"<= {PREDICT_TARGET:g}x" if size == largest else "", value <= PREDICT_TARGET if size == largest else None))
+    one_client = limits[largest]["per_client"][specs[0].client_id]
+    overhead = alone["connect"] - one_client
+    section.rows += [
+        Row("one client's `predictor` command, shared Spark Connect service (median of "
+            f"{SAMPLES})", seconds(alone["connect"]), f"{seconds(one_client)}: its work inside the limit",
+            f"{seconds(overhead)} fixed overhead", f"<= {OVERHEAD_TARGET:g} s", overhead <= OVERHEAD_TARGET),
+        Row("the same command, no service (its own Spark JVM)", seconds(alone["local"]),
+            f"{seconds(one_client)}: its work inside the limit", f"{seconds(alone['local'] - one_client)} fixed overhead"),
+        Row(f"`train-all`, {largest} clients (2 workers: fit, evaluate, log, register, gate)", seconds(trained.seconds),
+            f"{seconds(fit_alone)}: fitting the same forests alone (2 processes)",
+            ratio(trained.seconds, fit_alone), f"<= {TRAIN_TARGET:g}x", trained.seconds / fit_alone <= TRAIN_TARGET),
+    ]
+    section.notes += [
+        f"Clients: {specs[0].n_train} training rows, {specs[0].n_categories} categories, {ROWS:,} prediction rows each "
+        "(the project's generator); a fresh SQLite MLflow store; Spark local[2].",
+        "Limit: one Python process, for every client in turn: resolve the champion in the registry, download and "
+        "load it, read the CSV with pyarrow, score with the predictor's own batch code on 2 threads, write parquet. "
+        "It logs no MLflow run, writes no manifest and swaps nothing in.",
+        f"Per-client time per fleet size: " + "; ".join(
+            f"{size}: fleet {seconds(fleet[size].seconds / size)}, limit {seconds(limits[size]['seconds'] / size)}"
+            for size in sizes) + f"; per-client command {seconds(alone['local'])} (own JVM), "
+        f"{seconds(alone['connect'])} (shared service).",
+        "Every `predictor` sample: " + ", ".join(seconds(s) for s in alone["connect_samples"]) + " (service); "
+        + ", ".join(seconds(s) for s in alone["local_samples"]) + " (own JVM).",
+    ]
+    section.plots.append(_plot(ctx, sizes, fleet, limits, alone))
+    return section
+
+
+def _check_all(output: str, count: int, what: str) -> None:
+    if f"{count}/{count}" not in output:
+        raise RuntimeError(f"{what} did not succeed for all {count} clients:\n{output[-2000:]}")
+
+
+def _limit(ctx: BenchContext, config: Path, env: dict[str, str]) -> dict[str, Any]:
+    out = run_command([ctx.python, "-m", "benchmarks.bench_fleet", "limit", "--config", str(config),
+                       "--output", str(ctx.scratch("limit_output"))], env=env)
+    line = next(line for line in out.result.splitlines() if line.startswith(RESULT_PREFIX))
+    measured = json.loads(line[len(RESULT_PREFIX):])
+    measured["seconds"] = out.seconds  # the whole command, as the CLI's are timed
+    return measured
+
+
+def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str, str]) -> dict[str, Any]:
+    """The `predictor` command for one client, with the shared service and without (SAMPLES each)."""
+    # pylint: disable=import-outside-toplevel
+    from scripts.spark_cluster import free_ports
+    from scripts.spark_connect import start_service
+
+    command = [*cli, "predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]
+    local = [run_command(command, env=env).seconds for _ in range(SAMPLES)]
+    with start_service(port=free_ports(1)[0], master="local[2]", run_dir=ctx.scratch("connect")) as service:
+        remote = [run_command(command, env={**env, "SPARK_REMOTE": service.url}).seconds for _ in range(SAMPLES)]
+    return {"local": statistics.median(local), "connect": statistics.median(remote), "local_samples": local,
+            "connect_samples": remote}
+
+
+def _plot(ctx: BenchContext, sizes: tuple[int, ...], fleet: dict, limits: dict, alone: dict[str, Any]) -> str:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(sizes, [fleet[size].seconds / size for size in sizes], marker="o", label="predict-all (fleet path)")
+    axes.plot(sizes, [limits[size]["seconds"] / size for size in sizes], marker="o", label="single-process limit")
+    axes.plot(sizes, [alone["local"]] * len(sizes), linestyle="--", label="predictor per client, own JVM")
+    axes.plot(sizes, [alone["connect"]] * len(sizes), linestyle=":", label="predictor per client, shared service")
+    axes.set(xscale="log", yscale="log", xlabel="clients", ylabel="seconds per client",
+             title=f"Prediction time per client ({ROWS:,} products each)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    figure.tight_layout()
+    name = "fleet_time_per_client.png"
+    figure.savefig(ctx.outdir / name, dpi=110)
+    plt.close(figure)
+    return name
+
+
+def limit_side(config: Path, output: Path) -> dict[str, Any]:
+    """Every client of ``config`` in this process at the hardware limit; per-client seconds."""
+    # pylint: disable=import-outside-toplevel
+    from categories_classification import registry
+    from categories_classification.config import load_config
+    from categories_classification.serialization import load_model_bytes
+
+    registry.configure_tracking()
+    per_client = {}
+    for client in load_config(config):
+        started = time.perf_counter()
+        model_bytes, features = registry.fetch_model_bytes(registry.resolve_model(client.client_id))
+        model = load_model_bytes(model_bytes)
+        convert = pacsv.ConvertOptions(column_types={"product_id": pa.string(), **{f: pa.float64() for f in features}},
+                                       include_columns=["product_id", *features])
+        table = pacsv.read_csv(predict_path(client.client_id), convert_options=convert)
+        labels = labels_of(model)
+        batches = []
+        for batch in table.to_batches(max_chunksize=10_000):
+            scored, _ = score_batch(model, labels, features, batch, TOP_K, threads=2)
+            if scored is not None:
+                batches.append(scored)
+        pq.write_table(pa.Table.from_batches(batches), output / f"{client.client_id}.parquet")
+        per_client[client.client_id] = time.perf_counter() - started
+    return {"per_client": per_client}
+
+
+def _main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the fleet limit and print its result.")
+    parser.add_argument("side", choices=("limit",))
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    print(RESULT_PREFIX + json.dumps(limit_side(args.config, args.output)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
