@@ -66,6 +66,7 @@ def predict_categories(client_id: str, inference_date: str, *, model_version: Op
     target = output_path(client_id, date, data_prefix)
 
     registry.configure_tracking()
+    registry.close_abandoned_runs(client_id)  # runs a killed process left RUNNING
     ref = registry.resolve_model(client_id, model_version)
     model_bytes, features = _fetch_model(ref)
     experiment_id = registry.ensure_experiment(client_id)
