@@ -57,6 +57,8 @@ def cli(verbose: bool) -> None:
         os.environ.setdefault("SPARK_LOG_LEVEL", "WARN")
     for noisy in ("py4j", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Each of MLflow's HTTP retries is a urllib3 warning: the error after the last one is the one line.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 @cli.command()

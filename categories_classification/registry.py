@@ -23,7 +23,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from categories_classification.errors import ModelNotFoundError, TrackingError, one_line
+from categories_classification.errors import ConfigError, ModelNotFoundError, TrackingError, one_line
 from categories_classification.serialization import SKOPS_TRUSTED_TYPES, deflate_file, load_model_bytes
 
 LOGGER = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_ARTIFACT = "model"
 # The registry alias of the version that prediction serves (stages are deprecated since 2.9).
 CHAMPION = "champion"
+# How long one MLflow request may take in all, retries included, before a command fails (seconds).
+TIMEOUT_VARIABLE = "CATEGORIES_MLFLOW_TIMEOUT"
+DEFAULT_TIMEOUT_SECONDS = 30.0
 # Where a run runs (tags on every training and prediction run), and why a run was closed as failed.
 HOST_TAG = "host"
 PID_TAG = "pid"
@@ -63,6 +66,8 @@ def configure_tracking() -> str:
     fail with "duplicate column name" (seen with parallel DAG runs on a fresh install).
     """
     uri = tracking_uri()
+    for name, value in http_limits(timeout_seconds()).items():
+        os.environ.setdefault(name, value)  # what the user set wins
     mlflow.set_tracking_uri(uri)
     database = _sqlite_file(uri)
     if database is not None:
@@ -70,6 +75,36 @@ def configure_tracking() -> str:
         with _file_lock(_lock_file(database, "store")), tracking_errors(None):
             MlflowClient(uri).search_experiments(max_results=1)
     return uri
+
+
+def timeout_seconds() -> float:
+    """``$CATEGORIES_MLFLOW_TIMEOUT`` (seconds, a positive number), else :data:`DEFAULT_TIMEOUT_SECONDS`."""
+    raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"environment variable {TIMEOUT_VARIABLE}: expected a positive number of seconds, found {raw!r}")
+    return value
+
+
+def http_limits(budget: float) -> dict[str, str]:
+    """MLflow's HTTP retry and timeout variables that bound one request to about ``budget`` seconds.
+
+    MLflow's defaults (7 retries, backoff factor 2, 120 s per attempt) let a command stall for
+    minutes on an unreachable server; Airflow's task retries cover longer outages. urllib3
+    sleeps 0 s after the first failure, then ``factor * 2 ** (n - 1)`` plus up to ``jitter``
+    seconds: with 2 retries, at most 3 s of sleep and 3 attempts of ``timeout`` seconds each.
+    Below 12 s there is no retry: the whole budget goes to one attempt.
+    """
+    retries, factor, jitter = (2, 1, 1.0) if budget >= 12 else (0, 1, 0.0)
+    sleeps = sum(factor * 2 ** (n - 1) + jitter for n in range(2, retries + 1))
+    timeout = max(1, int((budget - sleeps) // (retries + 1)))  # MLflow reads an integer
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(factor),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(jitter), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
 
 
 def promotion_lock(client_id: str) -> ContextManager[None]:
