@@ -223,12 +223,12 @@ def _fleet_table(view, columns: tuple, cells: Callable) -> None:
     table = Table(title=f"Fleet status: {len(view.rows)} clients, {attention} needing attention ({checked})",
                   caption=f"MLflow at {view.tracking_uri}, {view.generated_at:%Y-%m-%d %H:%M UTC}")
     for name in columns:
-        table.add_column(name, overflow="fold")
+        table.add_column(name, no_wrap=True)  # one line per client: greppable, and flags stay whole
     for row in view.rows:
         values = [text for text, _ in cells(row)]
         values[-1] = Text(values[-1], style="bold red" if row.flags else "green")
         table.add_row(*values)
-    Console(width=max(160, Console().width)).print(table)
+    Console(width=max(200, Console().width)).print(table)
 
 
 def _with_progress(title: str, total: int, run: Callable[[Callable], list]) -> list:
