@@ -24,7 +24,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import ConfigError, ModelNotFoundError, TrackingError, one_line
-from categories_classification.serialization import SKOPS_TRUSTED_TYPES, deflate_file, load_model_bytes
 
 LOGGER = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -239,6 +238,8 @@ class _DeflatedSklearnFlavor:
 
     def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
         """Save with MLflow's sklearn flavour, then deflate the model file in place."""
+        from categories_classification.serialization import deflate_file  # pylint: disable=import-outside-toplevel
+
         mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
         self.stored_bytes = deflate_file(Path(path) / mlflow_model.flavors["sklearn"]["pickled_model"])
 
@@ -248,6 +249,9 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
 
     Logs the stored file's size as the run's ``model_size_bytes`` metric.
     """
+    # skops and sklearn load in seconds: only what logs or loads a model imports them (not fleet-status).
+    from categories_classification.serialization import SKOPS_TRUSTED_TYPES  # pylint: disable=import-outside-toplevel
+
     name = model_name(client_id)
     chatter = io.StringIO()
     flavor = _DeflatedSklearnFlavor()
@@ -379,6 +383,8 @@ def fetch_model_bytes(ref: ModelRef) -> tuple[bytes, list[str]]:
 
 def load_model(ref: ModelRef) -> tuple[Any, list[str]]:
     """Download and deserialize a version (trusted types only); return it with its input columns."""
+    from categories_classification.serialization import load_model_bytes  # pylint: disable=import-outside-toplevel
+
     data, features = fetch_model_bytes(ref)
     return load_model_bytes(data), features
 
