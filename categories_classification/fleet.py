@@ -19,6 +19,7 @@ from categories_classification.training.promotion import DEFAULT_TOLERANCE
 PAGE_SIZE = 1000  # runs per search page (MLflow allows up to 50,000)
 IDS_PER_SEARCH = 100  # run ids per "run_id IN (...)" search, to keep filter strings short
 FAILED_STATUSES = ("FAILED", "KILLED")
+PREVIOUS_SCORE = "promotion_champion_top_5_accuracy"  # the gate's score of the champion it compared with
 # code -> label: what a person sees in the table, the page and the JSON.
 FLAG_LABELS = {
     "no_model": "no model",
@@ -187,12 +188,18 @@ def _champion_values(cid: str, champion: VersionRecord, records: FleetRecords, t
     values["test_top_5_accuracy"] = run.metrics.get("test_top_5_accuracy")
     before = run.tags.get("champion_version_before", "")
     previous = records.versions.get((cid, int(before))) if before.isdigit() and int(before) != champion.version else None
-    previous_run = records.runs.get(previous.run_id) if previous else None
-    if previous is not None:
-        values["previous_version"] = previous.version
-    if previous_run is not None and values["test_top_5_accuracy"] is not None \
-            and previous_run.metrics.get("test_top_5_accuracy") is not None:
-        values["top_5_change"] = values["test_top_5_accuracy"] - previous_run.metrics["test_top_5_accuracy"]
+    if previous is None:
+        return values
+    values["previous_version"] = previous.version
+    # The gate scored the previous champion on this run's test rows: the same rows, and no
+    # second run to read. Without that score (features changed), its own run's test figure.
+    gate = run.metrics.get(PREVIOUS_SCORE)
+    previous_run = records.runs.get(previous.run_id)
+    reference = gate if gate is not None else (previous_run.metrics.get("test_top_5_accuracy") if previous_run else None)
+    own = run.metrics.get("promotion_challenger_top_5_accuracy", values["test_top_5_accuracy"]) if gate is not None \
+        else values["test_top_5_accuracy"]
+    if reference is not None and own is not None:
+        values["top_5_change"] = own - reference
     return values
 
 
@@ -249,7 +256,8 @@ def read_records(client: Any, config: ClientsConfig, inference_date: Optional[st
     # Latest inference date first (a backfill of an older date may have started later).
     last_prediction = _latest(client, experiments, "tags.stage = 'prediction' AND attributes.status = 'FINISHED'",
                               ["tags.inference_date DESC", "attributes.start_time DESC"])
-    # The champion's run is usually the last training: only the others are fetched, by id.
+    # The champion's run is usually the last training: only the others are fetched, by id; a
+    # previous champion's run only when the gate did not score it (see _champion_values).
     runs = {run.run_id: run for run in last_training.values()}
     champion_versions = [versions[key] for key in champions.items() if key in versions]
     runs.update(_by_id(client, ids, {version.run_id for version in champion_versions} - set(runs)))
@@ -257,7 +265,7 @@ def read_records(client: Any, config: ClientsConfig, inference_date: Optional[st
     for cid, version in champions.items():
         run = runs.get(versions[(cid, version)].run_id) if (cid, version) in versions else None
         before = run.tags.get("champion_version_before", "") if run else ""
-        if before.isdigit() and (cid, int(before)) in versions:
+        if before.isdigit() and (cid, int(before)) in versions and PREVIOUS_SCORE not in run.metrics:
             previous.add(versions[(cid, int(before))].run_id)
     runs.update(_by_id(client, ids, previous - set(runs)))
     dated = None

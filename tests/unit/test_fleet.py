@@ -103,6 +103,18 @@ def test_the_project_defaults_apply_without_client_settings():
     assert _flags(fleet_rows(_config(_client("a")), dropped, TODAY)[0]) == {"a": ["accuracy_dropped"]}
 
 
+def test_the_change_uses_the_gates_scores_on_the_same_rows_when_recorded():
+    gated = _training("r2", 0.70, before="1")
+    gated = RunRecord("r2", "FINISHED", STARTED, gated.tags, {"test_top_5_accuracy": 0.70,
+                                                             "promotion_challenger_top_5_accuracy": 0.70,
+                                                             "promotion_champion_top_5_accuracy": 0.74})
+    records = FleetRecords({"a": 2}, {("a", 1): VersionRecord(1, "r1"), ("a", 2): VersionRecord(2, "r2")},
+                           {"r2": gated})  # the previous champion's own run is not even needed
+    (row,), _ = fleet_rows(_config(_client("a")), records, TODAY)
+    assert (row.previous_version, round(row.top_5_change, 6)) == (1, -0.04)
+    assert [flag.code for flag in row.flags] == ["accuracy_dropped"] and "0.740 for v1" in row.flags[0].detail
+
+
 def test_a_champion_set_by_hand_or_first_has_no_change():
     records = FleetRecords({"a": 1, "b": 2}, {("a", 1): VersionRecord(1, "r1"), ("b", 2): VersionRecord(2, "r2")},
                            {"r1": _training("r1", 0.8, before=""), "r2": _training("r2", 0.5, before="2")})
