@@ -74,8 +74,8 @@ print(time.perf_counter() - started)
 _BUILD = '''
 import random, sys, time
 from pathlib import Path
-from datetime import date, datetime, timedelta, timezone
-from mlflow.entities import Metric, Param, RunTag
+from datetime import datetime, timedelta, timezone
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from categories_classification import registry
 from categories_classification.prediction.predictor import predict_categories
@@ -105,30 +105,36 @@ def copy(experiment_id, run, tags, metrics):
                                                 {**run.data.metrics, **metrics}.items()], params=params)
     return new.info.run_id
 
+def train(i, version):
+    cid, kind = f"client_{i:04d}", i % 50  # a few clients in each state a person should see
+    trained = (today - timedelta(days=90 if kind == 1 else 30 * (2 - version))).isoformat()
+    accuracy = 0.80 if version == 1 else (0.70 if kind == 2 else 0.80 + rng.uniform(-0.005, 0.02))
+    gate = {} if version == 1 else {"promotion_challenger_top_5_accuracy": accuracy,
+                                    "promotion_champion_top_5_accuracy": 0.80}
+    run_id = copy(registry.ensure_experiment(cid), training, {
+        "client_id": cid, "training_date": trained, "champion_version_before": "1" if version == 2 else ""},
+        {"test_top_5_accuracy": accuracy, **gate})
+    client.set_terminated(run_id)
+    client.create_model_version(registry.model_name(cid), source, run_id, tags={
+        "client_id": cid, "training_date": trained, "promotion_decision": "promoted"})
+    return run_id
+
+# Every client's first version, then every client's second a month later, as the DAGs train them.
 for i in range(1, clients):
-    cid = f"client_{i:04d}"
-    kind = i % 50  # a few clients in each state a person should see
+    client.create_registered_model(registry.model_name(f"client_{i:04d}"), tags={"client_id": f"client_{i:04d}"})
+    train(i, 1)
+for i in range(1, clients):
+    cid, kind = f"client_{i:04d}", i % 50
+    run_id = train(i, 2)
+    client.set_registered_model_alias(registry.model_name(cid), registry.CHAMPION, "2")
     experiment_id = registry.ensure_experiment(cid)
-    name = registry.model_name(cid)
-    client.create_registered_model(name, tags={"client_id": cid})
-    trained = (today - timedelta(days=90 if kind == 1 else rng.randint(0, 29))).isoformat()
-    run_ids = []
-    for version in (1, 2):
-        accuracy = 0.80 if version == 1 else (0.70 if kind == 2 else 0.80 + rng.uniform(-0.005, 0.02))
-        run_id = copy(experiment_id, training, {"client_id": cid, "training_date": trained,
-                                                "champion_version_before": "1" if version == 2 else ""},
-                      {"test_top_5_accuracy": accuracy})
-        client.set_terminated(run_id)
-        client.create_model_version(name, source, run_id, tags={"client_id": cid, "training_date": trained,
-                                                              "promotion_decision": "promoted"})
-        run_ids.append(run_id)
-    client.set_registered_model_alias(name, registry.CHAMPION, "2")
     if kind == 3:  # the last training failed
         client.set_terminated(copy(experiment_id, training, {"client_id": cid}, {}), "FAILED")
+for i in range(1, clients):
+    cid, kind = f"client_{i:04d}", i % 50
     if kind != 4:  # no prediction for the latest date
-        run_id = copy(experiment_id, prediction, {"client_id": cid, "model_run_id": run_ids[1]},
-                      {"drift_max": 0.5} if kind == 5 else {})
-        client.set_terminated(run_id)
+        client.set_terminated(copy(registry.ensure_experiment(cid), prediction, {"client_id": cid},
+                                   {"drift_max": 0.5} if kind == 5 else {}))
 print(f"{clients} clients, {2 * clients} training runs, {2 * clients} versions, about {clients} prediction runs, "
       f"built in {time.perf_counter() - started:.0f} s")
 '''
