@@ -22,7 +22,7 @@ DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
 
 .PHONY: help init-pipenv data demo train-all predict-all generate-dags init-airflow start-airflow stop-airflow \
-	e2e-airflow spark-cluster stop-spark-cluster run-jupyter report test unit-tests lint clean
+	e2e-airflow spark-cluster stop-spark-cluster run-jupyter report fleet-report test unit-tests lint clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -76,6 +76,10 @@ run-jupyter: $(VENV_STAMP) ## Start JupyterLab on http://127.0.0.1:8888 in the p
 report: $(VENV_STAMP) ## Execute notebooks/inspect_inference_result.ipynb (after make demo) into reports/*.html
 	$(RUN) jupyter nbconvert --to html --execute notebooks/inspect_inference_result.ipynb --output-dir reports
 	@echo "report: reports/inspect_inference_result.html"
+
+fleet-report: $(VENV_STAMP) ## One static, sortable HTML page of every client's status and flags: reports/fleet_status.html
+	$(CLI) fleet-status --html reports/fleet_status.html
+	@echo "open reports/fleet_status.html in a browser"
 
 test: $(VENV_STAMP) ## Run the whole test suite (unit, integration with MLflow + Spark, acceptance)
 	$(RUN) python -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,7 @@
     python categories_classification_cli.py predict-all --inference_date=2026-11-23
     python categories_classification_cli.py list-models --client_id=client_0
     python categories_classification_cli.py set-champion --client_id=client_0 --version=3   # rollback
+    python categories_classification_cli.py fleet-status [--json | --html reports/fleet_status.html]
 
 Errors are printed on one line (``Error: ...``); exit code 2 for bad options or config, 1 for
 bad data or an unavailable model or tracking server.
@@ -57,6 +58,8 @@ def cli(verbose: bool) -> None:
         os.environ.setdefault("SPARK_LOG_LEVEL", "WARN")
     for noisy in ("py4j", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Each of MLflow's HTTP retries is a urllib3 warning: the error after the last one is the one line.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 @cli.command()
@@ -180,6 +183,52 @@ def predict_all_command(config_path: Optional[str], client_ids: tuple[str, ...],
     outcomes = _with_progress("Prediction", len(config), lambda done: predict_all(config, inference_date, on_done=done))
     _summary("Prediction", outcomes, ("rows written", "skipped", "version"), lambda r: (
         str(r.rows_written), str(r.rows_skipped), str(r.model_version)))
+
+
+@cli.command("fleet-status")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--date", "inference_date", default=None, show_default="the fleet's latest inference date",
+              help="Flag clients without a finished prediction for this date (ISO date or timestamp).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the view as one static, sortable HTML page to this path.")
+def fleet_status_command(config_path: Optional[str], inference_date: Optional[str], as_json: bool,
+                         html_path: Optional[str]) -> None:
+    """One row per client: champion, accuracy, last training and prediction, drift, and what needs a person."""
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+    from categories_classification import fleet  # pylint: disable=import-outside-toplevel
+    from categories_classification.paths import normalize_date  # pylint: disable=import-outside-toplevel
+
+    config = load_config(config_path)
+    date = normalize_date(inference_date, "date") if inference_date else None
+    view = fleet.read_fleet(config, inference_date=date)
+    if html_path:
+        Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(html_path).write_text(fleet.render_html(view), encoding="utf-8")
+        click.echo(f"fleet report: {html_path}", err=True)
+    if as_json:
+        click.echo(fleet.to_json(view))
+        return
+    _fleet_table(view, fleet.COLUMNS, fleet.cells)
+
+
+def _fleet_table(view, columns: tuple, cells: Callable) -> None:
+    from rich.console import Console  # pylint: disable=import-outside-toplevel
+    from rich.table import Table  # pylint: disable=import-outside-toplevel
+    from rich.text import Text  # pylint: disable=import-outside-toplevel
+
+    attention = sum(1 for row in view.rows if row.flags)
+    checked = f"outputs checked for {view.inference_date}" if view.inference_date else "no prediction recorded yet"
+    table = Table(title=f"Fleet status: {len(view.rows)} clients, {attention} needing attention ({checked})",
+                  caption=f"MLflow at {view.tracking_uri}, {view.generated_at:%Y-%m-%d %H:%M UTC}")
+    for name in columns:
+        table.add_column(name, no_wrap=True)  # one line per client: greppable, and flags stay whole
+    for row in view.rows:
+        values = [text for text, _ in cells(row)]
+        values[-1] = Text(values[-1], style="bold red" if row.flags else "green")
+        table.add_row(*values)
+    Console(width=max(200, Console().width)).print(table)
 
 
 def _with_progress(title: str, total: int, run: Callable[[Callable], list]) -> list:

@@ -61,6 +61,33 @@ def run(ctx: BenchContext) -> Section:
     _check_all(trained.result, largest, "train-all")
     fit_alone = fit_with_pool(data, [spec.client_id for spec in specs])
 
+    fleet, limits = _predict(ctx, cli, sizes, configs, env)
+    alone = _per_client(ctx, cli, specs[0].client_id, env)
+    _rows(section, sizes, fleet, limits, alone, specs[0].client_id)
+    section.rows.append(Row(
+        f"`train-all`, {largest} clients (2 workers: fit, evaluate, log, register, gate)", seconds(trained.seconds),
+        f"{seconds(fit_alone)}: fitting the same forests alone (2 processes)",
+        ratio(trained.seconds, fit_alone), f"<= {TRAIN_TARGET:g}x", trained.seconds / fit_alone <= TRAIN_TARGET))
+    section.notes += [
+        f"Clients: {specs[0].n_train} training rows, {specs[0].n_categories} categories, {ROWS:,} prediction rows each "
+        "(the project's generator); a fresh SQLite MLflow store; Spark local[2].",
+        "Limit: one Python process, for every client in turn: resolve the champion in the registry, download and "
+        "load it, read the CSV with pyarrow, score with the predictor's own batch code on 2 threads, write parquet. "
+        "It logs no MLflow run, writes no manifest and swaps nothing in.",
+        "Per-client time per fleet size: " + "; ".join(
+            f"{size}: fleet {seconds(fleet[size].seconds / size)}, limit {seconds(limits[size]['seconds'] / size)}"
+            for size in sizes) + f"; per-client command {seconds(alone['local'])} (own JVM), "
+        f"{seconds(alone['connect'])} (shared service).",
+        "Every `predictor` sample: " + ", ".join(seconds(s) for s in alone["connect_samples"]) + " (service); "
+        + ", ".join(seconds(s) for s in alone["local_samples"]) + " (own JVM).",
+    ]
+    section.plots.append(_plot(ctx, sizes, fleet, limits, alone))
+    return section
+
+
+def _predict(ctx: BenchContext, cli: list[str], sizes: tuple[int, ...], configs: dict[int, Path],
+             env: dict[str, str]) -> tuple[dict, dict]:
+    """predict-all and the limit at every size."""
     fleet, limits = {}, {}
     for size in sizes:
         # Alternate which side goes first, so that neither always runs on the other's warm page cache.
@@ -72,42 +99,28 @@ def run(ctx: BenchContext) -> Section:
                 _check_all(fleet[size].result, size, "predict-all")
             else:
                 limits[size] = _limit(ctx, configs[size], env)
-    alone = _per_client(ctx, cli, specs[0].client_id, env)
+    return fleet, limits
 
+
+def _rows(section: Section, sizes: tuple[int, ...], fleet: dict, limits: dict, alone: dict[str, Any],
+          client_id: str) -> None:
+    largest = sizes[-1]
     for size in sizes:
         value = fleet[size].seconds / limits[size]["seconds"]
         section.rows.append(Row(
             f"`predict-all`, {size} clients (one command: start-up, one Spark job, {size} MLflow runs)",
-            seconds(fleet[size].seconds), f"{seconds(limits[size]['seconds'])} limit", ratio(fleet[size].seconds,
-                                                                                              limits[size]["seconds"]),
+            seconds(fleet[size].seconds), f"{seconds(limits[size]['seconds'])} limit",
+            ratio(fleet[size].seconds, limits[size]["seconds"]),
             f"<= {PREDICT_TARGET:g}x" if size == largest else "", value <= PREDICT_TARGET if size == largest else None))
-    one_client = limits[largest]["per_client"][specs[0].client_id]
+    one_client = limits[largest]["per_client"][client_id]
     overhead = alone["connect"] - one_client
     section.rows += [
-        Row("one client's `predictor` command, shared Spark Connect service (median of "
-            f"{SAMPLES})", seconds(alone["connect"]), f"{seconds(one_client)}: its work inside the limit",
+        Row(f"one client's `predictor` command, shared Spark Connect service (median of {SAMPLES})",
+            seconds(alone["connect"]), f"{seconds(one_client)}: its work inside the limit",
             f"{seconds(overhead)} fixed overhead", f"<= {OVERHEAD_TARGET:g} s", overhead <= OVERHEAD_TARGET),
         Row("the same command, no service (its own Spark JVM)", seconds(alone["local"]),
             f"{seconds(one_client)}: its work inside the limit", f"{seconds(alone['local'] - one_client)} fixed overhead"),
-        Row(f"`train-all`, {largest} clients (2 workers: fit, evaluate, log, register, gate)", seconds(trained.seconds),
-            f"{seconds(fit_alone)}: fitting the same forests alone (2 processes)",
-            ratio(trained.seconds, fit_alone), f"<= {TRAIN_TARGET:g}x", trained.seconds / fit_alone <= TRAIN_TARGET),
     ]
-    section.notes += [
-        f"Clients: {specs[0].n_train} training rows, {specs[0].n_categories} categories, {ROWS:,} prediction rows each "
-        "(the project's generator); a fresh SQLite MLflow store; Spark local[2].",
-        "Limit: one Python process, for every client in turn: resolve the champion in the registry, download and "
-        "load it, read the CSV with pyarrow, score with the predictor's own batch code on 2 threads, write parquet. "
-        "It logs no MLflow run, writes no manifest and swaps nothing in.",
-        f"Per-client time per fleet size: " + "; ".join(
-            f"{size}: fleet {seconds(fleet[size].seconds / size)}, limit {seconds(limits[size]['seconds'] / size)}"
-            for size in sizes) + f"; per-client command {seconds(alone['local'])} (own JVM), "
-        f"{seconds(alone['connect'])} (shared service).",
-        "Every `predictor` sample: " + ", ".join(seconds(s) for s in alone["connect_samples"]) + " (service); "
-        + ", ".join(seconds(s) for s in alone["local_samples"]) + " (own JVM).",
-    ]
-    section.plots.append(_plot(ctx, sizes, fleet, limits, alone))
-    return section
 
 
 def _check_all(output: str, count: int, what: str) -> None:

@@ -2,9 +2,10 @@
 
 The file maps each client id to ``features`` (a non-empty list of column names), optional
 ``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``), optional
-``promotion_tolerance`` (see :mod:`categories_classification.training.promotion`) and optional
+``promotion_tolerance`` (see :mod:`categories_classification.training.promotion`), optional
 ``max_model_mb``, the size budget of the client's forest in memory (see
-:mod:`categories_classification.training.sizing`)::
+:mod:`categories_classification.training.sizing`), and the fleet view's optional
+``max_model_age_days`` and ``drift_threshold`` (see :mod:`categories_classification.fleet`)::
 
     client_0:
       features: [f0, f1, f2, f3, f4]
@@ -27,6 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from categories_classification.errors import ConfigError, one_line
 
 DEFAULT_CONFIG_FILE = "conf/clients_config.yaml"
+# Training runs every 30 days: a champion older than this missed a retraining (per client: max_model_age_days).
+DEFAULT_MAX_MODEL_AGE_DAYS = 45
+# Population stability index above which a prediction's input has drifted (per client: drift_threshold).
+DEFAULT_DRIFT_THRESHOLD = 0.2
 SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")  # always used with fullmatch: "$" would accept a final "\n"
 _SAFE_NAME_HINT = "letters, digits and '_' only (it is used in dag ids, paths and shell commands)"
 
@@ -76,6 +81,8 @@ class ClientConfig:
     params: Mapping[str, Any]
     promotion_tolerance: Optional[float] = None
     max_model_mb: Optional[float] = None  # size budget of the forest in memory; None: the project default
+    max_model_age_days: int = DEFAULT_MAX_MODEL_AGE_DAYS  # older champions are flagged by the fleet view
+    drift_threshold: float = DEFAULT_DRIFT_THRESHOLD  # a prediction's drift score above it is flagged
 
 
 @dataclass(frozen=True)
@@ -141,8 +148,10 @@ def load_config(path: Optional[Union[str, Path]] = None) -> ClientsConfig:
             model = _ClientModel(**{str(key): value for key, value in entry.items()})
         except ValidationError as exc:
             raise _config_error(exc, client_id, source) from None
-        clients[client_id] = ClientConfig(client_id, tuple(model.features), dict(model.params), model.promotion_tolerance,
-                                          model.max_model_mb)
+        clients[client_id] = ClientConfig(
+            client_id, tuple(model.features), dict(model.params), model.promotion_tolerance, model.max_model_mb,
+            DEFAULT_MAX_MODEL_AGE_DAYS if model.max_model_age_days is None else model.max_model_age_days,
+            DEFAULT_DRIFT_THRESHOLD if model.drift_threshold is None else model.drift_threshold)
     return ClientsConfig(source, clients)
 
 
@@ -157,6 +166,10 @@ class _ClientModel(BaseModel):
     promotion_tolerance: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     # Size budget of the forest in memory (MB = 10^6 bytes); bounds the automatic max_leaf_nodes.
     max_model_mb: Optional[float] = Field(default=None, gt=0.0, allow_inf_nan=False)
+    # Age (days since its training date) past which the fleet view flags the champion as stale.
+    max_model_age_days: Optional[int] = Field(default=None, gt=0)
+    # Drift score (PSI) of a prediction's input past which the fleet view flags the client.
+    drift_threshold: Optional[float] = Field(default=None, gt=0.0, allow_inf_nan=False)
 
     @field_validator("features")
     @classmethod
@@ -203,7 +216,8 @@ def _config_error(exc: ValidationError, client_id: Optional[str], source: Option
     where = f"config file {source}: " if source else ""
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown key: expected only 'features', 'params', 'promotion_tolerance' and 'max_model_mb'"
+        message = ("unknown key: expected only 'features', 'params', 'max_model_age_days', 'drift_threshold', "
+                   "'promotion_tolerance' and 'max_model_mb'")
     found = first.get("input")
     suffix = "" if first["type"] in {"value_error", "missing"} else f", found {found!r}"
     return ConfigError(f"{where}key {key!r}: {message}{suffix}", client_id)

@@ -9,15 +9,18 @@ reads it.
 """
 import fcntl
 import io
+import json
 import logging
 import os
+import socket
 import tempfile
 import zipfile
 import zlib
+import time
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -25,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import (
+    ConfigError,
     InfrastructureError,
     ModelIntegrityError,
     ModelNotFoundError,
@@ -49,6 +53,16 @@ CHAMPION = "champion"
 DIGEST_TAG = "model_sha256"
 # What a damaged file's deserialization raises (zip, deflate, skops' JSON schema and types).
 _UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, TypeError)
+# How long one MLflow request may take in all, retries included, before a command fails (seconds).
+TIMEOUT_VARIABLE = "CATEGORIES_MLFLOW_TIMEOUT"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# Where a run runs (tags on every training and prediction run), and why a run was closed as failed.
+HOST_TAG = "host"
+PID_TAG = "pid"
+FAILURE_REASON_TAG = "failure_reason"
+# A RUNNING run of another host (or without host/pid tags) is only closed after this long: its
+# process cannot be checked from here, and a training or a prediction takes minutes, not a day.
+FOREIGN_RUN_LIMIT_SECONDS = 24 * 3600.0
 
 
 def model_name(client_id: str) -> str:
@@ -74,6 +88,8 @@ def configure_tracking() -> str:
     fail with "duplicate column name" (seen with parallel DAG runs on a fresh install).
     """
     uri = tracking_uri()
+    for name, value in http_limits(timeout_seconds()).items():
+        os.environ.setdefault(name, value)  # what the user set wins
     mlflow.set_tracking_uri(uri)
     database = _sqlite_file(uri)
     if database is not None and not (uri in _READY_STORES and database.exists()):
@@ -87,6 +103,36 @@ def configure_tracking() -> str:
 _READY_STORES: set[str] = set()
 
 
+def timeout_seconds() -> float:
+    """``$CATEGORIES_MLFLOW_TIMEOUT`` (seconds, a positive number), else :data:`DEFAULT_TIMEOUT_SECONDS`."""
+    raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"environment variable {TIMEOUT_VARIABLE}: expected a positive number of seconds, found {raw!r}")
+    return value
+
+
+def http_limits(budget: float) -> dict[str, str]:
+    """MLflow's HTTP retry and timeout variables that bound one request to about ``budget`` seconds.
+
+    MLflow's defaults (7 retries, backoff factor 2, 120 s per attempt) let a command stall for
+    minutes on an unreachable server; Airflow's task retries cover longer outages. urllib3
+    sleeps 0 s after the first failure, then ``factor * 2 ** (n - 1)`` plus up to ``jitter``
+    seconds: with 2 retries, at most 3 s of sleep and 3 attempts of ``timeout`` seconds each.
+    Below 12 s there is no retry: the whole budget goes to one attempt.
+    """
+    retries, factor, jitter = (2, 1, 1.0) if budget >= 12 else (0, 1, 0.0)
+    sleeps = sum(factor * 2 ** (n - 1) + jitter for n in range(2, retries + 1))
+    timeout = max(1, int((budget - sleeps) // (retries + 1)))  # MLflow reads an integer
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(factor),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": str(jitter), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+
+
 def promotion_lock(client_id: str) -> ContextManager[None]:
     """Serialises "read the champion, compare, move the alias" between trainings of one client.
 
@@ -98,6 +144,76 @@ def promotion_lock(client_id: str) -> ContextManager[None]:
     if database is None:
         return nullcontext()
     return _file_lock(_lock_file(database, model_name(client_id)))
+
+
+def close_abandoned_runs(client_id: str) -> list[str]:
+    """Tag this process's next runs with where they run; end the client's runs whose process is gone.
+
+    Called when a training or prediction starts (after :func:`configure_tracking`). A run left
+    ``RUNNING`` by a killed process is ended ``FAILED`` with a :data:`FAILURE_REASON_TAG`; a run
+    whose process still runs (another training of the same client) is left alone, and a run of
+    another host only after :data:`FOREIGN_RUN_LIMIT_SECONDS`. Returns the ids of the runs ended.
+    """
+    # MLflow adds the tags of $MLFLOW_RUN_CONTEXT (JSON) to every run this process starts.
+    context = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
+    context.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps(context)
+    client = MlflowClient()
+    closed = []
+    with tracking_errors(client_id):
+        experiment = client.get_experiment_by_name(experiment_name(client_id))
+        if experiment is None:
+            return closed
+        now = time.time()
+        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            reason = abandoned(run.data.tags, run.info.start_time / 1000, now, socket.gethostname(), process_started)
+            if reason is None:
+                continue
+            client.set_tag(run.info.run_id, FAILURE_REASON_TAG, f"{reason}; closed by process {os.getpid()}")
+            client.set_terminated(run.info.run_id, "FAILED")
+            LOGGER.warning("client %s: run %s was left RUNNING (%s): ended as FAILED", client_id, run.info.run_id, reason)
+            closed.append(run.info.run_id)
+    return closed
+
+
+def abandoned(tags: Mapping[str, str], started: float, now: float, host: str,
+              started_at: Callable[[int], Optional[float]]) -> Optional[str]:
+    """Why a ``RUNNING`` run is abandoned, or None if it may still be running (pure but for ``started_at``).
+
+    ``started`` and ``now`` are epoch seconds; ``started_at(pid)`` is when process ``pid`` of
+    this host started (0.0 if unknown), None if there is no such process.
+    """
+    pid = tags.get(PID_TAG, "")
+    if tags.get(HOST_TAG) == host and pid.isdigit():
+        process_start = started_at(int(pid))
+        if process_start is None:
+            return f"process {pid} on {host} is gone"
+        if process_start > started + 1:  # the pid was reused by a process born after the run
+            return f"process {pid} on {host} is gone (its pid now belongs to a newer process)"
+        return None
+    if now - started > FOREIGN_RUN_LIMIT_SECONDS:
+        where = f"on host {tags[HOST_TAG]}" if tags.get(HOST_TAG) else "without host/pid tags"
+        return f"started {where} {(now - started) / 3600:.0f} h ago, over the {FOREIGN_RUN_LIMIT_SECONDS / 3600:.0f} h limit"
+    return None
+
+
+def process_started(pid: int) -> Optional[float]:
+    """Start time (epoch seconds) of process ``pid`` of this host: 0.0 if unknown, None if it is gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it exists, under another user
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent: gone all the same
+            return None
+        with open("/proc/stat", encoding="utf-8") as stat:
+            boot = next(float(line.split()[1]) for line in stat if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime (ticks since boot)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0  # no /proc (not Linux): alive, start unknown
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional
 
-import skops.io
 
 # skops trusts numpy and the sklearn estimators by default; a fitted forest needs only its trees'
 # Cython state on top. A model file that needs any other type is refused at load time, whatever
@@ -26,7 +25,7 @@ def dump_model(model: Any) -> bytes:
     A forest's class-probability arrays are mostly zeros, so deflate shrinks the file several
     times; :func:`load_model_bytes` reads deflated and plain files alike.
     """
-    return skops.io.dumps(model, **_DEFLATE)
+    return _skops().dumps(model, **_DEFLATE)
 
 
 def deflate_file(path: Path) -> int:
@@ -65,9 +64,17 @@ def load_model_bytes(data: bytes) -> Any:
 
     Raises ``skops.io.exceptions.UntrustedTypesFoundException`` if the file needs another type.
     """
-    return skops.io.loads(data, trusted=list(SKOPS_TRUSTED_TYPES))
+    return _skops().loads(data, trusted=list(SKOPS_TRUSTED_TYPES))
 
 
 def untrusted_types(data: bytes) -> list[str]:
     """Types that ``data`` needs beyond skops' defaults and :data:`SKOPS_TRUSTED_TYPES`."""
-    return sorted(set(skops.io.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED_TYPES))
+    return sorted(set(_skops().get_untrusted_types(data=data)) - set(SKOPS_TRUSTED_TYPES))
+
+
+def _skops() -> Any:
+    # skops (and the sklearn it imports) takes seconds to import: only what writes or reads a
+    # model pays for it, not the registry lookups of fleet-status or the CLI's start.
+    import skops.io  # pylint: disable=import-outside-toplevel
+
+    return skops.io

@@ -9,6 +9,7 @@ one client is a fleet of one. How the single gzip partition is scored, the dupli
 import gzip
 import logging
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -225,6 +226,7 @@ def _spark_header(client_id: str, source: str) -> list[str]:
 def _start_run(job: _ClientJob) -> None:
     """The client's prediction run (MLflow), opened before the job so the manifest can name it."""
     client = MlflowClient()
+    registry.close_abandoned_runs(job.client_id)  # runs a killed process left RUNNING
     with registry.tracking_errors(job.client_id):
         experiment_id = registry.ensure_experiment(job.client_id)
         run = client.create_run(experiment_id, run_name=f"prediction_{job.date}", tags=_tags(job))
@@ -234,7 +236,7 @@ def _start_run(job: _ClientJob) -> None:
 def _tags(job: _ClientJob) -> dict[str, str]:
     return {"client_id": job.client_id, "inference_date": job.date, "stage": "prediction", "model_name": job.ref.name,
             "model_version": str(job.ref.version), "model_run_id": job.ref.run_id, "model_selector": job.selector,
-            "output_path": job.target}
+            "output_path": job.target, registry.HOST_TAG: socket.gethostname(), registry.PID_TAG: str(os.getpid())}
 
 
 def _score(spark: SparkSession, files: output.Files, jobs: list[_ClientJob], date: str) -> None:

@@ -90,6 +90,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
                        metrics["model_memory_bytes"] / MB, fitted.forest.budget_bytes / MB,
                        fitted.forest.size_tags()["size_choice"])
     registry.configure_tracking()
+    registry.close_abandoned_runs(client_id)  # runs a killed process left RUNNING
     experiment_id = registry.ensure_experiment(client_id)
     with registry.tracking_errors(client_id), mlflow.start_run(
         experiment_id=experiment_id,

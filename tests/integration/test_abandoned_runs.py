@@ -1,0 +1,57 @@
+"""Runs left RUNNING by a killed process are closed as FAILED by the client's next run; others are not."""
+import os
+import signal
+import socket
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from categories_classification import registry
+from categories_classification.training.trainer import train_model
+from tests.helpers import DATE, FEATURES, start_cli, train_args
+
+pytestmark = pytest.mark.slow
+
+
+def _running_trainings(client: MlflowClient, experiment_id: str) -> list:
+    return client.search_runs([experiment_id], "tags.stage = 'training' AND attributes.status = 'RUNNING'")
+
+
+@pytest.mark.usefixtures("tracking_store")
+def test_a_killed_training_is_closed_as_failed_by_the_next_training(small_data):
+    registry.configure_tracking()
+    experiment_id = registry.ensure_experiment("small_a")
+    client = MlflowClient()
+    victim = start_cli(train_args("small_a", params='{"n_estimators": 200}'), dict(os.environ, DATA_PREFIX=str(small_data)))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and victim.poll() is None and not _running_trainings(client, experiment_id):
+        time.sleep(0.05)
+    assert victim.poll() is None, "the training finished before it could be killed mid-run"
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+    (killed,) = _running_trainings(client, experiment_id)
+    host = socket.gethostname()
+    assert killed.data.tags[registry.HOST_TAG] == host and killed.data.tags[registry.PID_TAG] == str(victim.pid)
+
+    # A training of this client still running here (this process), and another host's runs:
+    # one recent (its process may well be alive), one two days old.
+    here = {registry.HOST_TAG: host, registry.PID_TAG: str(os.getpid()), "stage": "training"}
+    live = client.create_run(experiment_id, tags=here).info.run_id
+    elsewhere = {registry.HOST_TAG: "another-host", registry.PID_TAG: "1", "stage": "training"}
+    recent = client.create_run(experiment_id, tags=elsewhere).info.run_id
+    old = client.create_run(experiment_id, tags=elsewhere, start_time=int((time.time() - 2 * 86400) * 1000)).info.run_id
+
+    result = train_model("small_a", FEATURES, {"n_estimators": 10}, DATE, data_prefix=str(small_data))
+
+    closed = client.get_run(killed.info.run_id)
+    assert closed.info.status == "FAILED"
+    assert closed.data.tags[registry.FAILURE_REASON_TAG].startswith(f"process {victim.pid} on {host} is gone")
+    assert client.get_run(live).info.status == "RUNNING"
+    assert client.get_run(recent).info.status == "RUNNING"
+    assert client.get_run(old).info.status == "FAILED"
+    assert "another-host" in client.get_run(old).data.tags[registry.FAILURE_REASON_TAG]
+    new = client.get_run(result.run_id)
+    assert new.info.status == "FINISHED" and new.data.tags[registry.PID_TAG] == str(os.getpid())
+    for run_id in (live, recent):
+        client.set_terminated(run_id)
