@@ -148,6 +148,14 @@ def init(stack: Optional[Stack] = None) -> None:
     print(f"Airflow home: {stack.airflow_home} (DAGs folder: {stack.dags_folder}, examples off)")
 
 
+def start_mlflow(stack: Optional[Stack] = None) -> None:
+    """Start only the stack's MLflow server (as `start` does) and wait until it answers; `stop` ends it."""
+    stack = stack or Stack.from_env()
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    _spawn(stack, "mlflow", mlflow_server_command(stack), dict(os.environ))
+    _wait_for(stack, f"{stack.mlflow_url}/health", "MLflow", 120)
+
+
 def start(stack: Optional[Stack] = None) -> None:
     """Start MLflow and Airflow in the background and wait until both answer."""
     stack = stack or Stack.from_env()
