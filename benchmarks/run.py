@@ -113,8 +113,8 @@ def _merge(previous: str, fresh: str, started: datetime, only: tuple[str, ...], 
     note = (f"_Re-run alone on {started:%Y-%m-%d %H:%M} UTC with `python -m benchmarks.run "
             f"{' '.join(f'--only {name}' for name in only)}` on {where}; the other sections are from the run above._")
     for title, block in new.items():
-        kept[title] = block.rstrip("\n") + f"\n\n{note}\n\n"
-    return head + "".join(kept.values())
+        kept[title] = f"{block.rstrip()}\n\n{note}"
+    return head + "".join(f"{block.rstrip()}\n\n" for block in kept.values()).rstrip() + "\n"
 
 
 def _split(text: str) -> tuple[str, dict[str, str]]:
