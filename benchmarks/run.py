@@ -2,10 +2,11 @@
 
     python -m benchmarks.run            # full run (minutes): benchmarks/results.md + plots
     python -m benchmarks.run --quick    # small sizes, same code paths (CI): benchmarks/quick/
-    python -m benchmarks.run --only scoring --only dags
+    python -m benchmarks.run --only scoring --only dags   # replaces only these sections of results.md
 """
 import dataclasses
 import importlib
+import re
 import shutil
 import tempfile
 import time
@@ -18,7 +19,7 @@ import click
 from benchmarks._common import PROJECT_ROOT, BenchContext, Section, machine
 
 # Module names in benchmarks/, in the order of the issue's targets.
-BENCHMARKS = ("model_size", "scoring", "many_clients", "fleet", "fleet_status", "dags", "demo")
+BENCHMARKS = ("model_size", "scoring", "many_clients", "fleet", "fleet_status", "dags", "airflow_fleet", "demo")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +35,8 @@ def main(quick: bool, only: tuple[str, ...], output_dir: Optional[Path]) -> None
     workdir = Path(tempfile.mkdtemp(prefix="categories_bench_"))
     results = outdir / "results.md"
     where, started_at = machine(), datetime.now(timezone.utc)  # once: the run's machine and start
+    # With --only, the other sections (and the hand-written summary) of an earlier run stay.
+    previous = results.read_text(encoding="utf-8") if only and results.exists() else None
     sections: list[Section] = []
     crashed: list[str] = []
     try:
@@ -54,7 +57,10 @@ def main(quick: bool, only: tuple[str, ...], output_dir: Optional[Path]) -> None
             click.echo(f"== {name}: {_verdict(section)} in {section.seconds:.0f} s", err=True)
             sections.append(section)
             # Written after every section: a later crash or interruption keeps what was measured.
-            results.write_text(_render(sections, quick, where, started_at), encoding="utf-8")
+            text = _render(sections, quick, where, started_at)
+            if previous is not None:
+                text = _merge(previous, text, started_at, only, where)
+            results.write_text(text, encoding="utf-8")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     click.echo(f"results: {results}", err=True)
@@ -67,8 +73,11 @@ def main(quick: bool, only: tuple[str, ...], output_dir: Optional[Path]) -> None
         click.echo(f"targets missed: {'; '.join(failed)} (see {results})", err=True)
 
 
+_VERDICTS = {True: "target met", False: "target MISSED", None: "measured"}
+
+
 def _verdict(section: Section) -> str:
-    return {True: "target met", False: "target MISSED", None: "measured"}[section.met]
+    return _VERDICTS[section.met]
 
 
 def _render(sections: list[Section], quick: bool, where: str, started: datetime) -> str:
@@ -95,6 +104,28 @@ def _render(sections: list[Section], quick: bool, where: str, started: datetime)
             lines.append("")
         lines += [f"_{section.seconds:.0f} s for this section._", ""]
     return "\n".join(lines)
+
+
+def _merge(previous: str, fresh: str, started: datetime, only: tuple[str, ...], where: str) -> str:
+    """``previous`` with each of ``fresh``'s sections put in place of the one of the same title (or appended)."""
+    head, kept = _split(previous)
+    _, new = _split(fresh)
+    note = (f"_Re-run alone on {started:%Y-%m-%d %H:%M} UTC with `python -m benchmarks.run "
+            f"{' '.join(f'--only {name}' for name in only)}` on {where}; the other sections are from the run above._")
+    for title, block in new.items():
+        kept[title] = f"{block.rstrip()}\n\n{note}"
+    return head + "".join(f"{block.rstrip()}\n\n" for block in kept.values()).rstrip() + "\n"
+
+
+def _split(text: str) -> tuple[str, dict[str, str]]:
+    """The text before the first ``## `` heading, and each section by title (heading less its verdict)."""
+    head, *blocks = re.split(r"(?m)^(?=## )", text)
+    sections: dict[str, str] = {}
+    for block in blocks:
+        heading = block.splitlines()[0][3:]
+        title = heading.rsplit(": ", 1)[0] if heading.endswith(tuple(_VERDICTS.values())) else heading
+        sections[title] = block
+    return head, sections
 
 
 def _first_line(exc: BaseException) -> str:

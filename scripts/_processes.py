@@ -1,6 +1,7 @@
 """Process helpers shared by the local-stack and Spark-cluster scripts (pid checks, group stop)."""
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -56,3 +57,10 @@ def stop_group(pid: int, grace: float, reaper: Optional[Callable[[], object]] = 
                 return sig == signal.SIGTERM
             time.sleep(0.2)
     return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it), for a server started next."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

@@ -6,7 +6,13 @@
     python -m scripts.local_stack e2e      # start, run client_0's DAGs through the REST API, stop
 
 Servers bind to 127.0.0.1 only. Pid files and logs are in ``.run/``; the Airflow admin password
-stays in ``$AIRFLOW_HOME`` (git-ignored).
+stays in ``$AIRFLOW_HOME`` (git-ignored). Where things are and which ports are used comes from
+the environment (defaults in brackets): ``AIRFLOW_HOME`` [airflow_home/], ``AIRFLOW_PORT``
+[8080], ``MLFLOW_PORT`` [5000], ``DAGS_FOLDER`` [dags/], ``STACK_RUN_DIR`` [.run/],
+``MLFLOW_STORE_DIR`` [the project: mlflow.db and mlartifacts/], so that a second stack (tests,
+benchmarks) never touches the first. The DAG processor's settings follow the number of DAG
+files found at start (:func:`parsing_settings`); any ``AIRFLOW__DAG_PROCESSOR__*`` variable set
+by the caller wins.
 """
 import argparse
 import json
@@ -16,103 +22,192 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from scripts._processes import alive, spawn_detached, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = ROOT / ".run"
 HOST = "127.0.0.1"
-AIRFLOW_PORT = int(os.environ.get("AIRFLOW_PORT", "8080"))
-MLFLOW_PORT = int(os.environ.get("MLFLOW_PORT", "5000"))
-AIRFLOW_URL = f"http://{HOST}:{AIRFLOW_PORT}"
-MLFLOW_URL = f"http://{HOST}:{MLFLOW_PORT}"
 BIN = Path(sys.executable).parent  # the pipenv environment's bin/ (airflow, mlflow)
 
 
-def airflow_home() -> Path:
-    """``$AIRFLOW_HOME``, else ``airflow_home/`` in the project (never ~/airflow)."""
-    return Path(os.environ.get("AIRFLOW_HOME") or ROOT / "airflow_home").resolve()
+@dataclass(frozen=True)
+class Stack:
+    """Where one local stack keeps its files and which loopback ports it listens on."""
+
+    airflow_home: Path
+    dags_folder: Path
+    run_dir: Path
+    store_dir: Path  # mlflow.db and mlartifacts/, shared with the CLI's default store
+    airflow_port: int = 8080
+    mlflow_port: int = 5000
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Stack":
+        """The stack the environment describes (the project's defaults for what it does not set)."""
+        env = os.environ if env is None else env
+        return cls(
+            airflow_home=Path(env.get("AIRFLOW_HOME") or ROOT / "airflow_home").resolve(),
+            dags_folder=Path(env.get("DAGS_FOLDER") or ROOT / "dags").resolve(),
+            run_dir=Path(env.get("STACK_RUN_DIR") or ROOT / ".run").resolve(),
+            store_dir=Path(env.get("MLFLOW_STORE_DIR") or ROOT).resolve(),
+            airflow_port=int(env.get("AIRFLOW_PORT") or 8080),
+            mlflow_port=int(env.get("MLFLOW_PORT") or 5000),
+        )
+
+    @property
+    def airflow_url(self) -> str:
+        """Base URL of the Airflow API server and UI."""
+        return f"http://{HOST}:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        """Base URL of the MLflow server."""
+        return f"http://{HOST}:{self.mlflow_port}"
+
+    def pid(self, name: str) -> Optional[int]:
+        """The recorded pid of ``airflow`` or ``mlflow`` (the leader of its process group), if any."""
+        pid_file = self.run_dir / f"{name}.pid"
+        return int(pid_file.read_text(encoding="utf-8")) if pid_file.exists() else None
 
 
-def _airflow_env() -> dict[str, str]:
-    env = dict(os.environ)
+def parsing_settings(dag_files: int, cores: int) -> dict[str, str]:
+    """The DAG processor's settings for a folder of ``dag_files`` files on ``cores`` cores.
+
+    Every parse is a fresh process that also writes to the metadata database, so the cost of
+    re-parsing grows with the folder; what stays cheap whatever its size is noticing change:
+    a changed file (newer mtime than its last parse) goes to the front of the queue, a new file
+    is found at the next folder listing. Hence: list often, re-parse unchanged files rarely.
+    """
+    cores = max(1, cores)
+    return {
+        # One parse process per core: the first pass over a fleet is parse-bound.
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": str(cores),
+        # New files: a listing compares the folder with the database, cheap but not free; a
+        # demo sees a new file within seconds, a fleet within a minute.
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(min(60, max(10, dag_files // 20))),
+        # Unchanged files: generated DAGs depend on nothing but their file, whose changes the
+        # mtime order catches; re-parse the whole folder in about 3 s per file and core-second
+        # budget (30 s for a demo, about an hour for 2,000 files on 2 cores).
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(max(30, 3 * dag_files // cores)),
+        # What makes a changed file jump the queue (Airflow's default, relied upon above).
+        "AIRFLOW__DAG_PROCESSOR__FILE_PARSING_SORT_MODE": "modified_time",
+        # The stats table lists every file: once per re-parse cycle is enough for a fleet.
+        "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": str(max(30, 3 * dag_files // cores)),
+        # Airflow's modules are imported once in the processor, not by every parse process.
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PRE_IMPORT_MODULES": "True",
+    }
+
+
+def airflow_env(stack: Stack, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """The environment of the stack's Airflow processes (and so of their tasks)."""
+    env = dict(os.environ if base is None else base)
+    dag_files = len(list(stack.dags_folder.glob("*.py"))) if stack.dags_folder.is_dir() else 0
+    for key, value in parsing_settings(dag_files, os.cpu_count() or 1).items():
+        env.setdefault(key, value)
     env.update(
-        AIRFLOW_HOME=str(airflow_home()),
-        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        AIRFLOW_HOME=str(stack.airflow_home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(stack.dags_folder),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__API__HOST=HOST,
-        AIRFLOW__API__PORT=str(AIRFLOW_PORT),
-        # New DAG files and unpause requests are picked up within seconds, not minutes.
-        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="10",
-        AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL="10",
+        AIRFLOW__API__PORT=str(stack.airflow_port),
+        # The task runner reports to the API server: without this it calls :8080 whatever the port.
+        AIRFLOW__API__BASE_URL=f"{stack.airflow_url}/",
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{stack.airflow_url}/execution/",
         # Tasks (the CLI) log and register in the stack's MLflow server.
-        MLFLOW_TRACKING_URI=MLFLOW_URL,
+        MLFLOW_TRACKING_URI=stack.mlflow_url,
         CATEGORIES_PROJECT_DIR=str(ROOT),
+        # `airflow standalone` starts its components as `airflow ...` from PATH.
+        PATH=os.pathsep.join([str(BIN), env.get("PATH", "")]),
     )
     return env
 
 
-def init() -> None:
+def mlflow_server_command(stack: Stack) -> list[str]:
+    """The MLflow server over the project's store, recording artifacts as local paths.
+
+    Without artifact serving, a run's artifacts go where its experiment says, a folder under
+    ``mlartifacts/``, so the CLI on the SQLite store (no server) reads what the DAGs logged
+    through the server, and the other way round; with serving, they would be recorded as
+    ``mlflow-artifacts:`` URIs that only a client of this server can resolve.
+    """
+    return [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(stack.mlflow_port),
+            "--backend-store-uri", f"sqlite:///{stack.store_dir / 'mlflow.db'}",
+            "--no-serve-artifacts", "--default-artifact-root", (stack.store_dir / "mlartifacts").as_uri(),
+            "--workers", "1"]
+
+
+def init(stack: Optional[Stack] = None) -> None:
     """Prepare AIRFLOW_HOME and migrate Airflow's metadata database."""
-    airflow_home().mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=_airflow_env(), check=True,
+    stack = stack or Stack.from_env()
+    stack.airflow_home.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=airflow_env(stack), check=True,
                    stdout=subprocess.DEVNULL, timeout=600)
-    print(f"Airflow home: {airflow_home()} (DAGs folder: {ROOT / 'dags'}, examples off)")
+    print(f"Airflow home: {stack.airflow_home} (DAGs folder: {stack.dags_folder}, examples off)")
 
 
-def start() -> None:
+def start_mlflow(stack: Optional[Stack] = None) -> None:
+    """Start only the stack's MLflow server (as `start` does) and wait until it answers; `stop` ends it."""
+    stack = stack or Stack.from_env()
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    _spawn(stack, "mlflow", mlflow_server_command(stack), dict(os.environ))
+    _wait_for(stack, f"{stack.mlflow_url}/health", "MLflow", 120)
+
+
+def start(stack: Optional[Stack] = None) -> None:
     """Start MLflow and Airflow in the background and wait until both answer."""
-    RUN_DIR.mkdir(exist_ok=True)
-    if not (airflow_home() / "airflow.db").exists():
-        init()
-    _spawn("mlflow", [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(MLFLOW_PORT),
-                      "--backend-store-uri", f"sqlite:///{ROOT / 'mlflow.db'}",
-                      "--artifacts-destination", str(ROOT / "mlartifacts"), "--workers", "1"], dict(os.environ))
-    _spawn("airflow", [str(BIN / "airflow"), "standalone"], _airflow_env())
-    _wait_for(f"{MLFLOW_URL}/health", "MLflow", 120)
-    _wait_for(f"{AIRFLOW_URL}/api/v2/monitor/health", "Airflow", 300)
-    print(f"MLflow UI:  {MLFLOW_URL}\nAirflow UI: {AIRFLOW_URL}  (user admin, password in "
-          f"{airflow_home() / 'simple_auth_manager_passwords.json.generated'})\nLogs: {RUN_DIR}/*.log")
+    stack = stack or Stack.from_env()
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    if not (stack.airflow_home / "airflow.db").exists():
+        init(stack)
+    _spawn(stack, "mlflow", mlflow_server_command(stack), dict(os.environ))
+    _spawn(stack, "airflow", [str(BIN / "airflow"), "standalone"], airflow_env(stack))
+    _wait_for(stack, f"{stack.mlflow_url}/health", "MLflow", 120)
+    _wait_for(stack, f"{stack.airflow_url}/api/v2/monitor/health", "Airflow", 300)
+    print(f"MLflow UI:  {stack.mlflow_url}\nAirflow UI: {stack.airflow_url}  (user admin, password in "
+          f"{stack.airflow_home / 'simple_auth_manager_passwords.json.generated'})\nLogs: {stack.run_dir}/*.log")
 
 
-def stop() -> None:
-    """Stop the process groups recorded in .run/*.pid (and nothing else)."""
+def stop(stack: Optional[Stack] = None) -> None:
+    """Stop the process groups recorded in the run dir's *.pid (and nothing else)."""
+    stack = stack or Stack.from_env()
     for name in ("airflow", "mlflow"):
-        pid_file = RUN_DIR / f"{name}.pid"
-        if not pid_file.exists():
+        pid = stack.pid(name)
+        if pid is None:
             continue
-        pid = int(pid_file.read_text(encoding="utf-8"))
         _stop_group(pid, name)
-        pid_file.unlink()
+        (stack.run_dir / f"{name}.pid").unlink()
 
 
-def e2e() -> None:
+def e2e(stack: Optional[Stack] = None) -> None:
     """What a user does: start, switch client_0's DAGs on, wait for success, check, stop."""
-    start()
+    stack = stack or Stack.from_env()
+    start(stack)
     try:
-        token = _token()
-        run_id = _run_dag("client_0-training", token)
+        token = api_token(stack)
+        run_id = run_dag(stack, "client_0-training", token)
         print(f"client_0-training run {run_id} succeeded")
-        run_id = _run_dag("client_0-prediction", token)
+        run_id = run_dag(stack, "client_0-prediction", token)
         print(f"client_0-prediction run {run_id} succeeded")
-        outputs = sorted((ROOT / "data/products_categories/client_id=client_0").glob("date=*"))
+        data = Path(os.environ.get("DATA_PREFIX") or ROOT / "data")
+        outputs = sorted((data / "products_categories/client_id=client_0").glob("date=*"))
         if not outputs or not list(outputs[-1].glob("*.parquet")):
             raise SystemExit("e2e: no parquet output for client_0")
         print(f"e2e ok: output in {outputs[-1]}")
     finally:
-        stop()
+        stop(stack)
 
 
-def _spawn(name: str, command: list[str], env: dict[str, str]) -> None:
-    pid_file = RUN_DIR / f"{name}.pid"
-    if pid_file.exists() and alive(int(pid_file.read_text(encoding="utf-8"))):
-        print(f"{name} already running (pid {pid_file.read_text(encoding='utf-8')})")
+def _spawn(stack: Stack, name: str, command: list[str], env: dict[str, str]) -> None:
+    pid = stack.pid(name)
+    if pid is not None and alive(pid):
+        print(f"{name} already running (pid {pid})")
         return
     # The server and all its children form one group that stop() can end.
-    process = spawn_detached(command, RUN_DIR / f"{name}.log", env, ROOT)
-    pid_file.write_text(str(process.pid), encoding="utf-8")
+    process = spawn_detached(command, stack.run_dir / f"{name}.log", env, ROOT)
+    (stack.run_dir / f"{name}.pid").write_text(str(process.pid), encoding="utf-8")
 
 
 def _stop_group(pid: int, name: str, grace: float = 30.0) -> None:
@@ -122,7 +217,7 @@ def _stop_group(pid: int, name: str, grace: float = 30.0) -> None:
         print(f"killed {name} (pid {pid}) after {grace:.0f}s")
 
 
-def _wait_for(url: str, what: str, timeout: float) -> None:
+def _wait_for(stack: Stack, url: str, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -132,12 +227,14 @@ def _wait_for(url: str, what: str, timeout: float) -> None:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(2)
-    stop()
-    raise SystemExit(f"{what} did not answer at {url} within {timeout:.0f}s: see {RUN_DIR}")
+    stop(stack)
+    raise SystemExit(f"{what} did not answer at {url} within {timeout:.0f}s: see {stack.run_dir}")
 
 
-def _request(method: str, path: str, token: Optional[str] = None, body: Optional[dict] = None) -> Any:
-    request = urllib.request.Request(f"{AIRFLOW_URL}{path}", method=method,
+def api_request(stack: Stack, method: str, path: str, token: Optional[str] = None,
+                body: Optional[dict] = None) -> Any:
+    """One JSON call to the stack's Airflow REST API; HTTP errors raise ``urllib.error.HTTPError``."""
+    request = urllib.request.Request(f"{stack.airflow_url}{path}", method=method,
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json",
                                               **({"Authorization": f"Bearer {token}"} if token else {})})
@@ -145,36 +242,51 @@ def _request(method: str, path: str, token: Optional[str] = None, body: Optional
         return json.loads(response.read() or b"null")
 
 
-def _token() -> str:
-    passwords = airflow_home() / "simple_auth_manager_passwords.json.generated"
+def api_token(stack: Stack) -> str:
+    """A bearer token for the generated admin user of the stack's Airflow."""
+    passwords = stack.airflow_home / "simple_auth_manager_passwords.json.generated"
     deadline = time.monotonic() + 60
     while not passwords.exists() and time.monotonic() < deadline:
         time.sleep(1)
     users = json.loads(passwords.read_text(encoding="utf-8"))
     username, password = next(iter(users.items()))
-    return _request("POST", "/auth/token", body={"username": username, "password": password})["access_token"]
+    return api_request(stack, "POST", "/auth/token", body={"username": username, "password": password})["access_token"]
 
 
-def _run_dag(dag_id: str, token: str, timeout: float = 900) -> str:
+def wait_for_dag(stack: Stack, dag_id: str, token: str, timeout: float) -> None:
+    """Wait until the DAG processor has registered ``dag_id`` (TimeoutError after ``timeout`` s)."""
     deadline = time.monotonic() + timeout
-    while True:  # the dag processor parses dags/ a few seconds after start
+    while True:
         try:
-            _request("GET", f"/api/v2/dags/{dag_id}", token)
-            break
+            api_request(stack, "GET", f"/api/v2/dags/{dag_id}", token)
+            return
         except urllib.error.HTTPError as exc:
-            if exc.code != 404 or time.monotonic() > deadline:
+            if exc.code != 404:
                 raise
-            time.sleep(3)
-    _request("PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{dag_id} not registered within {timeout:.0f}s")
+        time.sleep(1)
+
+
+def trigger_dag(stack: Stack, dag_id: str, token: str) -> str:
+    """Switch ``dag_id`` on and start a run of it now; return the run id."""
+    api_request(stack, "PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})
     # Switching the DAG on may also schedule its latest interval; an explicit run of our own is
     # the one we wait for, so that an old successful run can never pass for this one.
-    run_id = _request("POST", f"/api/v2/dags/{dag_id}/dagRuns", token, {"logical_date": None})["dag_run_id"]
+    return api_request(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", token, {"logical_date": None})["dag_run_id"]
+
+
+def run_dag(stack: Stack, dag_id: str, token: str, timeout: float = 900) -> str:
+    """Wait for ``dag_id``, trigger it and wait for its run to succeed; return the run id."""
+    deadline = time.monotonic() + timeout
+    wait_for_dag(stack, dag_id, token, timeout)  # parsed a few seconds after start
+    run_id = trigger_dag(stack, dag_id, token)
     while time.monotonic() < deadline:
-        state = _request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", token)["state"]
+        state = api_request(stack, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", token)["state"]
         if state == "success":
             return run_id
         if state == "failed":
-            raise SystemExit(f"e2e: {dag_id} run {run_id} failed: see the task log in {airflow_home() / 'logs'}")
+            raise SystemExit(f"e2e: {dag_id} run {run_id} failed: see the task log in {stack.airflow_home / 'logs'}")
         time.sleep(3)
     raise SystemExit(f"e2e: {dag_id} run {run_id} did not finish within {timeout:.0f}s")
 

@@ -1,13 +1,16 @@
-"""A throwaway Airflow (AIRFLOW_HOME, DAGs folder, database) for `airflow dags test` runs."""
+"""Throwaway Airflows: `airflow dags test` runs, and local stacks with their own folders and ports."""
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
+from scripts._processes import free_port
 from scripts.generate_dags import main as generate_dags
+from scripts.local_stack import Stack, start_mlflow, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -46,3 +49,39 @@ def dags_test(env: dict[str, str], dag_id: str) -> str:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "state=success" in result.stdout + result.stderr
     return result.stdout + result.stderr
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
+    """Run the project's CLI in a fresh process; asserts exit 0, returns stdout + stderr."""
+    result = subprocess.run([sys.executable, str(ROOT / "categories_classification_cli.py"), *args],
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture()
+def stack_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a local stack of its own: temp AIRFLOW_HOME, DAGs folder, run dir, store; free ports."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW__", "MLFLOW_TRACKING"))}
+    for name in ("dags", "data", "run", "store"):
+        (tmp_path / name).mkdir()
+    env.update(AIRFLOW_HOME=str(tmp_path / "airflow_home"), DAGS_FOLDER=str(tmp_path / "dags"),
+               STACK_RUN_DIR=str(tmp_path / "run"), MLFLOW_STORE_DIR=str(tmp_path / "store"),
+               DATA_PREFIX=str(tmp_path / "data"), AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
+               PIPENV_VENV_IN_PROJECT="1")
+    return env
+
+
+@contextlib.contextmanager
+def running_stack(env: dict[str, str], action: str = "start") -> Iterator[Stack]:
+    """`scripts.local_stack start` (or ``start_mlflow``) in ``env``; always `stop` after, within about 90 s."""
+    stack = Stack.from_env(env)
+    try:
+        if action == "start":
+            subprocess.run([sys.executable, "-m", "scripts.local_stack", "start"], env=env, cwd=ROOT, check=True,
+                           capture_output=True, timeout=600)
+        else:
+            start_mlflow(stack)
+        yield stack
+    finally:
+        stop(stack)
