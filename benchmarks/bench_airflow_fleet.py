@@ -127,7 +127,7 @@ def _prepare(ctx: BenchContext, clients: int) -> tuple[local_stack.Stack, dict[s
     env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
     env.update(AIRFLOW_HOME=str(ctx.scratch("airflow_home")), DAGS_FOLDER=str(dags),
                STACK_RUN_DIR=str(ctx.scratch("run")), MLFLOW_STORE_DIR=str(ctx.scratch("mlflow")),
-               AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()), DATA_PREFIX=str(data),
+               AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()), SPARK_CONNECT_PORT=str(free_port()), DATA_PREFIX=str(data),
                PIPENV_VENV_IN_PROJECT="1")
     return local_stack.Stack.from_env(env), env
 

@@ -1,4 +1,5 @@
-"""The local stack without Docker: Airflow standalone (:8080) and an MLflow server (:5000).
+"""The local stack without Docker: Airflow standalone (:8080), an MLflow server (:5000) and a shared
+Spark Connect service (:15002) that the prediction tasks use instead of starting a JVM each.
 
     python -m scripts.local_stack init     # AIRFLOW_HOME in the project, db migrated, dags/ folder
     python -m scripts.local_stack start    # both servers in the background, waits until they answer
@@ -8,7 +9,7 @@
 Servers bind to 127.0.0.1 only. Pid files and logs are in ``.run/``; the Airflow admin password
 stays in ``$AIRFLOW_HOME`` (git-ignored). Where things are and which ports are used comes from
 the environment (defaults in brackets): ``AIRFLOW_HOME`` [airflow_home/], ``AIRFLOW_PORT``
-[8080], ``MLFLOW_PORT`` [5000], ``DAGS_FOLDER`` [dags/], ``STACK_RUN_DIR`` [.run/],
+[8080], ``MLFLOW_PORT`` [5000], ``SPARK_CONNECT_PORT`` [15002], ``DAGS_FOLDER`` [dags/], ``STACK_RUN_DIR`` [.run/],
 ``MLFLOW_STORE_DIR`` [the project: mlflow.db and mlartifacts/], so that a second stack (tests,
 benchmarks) never touches the first. The DAG processor's settings follow the number of DAG
 files found at start (:func:`parsing_settings`); any ``AIRFLOW__DAG_PROCESSOR__*`` variable set
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from scripts import spark_connect
 from scripts._processes import alive, spawn_detached, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +45,7 @@ class Stack:
     store_dir: Path  # mlflow.db and mlartifacts/, shared with the CLI's default store
     airflow_port: int = 8080
     mlflow_port: int = 5000
+    spark_connect_port: int = 15002
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Stack":
@@ -55,6 +58,7 @@ class Stack:
             store_dir=Path(env.get("MLFLOW_STORE_DIR") or ROOT).resolve(),
             airflow_port=int(env.get("AIRFLOW_PORT") or 8080),
             mlflow_port=int(env.get("MLFLOW_PORT") or 5000),
+            spark_connect_port=int(env.get("SPARK_CONNECT_PORT") or 15002),
         )
 
     @property
@@ -67,8 +71,13 @@ class Stack:
         """Base URL of the MLflow server."""
         return f"http://{HOST}:{self.mlflow_port}"
 
+    @property
+    def spark_remote(self) -> str:
+        """The shared Spark Connect service that prediction tasks use instead of a JVM each."""
+        return f"sc://{HOST}:{self.spark_connect_port}"
+
     def pid(self, name: str) -> Optional[int]:
-        """The recorded pid of ``airflow`` or ``mlflow`` (the leader of its process group), if any."""
+        """The recorded pid of ``airflow``, ``mlflow`` or ``spark-connect`` (a process group leader), if any."""
         pid_file = self.run_dir / f"{name}.pid"
         return int(pid_file.read_text(encoding="utf-8")) if pid_file.exists() else None
 
@@ -116,8 +125,9 @@ def airflow_env(stack: Stack, base: Optional[Mapping[str, str]] = None) -> dict[
         # The task runner reports to the API server: without this it calls :8080 whatever the port.
         AIRFLOW__API__BASE_URL=f"{stack.airflow_url}/",
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{stack.airflow_url}/execution/",
-        # Tasks (the CLI) log and register in the stack's MLflow server.
+        # Tasks (the CLI) log and register in the stack's MLflow server, and predict on its Spark service.
         MLFLOW_TRACKING_URI=stack.mlflow_url,
+        SPARK_REMOTE=stack.spark_remote,
         CATEGORIES_PROJECT_DIR=str(ROOT),
         # `airflow standalone` starts its components as `airflow ...` from PATH.
         PATH=os.pathsep.join([str(BIN), env.get("PATH", "")]),
@@ -163,17 +173,25 @@ def start(stack: Optional[Stack] = None) -> None:
     if not (stack.airflow_home / "airflow.db").exists():
         init(stack)
     _spawn(stack, "mlflow", mlflow_server_command(stack), dict(os.environ))
+    _spawn(stack, "spark-connect", spark_connect.server_command(stack.spark_connect_port, spark_connect.MASTER),
+           spark_connect.server_env(stack.run_dir / "spark-connect"))
     _spawn(stack, "airflow", [str(BIN / "airflow"), "standalone"], airflow_env(stack))
     _wait_for(stack, f"{stack.mlflow_url}/health", "MLflow", 120)
+    try:
+        spark_connect.wait_until_serving(stack.spark_connect_port, None, stack.run_dir / "spark-connect.log", 180)
+    except spark_connect.ServiceError as exc:
+        stop(stack)
+        raise SystemExit(f"Spark Connect: {exc}") from None
     _wait_for(stack, f"{stack.airflow_url}/api/v2/monitor/health", "Airflow", 300)
     print(f"MLflow UI:  {stack.mlflow_url}\nAirflow UI: {stack.airflow_url}  (user admin, password in "
-          f"{stack.airflow_home / 'simple_auth_manager_passwords.json.generated'})\nLogs: {stack.run_dir}/*.log")
+          f"{stack.airflow_home / 'simple_auth_manager_passwords.json.generated'})\n"
+          f"Spark:      {stack.spark_remote} (Spark Connect, shared by the prediction tasks)\nLogs: {stack.run_dir}/*.log")
 
 
 def stop(stack: Optional[Stack] = None) -> None:
     """Stop the process groups recorded in the run dir's *.pid (and nothing else)."""
     stack = stack or Stack.from_env()
-    for name in ("airflow", "mlflow"):
+    for name in ("airflow", "spark-connect", "mlflow"):
         pid = stack.pid(name)
         if pid is None:
             continue
@@ -192,10 +210,15 @@ def e2e(stack: Optional[Stack] = None) -> None:
         run_id = run_dag(stack, "client_0-prediction", token)
         print(f"client_0-prediction run {run_id} succeeded")
         data = Path(os.environ.get("DATA_PREFIX") or ROOT / "data")
-        outputs = sorted((data / "products_categories/client_id=client_0").glob("date=*"))
+        outputs = sorted((data / "products_categories/client_id=client_0").glob("date=*"),
+                         key=lambda folder: folder.stat().st_mtime)
         if not outputs or not list(outputs[-1].glob("*.parquet")):
             raise SystemExit("e2e: no parquet output for client_0")
-        print(f"e2e ok: output in {outputs[-1]}")
+        manifest = json.loads((outputs[-1] / "_manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("spark") != stack.spark_remote:
+            raise SystemExit(f"e2e: the prediction ran on {manifest.get('spark')!r}, not on the stack's shared "
+                             f"Spark service {stack.spark_remote}")
+        print(f"e2e ok: output in {outputs[-1]}, scored on the shared Spark service {stack.spark_remote}")
     finally:
         stop(stack)
 

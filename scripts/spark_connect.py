@@ -70,20 +70,25 @@ def start_service(*, port: int = PORT, master: str = MASTER, run_dir: Path = RUN
                            "`python -m scripts.spark_connect status`)")
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "spark-connect.log"
+    process = spawn_detached(server_command(port, master), log, server_env(run_dir), ROOT)
+    service = Service(f"sc://{HOST}:{port}", port, log, process)
+    try:
+        wait_until_serving(port, process, log, timeout)
+    except BaseException:
+        service.stop(grace=10)
+        raise
+    return service
+
+
+def server_command(port: int, master: str) -> list[str]:
+    """The Spark Connect server on 127.0.0.1:``port``, running its jobs on ``master``, quiet like the CLI."""
     command = [str(spark_home() / "bin" / "spark-submit"), "--class", SERVER_CLASS, "--name", "categories Spark Connect",
                "--master", master, "--conf", f"spark.connect.grpc.binding.address={HOST}",
                "--conf", f"spark.connect.grpc.binding.port={port}", "--conf", "spark.driver.host=127.0.0.1",
                "--conf", "spark.driver.bindAddress=127.0.0.1"]
     for key, value in DEFAULT_CONF.items():
         command += ["--conf", f"{key}={value}"]
-    process = spawn_detached(command, log, _env(run_dir), ROOT)
-    service = Service(f"sc://{HOST}:{port}", port, log, process)
-    try:
-        _wait_until_serving(service, timeout)
-    except BaseException:
-        service.stop(grace=10)
-        raise
-    return service
+    return command
 
 
 def start(port: int = PORT, master: str = MASTER) -> None:
@@ -133,7 +138,8 @@ def answers(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def _env(run_dir: Path) -> dict[str, str]:
+def server_env(run_dir: Path) -> dict[str, str]:
+    """The server's environment: this project's interpreter for its Python workers, scratch in ``run_dir``."""
     env = dict(os.environ)
     env.pop("SPARK_REMOTE", None)  # the server is the one place that must not connect to itself
     env.update(SPARK_HOME=str(spark_home()), SPARK_LOCAL_IP=HOST, SPARK_LOCAL_DIRS=str(run_dir / "local"),
@@ -142,17 +148,19 @@ def _env(run_dir: Path) -> dict[str, str]:
     return env
 
 
-def _wait_until_serving(service: Service, timeout: float) -> None:
+def wait_until_serving(port: int, process: Optional[subprocess.Popen], log: Path, timeout: float) -> None:
+    """Return once the server on ``port`` has run a first job; :class:`ServiceError` if it exits or stays silent."""
     deadline = time.monotonic() + timeout
-    while not answers(service.port, timeout=1.0):
-        if service.process.poll() is not None:
-            raise ServiceError(f"spark-submit exited with code {service.process.returncode}: {_tail(service.log)}")
+    url = f"sc://{HOST}:{port}"
+    while not answers(port, timeout=1.0):
+        if process is not None and process.poll() is not None:
+            raise ServiceError(f"spark-submit exited with code {process.returncode}: {_tail(log)}")
         if time.monotonic() > deadline:
-            raise ServiceError(f"nothing answered on {service.url} within {timeout:.0f}s: {_tail(service.log)}")
+            raise ServiceError(f"nothing answered on {url} within {timeout:.0f}s: {_tail(log)}")
         time.sleep(0.5)
     # A first job: the JVM's lazy set-up is paid here, not by the first client. In a process of
     # its own: a process that already runs a classic session may not open a Connect one.
-    subprocess.run([sys.executable, "-c", _WARM_UP, service.url], check=True, capture_output=True,
+    subprocess.run([sys.executable, "-c", _WARM_UP, url], check=True, capture_output=True,
                    timeout=max(10.0, deadline - time.monotonic()))
 
 

@@ -38,7 +38,7 @@ from categories_classification.prediction import output
 from categories_classification.prediction.failures import NOTHING_WRITTEN, spark_failure
 from categories_classification.prediction.scoring import (
     CLIENT, FEATURES, HASH, MALFORMED, OUTPUT_SCHEMA, STATS, ClientModel, Scorer, read_stats)
-from categories_classification.prediction.spark import get_spark, is_connect, ship_file
+from categories_classification.prediction.spark import describe, get_spark, is_connect, ship_file
 from categories_classification.serialization import untrusted_types
 from categories_classification.topk import TOP_K
 
@@ -108,7 +108,7 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
         spark = spark or get_spark()
         files = output.files_for(spark, prefix)
         for job in jobs:
-            _start_run(job)
+            _start_run(job, describe(spark))
         _score(spark, files, jobs, date)
         for job in jobs:
             outcomes[job.client_id] = _finish(spark, files, job, started)
@@ -121,6 +121,7 @@ class _Progress:
 
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     run_id: str = ""
+    spark: str = ""
     staging: str = ""
     stats: list[dict[str, Any]] = field(default_factory=list)
     error: Optional[Exception] = None
@@ -223,14 +224,15 @@ def _spark_header(client_id: str, source: str) -> list[str]:
     return [column.strip() for column in first.value.split(",")]
 
 
-def _start_run(job: _ClientJob) -> None:
+def _start_run(job: _ClientJob, spark: str) -> None:
     """The client's prediction run (MLflow), opened before the job so the manifest can name it."""
     client = MlflowClient()
     registry.close_abandoned_runs(job.client_id)  # runs a killed process left RUNNING
     with registry.tracking_errors(job.client_id):
         experiment_id = registry.ensure_experiment(job.client_id)
-        run = client.create_run(experiment_id, run_name=f"prediction_{job.date}", tags=_tags(job))
+        run = client.create_run(experiment_id, run_name=f"prediction_{job.date}", tags={**_tags(job), "spark": spark})
     job.state.run_id = run.info.run_id
+    job.state.spark = spark
 
 
 def _tags(job: _ClientJob) -> dict[str, str]:
@@ -391,6 +393,7 @@ def _manifest(job: _ClientJob) -> dict[str, Any]:
         "prediction_run_id": job.state.run_id,
         "tracking_uri": registry.display_tracking_uri(),
         "input_path": absolute(job.source),
+        "spark": job.state.spark,  # where it ran: a shared Spark Connect service, or a master
         "features": job.features,
         "rows_written": job.count("written"),
         "rows_skipped": job.count("skipped"),

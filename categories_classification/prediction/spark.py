@@ -126,6 +126,13 @@ def is_connect(session: SparkSession) -> bool:
     return not hasattr(session, "_jsc")
 
 
+def describe(session: SparkSession) -> str:
+    """Where the session runs its jobs: the Spark Connect URL, or the master (lineage, messages)."""
+    if is_connect(session):
+        return os.environ.get("SPARK_REMOTE") or "spark connect"
+    return session.sparkContext.master
+
+
 def ship_file(session: SparkSession, path: Path) -> None:
     """Make ``path`` readable by the session's Python workers as ``SparkFiles.get(path.name)``.
 
