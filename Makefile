@@ -22,7 +22,7 @@ DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
 
 .PHONY: help init-pipenv data demo train-all predict-all generate-dags init-airflow start-airflow stop-airflow \
-	e2e-airflow spark-cluster stop-spark-cluster run-jupyter report fleet-report test unit-tests lint clean
+	e2e-airflow spark-cluster stop-spark-cluster spark-connect stop-spark-connect run-jupyter report fleet-report test unit-tests lint clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,12 @@ spark-cluster: $(VENV_STAMP) ## Start a local Spark standalone cluster (master s
 
 stop-spark-cluster: ## Stop the Spark master and workers started by spark-cluster
 	$(RUN) python -m scripts.spark_cluster stop
+
+spark-connect: $(VENV_STAMP) ## Start a shared Spark Connect service (sc://127.0.0.1:15002; start-airflow starts one too)
+	$(RUN) python -m scripts.spark_connect start
+
+stop-spark-connect: ## Stop the Spark Connect service started by spark-connect
+	$(RUN) python -m scripts.spark_connect stop
 
 run-jupyter: $(VENV_STAMP) ## Start JupyterLab on http://127.0.0.1:8888 in the pipenv environment (notebooks/)
 	$(RUN) jupyter lab --ip=127.0.0.1 --port=8888 --no-browser --notebook-dir=notebooks

@@ -35,8 +35,11 @@ HOST = "127.0.0.1"
 PORT = int(os.environ.get("SPARK_CONNECT_PORT", "15002"))
 MASTER = os.environ.get("SPARK_CONNECT_MASTER", "local[*]")
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+# A first job with a Python function: the JVM's lazy set-up and the Python worker daemon are paid
+# here, not by the first client.
 _WARM_UP = ("import sys; from pyspark.sql import SparkSession; "
-            "SparkSession.builder.remote(sys.argv[1]).getOrCreate().range(1).selectExpr('id + 1').collect()")
+            "SparkSession.builder.remote(sys.argv[1]).getOrCreate().range(1)"
+            ".mapInArrow(lambda batches: (batch for batch in batches), 'id long').collect()")
 
 
 class ServiceError(RuntimeError):
@@ -158,10 +161,11 @@ def wait_until_serving(port: int, process: Optional[subprocess.Popen], log: Path
         if time.monotonic() > deadline:
             raise ServiceError(f"nothing answered on {url} within {timeout:.0f}s: {_tail(log)}")
         time.sleep(0.5)
-    # A first job: the JVM's lazy set-up is paid here, not by the first client. In a process of
-    # its own: a process that already runs a classic session may not open a Connect one.
-    subprocess.run([sys.executable, "-c", _WARM_UP, url], check=True, capture_output=True,
-                   timeout=max(10.0, deadline - time.monotonic()))
+    # In a process of its own: a process that already runs a classic session may not open a Connect one.
+    warm = subprocess.run([sys.executable, "-c", _WARM_UP, url], capture_output=True, text=True, check=False,
+                          timeout=max(10.0, deadline - time.monotonic()))
+    if warm.returncode != 0:
+        raise ServiceError(f"the service at {url} answers but could not run a first job: {warm.stderr[-1500:]}")
 
 
 def _tail(log: Path, chars: int = 1500) -> str:

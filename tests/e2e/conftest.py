@@ -67,8 +67,8 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         (tmp_path / name).mkdir()
     env.update(AIRFLOW_HOME=str(tmp_path / "airflow_home"), DAGS_FOLDER=str(tmp_path / "dags"),
                STACK_RUN_DIR=str(tmp_path / "run"), MLFLOW_STORE_DIR=str(tmp_path / "store"),
-               DATA_PREFIX=str(tmp_path / "data"), AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()), SPARK_CONNECT_PORT=str(free_port()),
-               PIPENV_VENV_IN_PROJECT="1")
+               DATA_PREFIX=str(tmp_path / "data"), AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
+               SPARK_CONNECT_PORT=str(free_port()), PIPENV_VENV_IN_PROJECT="1")
     return env
 
 
