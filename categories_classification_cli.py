@@ -21,10 +21,12 @@ from typing import Any, Callable, Optional
 
 import click
 
-from categories_classification.config import load_config, validate_client_id
+from categories_classification.config import DEFAULT_DRIFT_THRESHOLD, load_config, validate_client_id
 from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
+FAIL_ON_DRIFT_HELP = ("Fail a client whose input drifted over its threshold (a feature's PSI against the training "
+                      "data): nothing written, its previous output kept. Default: warn and write.")
 
 
 class _Json(click.ParamType):
@@ -95,16 +97,33 @@ def trainer(client_id: str, features: list, model_params: dict, training_date: s
 @click.option("--inference_date", required=True, help="Date of the prediction (ISO date or timestamp); names the output folder.")
 @click.option("--model_version", type=click.IntRange(min=1), default=None,
               help="Serve this registered version instead of the champion (pin or roll back).")
-def predictor(client_id: str, inference_date: str, model_version: Optional[int]) -> None:
+@click.option("--drift_threshold", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_DRIFT_THRESHOLD,
+              show_default=True, help="Population stability index of a feature above which the input has drifted "
+                                      "from the training data (warned about, or an error with --fail_on_drift).")
+@click.option("--fail_on_drift", is_flag=True, help=FAIL_ON_DRIFT_HELP)
+def predictor(client_id: str, inference_date: str, model_version: Optional[int], drift_threshold: float,
+              fail_on_drift: bool) -> None:
     """Predict the top-5 categories of one client's products with its champion model."""
     from categories_classification.prediction.predictor import predict_categories  # pylint: disable=import-outside-toplevel
 
-    result = predict_categories(client_id, inference_date, model_version=model_version)
+    result = predict_categories(client_id, inference_date, model_version=model_version,
+                                drift_threshold=drift_threshold, fail_on_drift=fail_on_drift)
     click.echo(
         f"{client_id}: wrote {result.rows_written} rows to {result.output_path} with "
         f"{result.model_name} version {result.model_version}"
         + (f"; skipped {result.rows_skipped} product(s) with missing features" if result.rows_skipped else "")
+        + _drift_note(result.drift)
     )
+
+
+def _drift_note(drift: dict) -> str:
+    """``; drift max PSI 0.012 (threshold 0.2)``, or why there is no score."""
+    if not drift.get("reference"):
+        return f"; drift: {drift['status']}" if drift.get("status") else ""
+    if drift.get("max") is None:
+        return ""
+    verdict = f"DRIFTED: {', '.join(drift['features_over'])}" if drift["over_threshold"] else "ok"
+    return f"; drift max PSI {drift['max']:.3f} (threshold {drift['threshold']:g}, {verdict})"
 
 
 @cli.command("set-champion")
@@ -175,14 +194,24 @@ def train_all_command(config_path: Optional[str], client_ids: tuple[str, ...], t
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--client_id", "client_ids", multiple=True, help=ONLY_HELP)
 @click.option("--inference_date", required=True, help="Date of the predictions (ISO date or timestamp).")
-def predict_all_command(config_path: Optional[str], client_ids: tuple[str, ...], inference_date: str) -> None:
+@click.option("--fail_on_drift", is_flag=True, help=FAIL_ON_DRIFT_HELP + " Thresholds: each client's drift_threshold.")
+def predict_all_command(config_path: Optional[str], client_ids: tuple[str, ...], inference_date: str,
+                        fail_on_drift: bool) -> None:
     """Predict every client of the config in one Spark session; print a summary table."""
     from categories_classification.batch import predict_all  # pylint: disable=import-outside-toplevel
 
     config = load_config(config_path).select(client_ids)
-    outcomes = _with_progress("Prediction", len(config), lambda done: predict_all(config, inference_date, on_done=done))
-    _summary("Prediction", outcomes, ("rows written", "skipped", "version"), lambda r: (
-        str(r.rows_written), str(r.rows_skipped), str(r.model_version)))
+    outcomes = _with_progress("Prediction", len(config), lambda done: predict_all(
+        config, inference_date, on_done=done, fail_on_drift=fail_on_drift))
+    _summary("Prediction", outcomes, ("rows written", "skipped", "version", "drift"), lambda r: (
+        str(r.rows_written), str(r.rows_skipped), str(r.model_version), _drift_cell(r.drift)))
+
+
+def _drift_cell(drift: dict) -> str:
+    """The summary's drift column: the max PSI (``!`` when over the threshold), or ``-`` without a reference."""
+    if not drift.get("reference") or drift.get("max") is None:
+        return "-"
+    return f"{drift['max']:.3f}" + (" !" if drift["over_threshold"] else "")
 
 
 @cli.command("fleet-status")

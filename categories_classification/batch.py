@@ -67,16 +67,19 @@ def train_all(config: ClientsConfig, training_date: str, on_done: Optional[Calla
     return [outcomes[client.client_id] for client in clients]
 
 
-def predict_all(config: ClientsConfig, inference_date: str,
-                on_done: Optional[Callable[[Outcome], None]] = None) -> list[Outcome]:
+def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Callable[[Outcome], None]] = None,
+                fail_on_drift: bool = False) -> list[Outcome]:
     """Predict every client of ``config`` in one Spark job (many models); errors are recorded, not raised.
 
-    A client's bad input or missing model fails that client only; the others are written.
+    A client's bad input or missing model fails that client only; the others are written. Each
+    client's input drift is checked against its config's ``drift_threshold`` (with
+    ``fail_on_drift``, a client over it fails and keeps its previous output).
     """
     started = time.perf_counter()
     clients = [client.client_id for client in config]
+    thresholds = {client.client_id: client.drift_threshold for client in config}
     try:
-        results = predict_clients(clients, inference_date)
+        results = predict_clients(clients, inference_date, drift_thresholds=thresholds, fail_on_drift=fail_on_drift)
     except CategoriesError as exc:  # the date, the store: nothing could start for any client
         results = {client_id: exc for client_id in clients}
     seconds = (time.perf_counter() - started) / max(1, len(clients))  # the job's time, shared

@@ -264,30 +264,39 @@ class _DeflatedSklearnFlavor:
     zip, so MLflow's own loader and ours read it unchanged.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, companions: Optional[Mapping[str, str]] = None) -> None:
         self.__name__ = "mlflow.sklearn"  # what MLflow reports as the flavour
         self.stored_bytes = 0
         self.digest = ""
+        self.companions = dict(companions or {})
 
     def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
-        """Save with MLflow's sklearn flavour, deflate the model file in place, take its SHA-256."""
+        """Save with MLflow's sklearn flavour, deflate the model file in place, take its SHA-256.
+
+        Companion files are written into the model's folder: they are uploaded with it and come
+        back with every download of the version, at no extra request.
+        """
         kwargs.pop("validate_serving_input", None)  # Model.log's own option, passed on to every flavour
         mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
         model_file = Path(path) / mlflow_model.flavors["sklearn"]["pickled_model"]
         self.stored_bytes = deflate_file(model_file)
         # The digest of exactly the bytes that are uploaded: every load checks them against it.
         self.digest = sha256_hex(model_file.read_bytes())
+        for name, text in self.companions.items():
+            (Path(path) / name).write_text(text, encoding="utf-8")
 
 
-def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any) -> ModelRef:
+def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any,
+                     companions: Optional[Mapping[str, str]] = None) -> ModelRef:
     """Log ``model`` (deflated skops) in the active run and register it as a new version of the client's model.
 
     Logs the stored file's size as the run's ``model_size_bytes`` metric and tags the version with
-    the file's SHA-256 (``model_sha256``).
+    the file's SHA-256 (``model_sha256``). ``companions`` (file name -> text) are stored in the
+    model's folder, beside the model file (the drift reference).
     """
     name = model_name(client_id)
     chatter = io.StringIO()
-    flavor = _DeflatedSklearnFlavor()
+    flavor = _DeflatedSklearnFlavor(companions)
     # MLflow prints "Successfully registered model ..." straight to stderr: keep it for debug logs.
     with tracking_errors(client_id), redirect_stderr(chatter):
         info = mlflow.models.Model.log(
@@ -423,18 +432,31 @@ def fetch_model_bytes(ref: ModelRef) -> tuple[bytes, list[str]]:
     registered with it is refused (:class:`ModelIntegrityError`). A version registered without a
     digest is checked as a zip (every entry's CRC-32) and loaded with a warning.
     """
-    data, features, _ = _fetch_verified(ref)
+    data, features, _, _ = _fetch_verified(ref)
     return data, features
 
 
-def _fetch_verified(ref: ModelRef) -> tuple[bytes, list[str], str]:
-    """:func:`fetch_model_bytes`, plus the model file's name (for messages)."""
+def fetch_model_and_companion(ref: ModelRef, companion: str) -> tuple[bytes, list[str], Optional[str]]:
+    """:func:`fetch_model_bytes`, plus the text of a companion file stored with the model (None if absent).
+
+    The companion comes with the same download as the model file (versions registered before it
+    existed simply lack it).
+    """
+    data, features, _, text = _fetch_verified(ref, companion)
+    return data, features, text
+
+
+def _fetch_verified(ref: ModelRef, companion: Optional[str] = None) -> tuple[bytes, list[str], str, Optional[str]]:
+    """:func:`fetch_model_bytes`, plus the model file's name (for messages) and the companion's text."""
     if ref.digest is None:
         ref = _ref(ref.client_id, _model_version(ref))
+    text = None
     try:
         with tempfile.TemporaryDirectory(prefix="categories_model_") as scratch:
             model_file, features = download_model_file(ref, scratch)
             data = model_file.read_bytes()
+            if companion is not None and (model_file.parent / companion).is_file():
+                text = (model_file.parent / companion).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:  # the local scratch folder, not MLflow (download_model_file maps those)
         raise InfrastructureError(f"model {ref.name} version {ref.version}: cannot download it to a local "
                                   f"temporary folder: {describe_os_error(exc)}", ref.client_id) from exc
@@ -445,7 +467,7 @@ def _fetch_verified(ref: ModelRef) -> tuple[bytes, list[str], str]:
         LOGGER.warning("client %s: model %s version %s was registered without a %s tag: its file cannot be "
                        "checked against a digest (retrain to get one)", ref.client_id, ref.name, ref.version,
                        DIGEST_TAG)
-    return data, features, model_file.name
+    return data, features, model_file.name, text
 
 
 def model_file_problem(ref: ModelRef, data: bytes) -> Optional[str]:
@@ -469,7 +491,7 @@ def model_file_problem(ref: ModelRef, data: bytes) -> Optional[str]:
 
 def load_model(ref: ModelRef) -> tuple[Any, list[str]]:
     """Download, verify and deserialize a version (trusted types only); return it with its input columns."""
-    data, features, file_name = _fetch_verified(ref)
+    data, features, file_name, _ = _fetch_verified(ref)
     try:
         return load_model_bytes(data), features
     except _UNREADABLE as exc:

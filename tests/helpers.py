@@ -138,6 +138,22 @@ def trained_and_predicted(source: Path, root: Path, clients: Sequence[str]) -> t
     return data, env
 
 
+def drift_sample(rows: int, seed: int, features: int = 3) -> np.ndarray:
+    """``rows`` draws of ``features`` independent normal columns (centres 0, 1, ..., scales 1, 2, ...): one
+    population, so two seeds give two samples that must not be told apart as drift."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(np.arange(features, dtype=float), np.arange(1, features + 1, dtype=float), (rows, features))
+
+
+def shift_prediction_feature(prefix: Path, client_id: str, feature: str, standard_deviations: float) -> None:
+    """Shift one feature of a client's prediction file, in place, by ``standard_deviations`` of its training values."""
+    source = prefix / "prediction" / f"client_id={client_id}" / "data_predict.csv.gz"
+    spread = pd.read_csv(prefix / "train" / f"client_id={client_id}" / "data_train.csv.gz")[feature].std()
+    rows = pd.read_csv(source, dtype={"product_id": str})
+    rows[feature] += standard_deviations * spread
+    rows.to_csv(source, index=False)
+
+
 def snapshot(data: Path, store_uri: str, clients: Sequence[str]) -> dict:
     """Everything a failed command must leave as it was: each client's registered versions and aliases, and every
     file (name and SHA-256) under its output folder, staging folders included."""

@@ -7,7 +7,9 @@ one client is a fleet of one. How the single gzip partition is scored, the dupli
 ``product_id`` rule and the atomic swap are explained in the README ("How prediction works").
 """
 import gzip
+import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -29,9 +31,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from categories_classification import registry
-from categories_classification.config import validate_client_id
-from categories_classification.errors import CategoriesError, InputDataError, ModelNotFoundError, one_line
+from categories_classification import drift, registry
+from categories_classification.config import DEFAULT_DRIFT_THRESHOLD, validate_client_id
+from categories_classification.errors import CategoriesError, ConfigError, InputDataError, ModelNotFoundError, one_line
 from categories_classification.paths import absolute, is_uri, normalize_date, output_path, predict_path
 from categories_classification.paths import data_prefix as resolve_prefix
 from categories_classification.prediction import output
@@ -49,7 +51,7 @@ DUPLICATE_EXAMPLES = 3
 
 
 @dataclass(frozen=True)
-class PredictionResult:
+class PredictionResult:  # pylint: disable=too-many-instance-attributes  # what callers and the summary read
     """Where the predictions went and which model made them."""
 
     client_id: str
@@ -62,22 +64,32 @@ class PredictionResult:
     rows_skipped: int
     seconds: float
     prediction_run_id: str = ""
+    drift: Mapping[str, Any] = field(default_factory=dict)  # the manifest's drift object
+
+
+class DriftError(InputDataError):
+    """The input drifted from the training data beyond the threshold, and ``fail_on_drift`` was asked."""
 
 
 Outcome = Union[PredictionResult, Exception]
 
 
 def predict_categories(client_id: str, inference_date: str, *, model_version: Optional[int] = None,
-                       data_prefix: Optional[str] = None, spark: Optional[SparkSession] = None) -> PredictionResult:
+                       data_prefix: Optional[str] = None, spark: Optional[SparkSession] = None,
+                       drift_threshold: Optional[float] = None, fail_on_drift: bool = False) -> PredictionResult:
     """Score the client's prediction file with its champion (or ``model_version``); write top-5 parquet.
 
     The output folder gets a ``_manifest.json`` (model name, version, training run, prediction
-    run, time) written with the parquet files and swapped in with them; the prediction itself
-    is an MLflow run ``prediction_<date>`` in the client's experiment.
+    run, time, drift scores) written with the parquet files and swapped in with them; the
+    prediction itself is an MLflow run ``prediction_<date>`` in the client's experiment. Input
+    drift over ``drift_threshold`` (default ``config.DEFAULT_DRIFT_THRESHOLD``) is warned about,
+    or with ``fail_on_drift`` is a :class:`DriftError` that writes nothing.
     """
     client_id = validate_client_id(client_id)
+    thresholds = {client_id: drift_threshold} if drift_threshold is not None else {}
     outcome = predict_clients([client_id], inference_date, model_versions={client_id: model_version},
-                              data_prefix=data_prefix, spark=spark)[client_id]
+                              data_prefix=data_prefix, spark=spark, drift_thresholds=thresholds,
+                              fail_on_drift=fail_on_drift)[client_id]
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
@@ -85,23 +97,30 @@ def predict_categories(client_id: str, inference_date: str, *, model_version: Op
 
 def predict_clients(client_ids: Sequence[str], inference_date: str, *,
                     model_versions: Optional[Mapping[str, Optional[int]]] = None, data_prefix: Optional[str] = None,
-                    spark: Optional[SparkSession] = None) -> dict[str, Outcome]:
+                    spark: Optional[SparkSession] = None, drift_thresholds: Optional[Mapping[str, float]] = None,
+                    fail_on_drift: bool = False) -> dict[str, Outcome]:
     """Predict every client of ``client_ids`` for one date; a client's failure is its outcome, not raised.
 
     Each client is served its champion, or the version in ``model_versions``. Clients whose
     model and input file are in order are scored together; if that job fails, each is scored
-    alone, so that one client's bad file fails that client only.
+    alone, so that one client's bad file fails that client only. Each client's input is compared
+    with its version's drift reference in the same pass (PSI per feature); a client over its
+    threshold in ``drift_thresholds`` (default ``config.DEFAULT_DRIFT_THRESHOLD``) is warned
+    about, or with ``fail_on_drift`` fails with a :class:`DriftError` and writes nothing.
     """
     started = time.perf_counter()
     date = normalize_date(inference_date, "inference_date")
     prefix = resolve_prefix(data_prefix)
+    thresholds = dict(drift_thresholds or {})
     registry.configure_tracking()
     versions = dict(model_versions or {})
     outcomes: dict[str, Outcome] = {}
     jobs: list[_ClientJob] = []
     for client_id in client_ids:
         try:
-            jobs.append(_prepare(validate_client_id(client_id), date, prefix, versions.get(client_id)))
+            threshold = _threshold(client_id, thresholds.get(client_id))
+            jobs.append(_prepare(validate_client_id(client_id), date, prefix, versions.get(client_id),
+                                 _DriftCheck(threshold, fail_on_drift)))
         except CategoriesError as exc:
             outcomes[client_id] = exc
     if jobs:
@@ -115,6 +134,31 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     return {client_id: outcomes[client_id] for client_id in client_ids}
 
 
+def _threshold(client_id: str, value: Optional[float]) -> float:
+    """A client's drift threshold: ``value`` if given (a positive number), else the project default."""
+    if value is None:
+        return DEFAULT_DRIFT_THRESHOLD
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"drift_threshold: expected a positive number (a PSI), found {value!r}", client_id)
+    return float(value)
+
+
+@dataclass(frozen=True)
+class _DriftCheck:
+    """How a client's input is compared with its version's drift reference (None: the version has none)."""
+
+    threshold: float
+    fail: bool = False
+    reference: Optional[dict[str, Any]] = None
+    missing: str = ""  # why there is no reference
+
+    def edges(self, features: Sequence[str]) -> tuple[tuple[float, ...], ...]:
+        """Per feature, the reference's inner bin edges (what the workers count rows into)."""
+        if self.reference is None:
+            return ()
+        return tuple(tuple(self.reference["features"][name]["edges"]) for name in features)
+
+
 @dataclass
 class _Progress:
     """What happened to a client's prediction so far."""
@@ -125,10 +169,11 @@ class _Progress:
     staging: str = ""
     stats: list[dict[str, Any]] = field(default_factory=list)
     error: Optional[Exception] = None
+    drift_report: Optional[drift.DriftReport] = None
 
 
 @dataclass
-class _ClientJob:
+class _ClientJob:  # pylint: disable=too-many-instance-attributes  # one client's whole prediction, as the job needs it
     """One client's prediction as the driver follows it through the job."""
 
     client_id: str
@@ -140,23 +185,34 @@ class _ClientJob:
     model_file: Path
     features: list[str]
     header: list[str]
+    drift: _DriftCheck
     state: _Progress = field(default_factory=_Progress)
 
     @property
     def model(self) -> ClientModel:
         """What the workers need to score this client."""
-        return ClientModel(self.model_file.name, tuple(self.features))
+        return ClientModel(self.model_file.name, tuple(self.features), self.drift.edges(self.features))
 
     def count(self, key: str) -> int:
         """A counter summed over the partitions that saw this client."""
         return sum(int(entry[key]) for entry in self.state.stats)
 
+    def bin_counts(self) -> dict[str, list[int]]:
+        """Per feature, the rows per drift-reference bin summed over the partitions that saw this client."""
+        totals: dict[str, list[int]] = {}
+        for entry in self.state.stats:
+            for name, counts in zip(self.features, entry.get("drift_counts") or []):
+                known = totals.setdefault(name, [0] * len(counts))
+                totals[name] = [a + int(b) for a, b in zip(known, counts)]
+        return totals
 
-def _prepare(client_id: str, date: str, prefix: str, version: Optional[int]) -> _ClientJob:
-    """Everything that can be checked before the Spark job: the model, its file, the input's header."""
+
+def _prepare(client_id: str, date: str, prefix: str, version: Optional[int], check: _DriftCheck) -> _ClientJob:
+    """Everything that can be checked before the Spark job: the model, its file, its drift reference, the header."""
     source, target = predict_path(client_id, prefix), output_path(client_id, date, prefix)
     ref = registry.resolve_model(client_id, version)
-    model_file, features = _model_file(ref)
+    model_file, features, stored = _model_file(ref)
+    check = _with_reference(check, ref, features, stored)
     header = _header(client_id, source)
     missing = [column for column in ["product_id", *features] if column not in header]
     if missing:
@@ -164,12 +220,29 @@ def _prepare(client_id: str, date: str, prefix: str, version: Optional[int]) -> 
             f"file {source}: missing column(s) {', '.join(map(repr, missing))} that the model needs: "
             f"expected product_id, {', '.join(features)}, found {', '.join(header)}", client_id)
     selector = "pinned" if version is not None else registry.CHAMPION
-    return _ClientJob(client_id, date, source, target, ref, selector, model_file, features, header)
+    return _ClientJob(client_id, date, source, target, ref, selector, model_file, features, header, check)
 
 
-def _model_file(ref: registry.ModelRef) -> tuple[Path, list[str]]:
-    """The version's skops file on this machine (checked here, once) and its input columns."""
-    model_bytes, features = registry.fetch_model_bytes(ref)
+def _with_reference(check: _DriftCheck, ref: registry.ModelRef, features: list[str], stored: Optional[str]) -> _DriftCheck:
+    """``check`` with the version's drift reference, or the reason it has none (never an error)."""
+    if stored is None:
+        return _DriftCheck(check.threshold, check.fail, None,
+                           f"version {ref.version} was trained before drift references were stored")
+    try:
+        reference = json.loads(stored)
+    except ValueError:
+        reference = None
+    problem = drift.reference_problem(reference, features)
+    if problem is not None:
+        LOGGER.warning("client %s: the drift reference of %s version %s is unusable (%s): drift not checked",
+                       ref.client_id, ref.name, ref.version, problem)
+        return _DriftCheck(check.threshold, check.fail, None, f"the stored reference is unusable ({problem})")
+    return _DriftCheck(check.threshold, check.fail, reference)
+
+
+def _model_file(ref: registry.ModelRef) -> tuple[Path, list[str], Optional[str]]:
+    """The version's skops file on this machine (checked here, once), its input columns and its drift reference."""
+    model_bytes, features, reference = registry.fetch_model_and_companion(ref, drift.REFERENCE_FILE)
     # Checked on the driver so that an unsafe file fails once, clearly, instead of in every task.
     refused = untrusted_types(model_bytes)
     if refused:
@@ -185,7 +258,7 @@ def _model_file(ref: registry.ModelRef) -> tuple[Path, list[str]]:
         staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
         staging.write_bytes(model_bytes)
         staging.replace(path)
-    return path, features
+    return path, features, reference
 
 
 def _header(client_id: str, source: str) -> list[str]:
@@ -238,7 +311,9 @@ def _start_run(job: _ClientJob, spark: str) -> None:
 def _tags(job: _ClientJob) -> dict[str, str]:
     return {"client_id": job.client_id, "inference_date": job.date, "stage": "prediction", "model_name": job.ref.name,
             "model_version": str(job.ref.version), "model_run_id": job.ref.run_id, "model_selector": job.selector,
-            "output_path": job.target, registry.HOST_TAG: socket.gethostname(), registry.PID_TAG: str(os.getpid())}
+            "output_path": job.target, registry.HOST_TAG: socket.gethostname(), registry.PID_TAG: str(os.getpid()),
+            "drift_reference": "stored" if job.drift.reference is not None else "none",
+            "drift_threshold": f"{job.drift.threshold:g}"}
 
 
 def _score(spark: SparkSession, files: output.Files, jobs: list[_ClientJob], date: str) -> None:
@@ -329,23 +404,25 @@ def _finish(spark: SparkSession, files: output.Files, job: _ClientJob, started: 
     if job.state.error is None:
         try:
             _check(spark, job)
+            _check_drift(job)
             output.swap_in(files, job.state.staging, job.target, _manifest(job), job.state.token)
         except CategoriesError as exc:
             job.state.error = exc
+    drift_metrics = job.state.drift_report.metrics() if job.state.drift_report is not None else {}
     if job.state.error is not None:
         if job.state.staging:
             files.delete(job.state.staging)
-        _end_run(job, RunStatus.FAILED, {})
+        _end_run(job, RunStatus.FAILED, drift_metrics)  # a drift failure keeps its scores
         return job.state.error
     seconds = time.perf_counter() - started
     written, skipped = job.count("written"), job.count("skipped")
     _end_run(job, RunStatus.FINISHED, {"rows_out": written, "rows_skipped": skipped, "duration_seconds": seconds,
-                                        "model_version": job.ref.version})
+                                        "model_version": job.ref.version, **drift_metrics})
     if skipped:
         LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s", job.client_id, skipped,
                        job.source)
     return PredictionResult(job.client_id, job.date, job.target, job.ref.name, job.ref.version, job.ref.run_id,
-                            written, skipped, seconds, job.state.run_id)
+                            written, skipped, seconds, job.state.run_id, _drift_record(job))
 
 
 def _check(spark: SparkSession, job: _ClientJob) -> None:
@@ -365,6 +442,30 @@ def _check(spark: SparkSession, job: _ClientJob) -> None:
         schema = T.StructType([T.StructField(column, T.StringType()) for column in job.header])
         ids = spark.read.csv(job.source, header=True, schema=schema).select("product_id")
         _raise_on_duplicates(job.client_id, job.source, ids)
+
+
+def _check_drift(job: _ClientJob) -> None:
+    """Score the input against the version's reference; warn over the threshold, or fail with ``fail_on_drift``."""
+    if job.drift.reference is None:
+        LOGGER.info("client %s: no drift check (%s)", job.client_id, job.drift.missing)
+        return
+    report = job.state.drift_report = drift.drift_report(job.drift.reference, job.bin_counts(), job.drift.threshold)
+    if not report.drifted:
+        return
+    what = (f"file {job.source}: the input drifted from {job.ref.name} version {job.ref.version}'s training data: "
+            f"{report.describe_over()} over the threshold {report.threshold:g}")
+    if job.drift.fail:
+        raise DriftError(f"{what} (fail_on_drift); {NOTHING_WRITTEN}", job.client_id)
+    LOGGER.warning("client %s: %s; the predictions are written, check the input", job.client_id, what)
+
+
+def _drift_record(job: _ClientJob) -> dict[str, Any]:
+    """The manifest's ``drift`` object: the scores, or why there are none."""
+    if job.drift.reference is None:
+        return drift.no_reference(job.drift.missing)
+    if job.state.drift_report is None:  # not reached: the check runs before the manifest is written
+        return drift.no_reference("not computed")
+    return job.state.drift_report.to_dict()
 
 
 def _raise_on_duplicates(client_id: str, source: str, products: DataFrame) -> None:
@@ -397,6 +498,7 @@ def _manifest(job: _ClientJob) -> dict[str, Any]:
         "features": job.features,
         "rows_written": job.count("written"),
         "rows_skipped": job.count("skipped"),
+        "drift": _drift_record(job),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

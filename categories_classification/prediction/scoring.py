@@ -6,8 +6,8 @@ module (not MLflow, not Spark's driver code). Rows of several clients may share 
 driver shipped (``SparkFiles``) and kept in :data:`_MODELS` while the worker lives, so a model is
 loaded once per worker, not once per batch or task. Nothing here needs a SparkContext, a
 broadcast or an accumulator, so it runs the same behind Spark Connect: what the driver must
-learn (rows, skipped and malformed rows, repeated ids) comes back as one ``_stats`` row per
-client and partition, which the driver collects with an observed metric.
+learn (rows, skipped and malformed rows, repeated ids, rows per drift-reference bin) comes back
+as one ``_stats`` row per client and partition, which the driver collects with an observed metric.
 
 Batches stay in Arrow end to end: features go straight to one numpy matrix, product ids are
 never turned into Python strings (Arrow's ``take`` repeats them), and the output batch is built
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from categories_classification.drift import bin_counts
 from categories_classification.topk import ARROW_SCHEMA, top_k_arrow
 
 PREFETCH = 2  # batches a stage may run ahead of the next (bounded memory: a few 10k-row batches)
@@ -42,10 +43,15 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 @dataclass(frozen=True)
 class ClientModel:
-    """What a worker needs to score one client: the shipped model file and the feature names."""
+    """What a worker needs to score one client: the shipped model file and the feature names.
+
+    ``drift_edges`` holds, per feature in the same order, the inner edges of the version's drift
+    reference bins (empty when the version has no reference): the rows are counted per bin.
+    """
 
     file_name: str
     features: tuple[str, ...]
+    drift_edges: tuple[tuple[float, ...], ...] = ()
 
 
 @dataclass
@@ -60,13 +66,24 @@ class ClientStats:
     repeated: int = 0
     partition: int = -1
     hashes: list = field(default_factory=list, repr=False)
+    drift_counts: list = field(default_factory=list)  # per feature: rows per reference bin (NaN not counted)
+
+    def count_bins(self, values: np.ndarray, edges: tuple[tuple[float, ...], ...]) -> None:
+        """Add the rows of ``values`` (one column per feature) to each feature's bin counts."""
+        for index, feature_edges in enumerate(edges):
+            counts = bin_counts(values[:, index], feature_edges)
+            if index < len(self.drift_counts):
+                self.drift_counts[index] += counts
+            else:
+                self.drift_counts.append(counts)
 
     def to_json(self, client_id: str) -> str:
         """The record the driver reads back (hashes stay here: only their verdict travels)."""
         return json.dumps({"client_id": client_id, "rows": self.rows, "written": self.written,
                            "skipped": self.skipped, "malformed": self.malformed,
                            "malformed_example": self.malformed_example, "repeated": self.repeated,
-                           "partition": self.partition})
+                           "partition": self.partition,
+                           "drift_counts": [[int(count) for count in counts] for counts in self.drift_counts]})
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,8 @@ class Scorer:
                 seen.malformed += count
                 rows = rows.filter(pa.array(~broken))
         values = feature_matrix(rows.column(FEATURES), len(spec.features))
+        if spec.drift_edges:  # counted in this pass: drift costs no second read of the input
+            seen.count_bins(values, spec.drift_edges)
         scored, skipped = score_matrix(model, labels, list(spec.features), values, rows.column(PRODUCT), self.k,
                                        threads=threads)
         seen.skipped += skipped

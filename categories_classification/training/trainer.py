@@ -14,7 +14,7 @@ from mlflow.models import infer_signature
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 
-from categories_classification import registry
+from categories_classification import drift, registry
 from categories_classification.config import (
     validate_client_id,
     validate_features,
@@ -104,7 +104,8 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         mlflow.set_tags(fitted.forest.size_tags())
         example = fitted.x_train.head(5)
         ref = registry.log_and_register(
-            client_id, model, example, infer_signature(example, model.predict(example))
+            client_id, model, example, infer_signature(example, model.predict(example)),
+            companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))},
         )
         _log_evaluation_artifacts(client_id, fitted)
         # One gate at a time per client (two DAG runs, or a manual run beside one): read the
@@ -181,6 +182,11 @@ class FittedForest:
         bound = self.size.budget_bound if self.size is not None else False
         return {"size_choice": reason, "size_budget_bound": str(bound).lower(),
                 "size_over_budget": str(self.over_budget).lower()}
+
+
+def drift_reference(x_train: pd.DataFrame) -> dict[str, Any]:
+    """What prediction compares its input with: each feature's quantile bins on the training split."""
+    return drift.build_reference({str(name): x_train[name].to_numpy(dtype=np.float64) for name in x_train.columns})
 
 
 def split_training_data(features: pd.DataFrame, labels: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:

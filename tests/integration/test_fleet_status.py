@@ -14,7 +14,7 @@ from categories_classification import registry
 from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.helpers import FEATURES, client_entry, run_cli, start_cli, train_args, write_config
+from tests.helpers import FEATURES, client_entry, run_cli, shift_prediction_feature, start_cli, train_args, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +47,10 @@ def fleet(module_tracking_store, spark, tmp_path_factory):  # pylint: disable=un
                        promotion_tolerance=1.0)
     assert weak.decision.promote and weak.decision.champion_score - weak.decision.challenger_score > 0.03
     _kill_a_training_mid_run("failing", dict(os.environ, DATA_PREFIX=data))
+    # A real drift: one feature of today's input moved by 2 standard deviations of its training values.
+    shift_prediction_feature(prefix, "drifting", "f1", 2.0)
     for client_id in ("fine", "failing", "weaker", "stale", "drifting"):  # failing's closes the killed run
         predict_categories(client_id, TODAY, data_prefix=data, spark=spark)
-    # Part 2 (drift) will record this for real: a prediction run's drift_max over the client's threshold.
-    drifting = _runs("drifting", "prediction")[0]
-    MlflowClient().log_metric(drifting.info.run_id, "drift_max", 0.45)
     return write_config(root / "clients.yaml", {
         "fine": client_entry(), "failing": client_entry(), "weaker": client_entry(),
         "stale": client_entry(max_model_age_days=60), "drifting": client_entry(drift_threshold=0.3),
@@ -90,14 +89,16 @@ def test_fleet_status_json_has_every_client_and_its_flags(fleet):  # pylint: dis
     fine = rows["fine"]
     assert fine["champion_version"] == 1 and fine["trained_on"] == TODAY and fine["model_age_days"] == 0
     assert fine["prediction_date"] == TODAY and fine["rows_written"] == 5 * 200 and fine["rows_skipped"] == 0
-    assert fine["training_status"] == "FINISHED" and fine["training_decision"] == "promoted" and fine["drift"] is None
+    assert fine["training_status"] == "FINISHED" and fine["training_decision"] == "promoted"
+    assert 0 < fine["drift"] < fine["drift_threshold"] == 0.2  # another sample of its training data
     failing = rows["failing"]
     assert failing["training_status"] == "FAILED" and "is gone" in failing["flags"][0]["detail"]
     assert failing["champion_version"] == 1  # the killed training changed nothing that is served
     weaker = rows["weaker"]
     assert (weaker["champion_version"], weaker["previous_version"]) == (2, 1) and weaker["top_5_change"] < -0.03
     assert rows["stale"]["trained_on"] == "2025-06-01" and rows["stale"]["model_age_days"] > 60
-    assert rows["drifting"]["drift"] == 0.45 and rows["drifting"]["drift_threshold"] == 0.3
+    assert rows["drifting"]["drift"] > 1 and rows["drifting"]["drift_threshold"] == 0.3
+    assert rows["drifting"]["drift"] == _runs("drifting", "prediction")[0].data.metrics["drift_max"]
 
 
 def test_an_asked_date_without_outputs_flags_every_client(fleet):  # pylint: disable=redefined-outer-name

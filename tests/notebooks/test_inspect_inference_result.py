@@ -40,3 +40,6 @@ def test_notebook_runs_and_draws_its_plots(small_data, spark, monkeypatch):
     assert "client small_a, inference date 2026-11-30" in text
     assert "rows per product: [5]" in text
     assert "of products have a top-1 score below 0.3" in text
+    assert "drift (PSI, max over features): 0." in text and "threshold 0.2: no drift" in text
+    html = "".join(output.get("data", {}).get("text/html", "") for output in outputs)
+    assert "PSI" in html and all(feature in html for feature in FEATURES)  # the per-feature scores

@@ -130,3 +130,17 @@ def test_a_worker_keeps_a_bounded_number_of_models():
     batches = [_input([f"c{i}"], ["p"], [[0.5, 0.5]]) for i in range(MODELS_KEPT + 2)]
     list(scorer(iter(batches + batches[-1:])))
     assert len(loads) == MODELS_KEPT + 2  # the last client, seen twice, was loaded once
+
+
+def test_scorer_counts_each_clients_rows_per_drift_bin_in_the_same_pass():
+    files = {"first.skops": dump_model(_model(0)), "second.skops": dump_model(_model(1))}
+    edges = ((0.25, 0.5), (0.5,))  # f0: 3 bins, f1: 2 bins
+    scorer = Scorer({"a": ClientModel("first.skops", FEATURES, edges), "b": ClientModel("second.skops", FEATURES)},
+                    k=5, load=files.__getitem__)
+    batches = [_input(["a", "a", "b"], ["p1", "p2", "p1"], [[0.1, 0.2], [0.3, None], [0.5, 0.5]]),
+               _input(["a", "a"], ["p3", "p4"], [[0.5, 0.9], [0.0, 0.0]], malformed=[None, "p4,x,0.0"])]
+    out = pa.Table.from_batches(list(scorer(iter(batches)))).to_pandas()
+    stats = read_stats(out[STATS].dropna().tolist())
+    # a: f0 0.1, 0.3, 0.5 (the malformed row is not counted); f1 0.2, 0.9 (a missing value is not counted).
+    assert stats["a"][0]["drift_counts"] == [[1, 1, 1], [1, 1]]
+    assert stats["b"][0]["drift_counts"] == []  # no reference: nothing counted
