@@ -12,6 +12,9 @@
 Errors are printed on one line (``Error: ...``); exit code 2 for bad options or config, 1 for
 bad data or an unavailable model or tracking server.
 """
+# Commands import what they need when they run: `--help` and a bad option stay instant, and no
+# command pays for another's imports (MLflow, Spark, sklearn take seconds).
+# pylint: disable=import-outside-toplevel
 import json
 import logging
 import os
@@ -79,7 +82,7 @@ def cli(verbose: bool) -> None:
 def trainer(client_id: str, features: list, model_params: dict, training_date: str,
             promotion_tolerance: Optional[float], max_model_mb: Optional[float]) -> None:
     """Train one client's model, register it as a new version, promote it if it passes the gate."""
-    from categories_classification.training.trainer import train_model  # pylint: disable=import-outside-toplevel
+    from categories_classification.training.trainer import train_model
 
     result = train_model(client_id, features, model_params, training_date, promotion_tolerance=promotion_tolerance,
                          max_model_mb=max_model_mb)
@@ -104,7 +107,7 @@ def trainer(client_id: str, features: list, model_params: dict, training_date: s
 def predictor(client_id: str, inference_date: str, model_version: Optional[int], drift_threshold: float,
               fail_on_drift: bool) -> None:
     """Predict the top-5 categories of one client's products with its champion model."""
-    from categories_classification.prediction.predictor import predict_categories  # pylint: disable=import-outside-toplevel
+    from categories_classification.prediction.predictor import predict_categories
 
     result = predict_categories(client_id, inference_date, model_version=model_version,
                                 drift_threshold=drift_threshold, fail_on_drift=fail_on_drift)
@@ -132,7 +135,7 @@ def _drift_note(drift: dict) -> str:
               help="Registered version that prediction should serve from now on (e.g. a rollback).")
 def set_champion_command(client_id: str, version: int) -> None:
     """Give the champion alias to a version by hand (rollback or forced promotion)."""
-    from categories_classification import registry  # pylint: disable=import-outside-toplevel
+    from categories_classification import registry
 
     validate_client_id(client_id)
     registry.configure_tracking()
@@ -146,10 +149,10 @@ def set_champion_command(client_id: str, version: int) -> None:
 @click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
 def list_models_command(client_id: str) -> None:
     """List a client's model versions with their metrics; mark the champion."""
-    from rich.console import Console  # pylint: disable=import-outside-toplevel
-    from rich.table import Table  # pylint: disable=import-outside-toplevel
+    from rich.console import Console
+    from rich.table import Table
 
-    from categories_classification import registry  # pylint: disable=import-outside-toplevel
+    from categories_classification import registry
 
     validate_client_id(client_id)
     registry.configure_tracking()
@@ -181,7 +184,7 @@ ONLY_HELP = "Only this client of the config (repeatable); default: every client.
 def train_all_command(config_path: Optional[str], client_ids: tuple[str, ...], training_date: str,
                       workers: Optional[int]) -> None:
     """Train every client of the config, in parallel across cores; print a summary table."""
-    from categories_classification.batch import train_all  # pylint: disable=import-outside-toplevel
+    from categories_classification.batch import train_all
 
     config = load_config(config_path).select(client_ids)
     outcomes = _with_progress("Training", len(config), lambda done: train_all(config, training_date, on_done=done, workers=workers))
@@ -198,7 +201,7 @@ def train_all_command(config_path: Optional[str], client_ids: tuple[str, ...], t
 def predict_all_command(config_path: Optional[str], client_ids: tuple[str, ...], inference_date: str,
                         fail_on_drift: bool) -> None:
     """Predict every client of the config in one Spark session; print a summary table."""
-    from categories_classification.batch import predict_all  # pylint: disable=import-outside-toplevel
+    from categories_classification.batch import predict_all
 
     config = load_config(config_path).select(client_ids)
     outcomes = _with_progress("Prediction", len(config), lambda done: predict_all(
@@ -224,10 +227,10 @@ def _drift_cell(drift: dict) -> str:
 def fleet_status_command(config_path: Optional[str], inference_date: Optional[str], as_json: bool,
                          html_path: Optional[str]) -> None:
     """One row per client: champion, accuracy, last training and prediction, drift, and what needs a person."""
-    from pathlib import Path  # pylint: disable=import-outside-toplevel
+    from pathlib import Path
 
-    from categories_classification import fleet  # pylint: disable=import-outside-toplevel
-    from categories_classification.paths import normalize_date  # pylint: disable=import-outside-toplevel
+    from categories_classification import fleet
+    from categories_classification.paths import normalize_date
 
     config = load_config(config_path)
     date = normalize_date(inference_date, "date") if inference_date else None
@@ -243,9 +246,9 @@ def fleet_status_command(config_path: Optional[str], inference_date: Optional[st
 
 
 def _fleet_table(view, columns: tuple, cells: Callable) -> None:
-    from rich.console import Console  # pylint: disable=import-outside-toplevel
-    from rich.table import Table  # pylint: disable=import-outside-toplevel
-    from rich.text import Text  # pylint: disable=import-outside-toplevel
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
     attention = sum(1 for row in view.rows if row.flags)
     checked = f"outputs checked for {view.inference_date}" if view.inference_date else "no prediction recorded yet"
@@ -263,8 +266,8 @@ def _fleet_table(view, columns: tuple, cells: Callable) -> None:
 def _with_progress(title: str, total: int, run: Callable[[Callable], list]) -> list:
     """Run ``run(on_done)`` under a progress bar (one step per client) on stderr."""
     # rich is imported here so that --help and the single-client commands stay instant.
-    from rich.console import Console  # pylint: disable=import-outside-toplevel
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # pylint: disable=import-outside-toplevel
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True)) as progress:
@@ -280,8 +283,8 @@ def _with_progress(title: str, total: int, run: Callable[[Callable], list]) -> l
 
 def _summary(title: str, outcomes: list, columns: tuple, cells) -> None:
     # rich renders the table; imported here so that --help stays instant.
-    from rich.console import Console  # pylint: disable=import-outside-toplevel
-    from rich.table import Table  # pylint: disable=import-outside-toplevel
+    from rich.console import Console
+    from rich.table import Table
 
     table = Table(title=f"{title} summary")
     for name in ("client", "status", *columns, "seconds"):

@@ -155,10 +155,11 @@ def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str
 
 
 def _plot(ctx: BenchContext, sizes: tuple[int, ...], fleet: dict, limits: dict, alone: dict[str, Any]) -> str:
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel  # matplotlib only where a figure is drawn
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.plot(sizes, [fleet[size].seconds / size for size in sizes], marker="o", label="predict-all (fleet path)")

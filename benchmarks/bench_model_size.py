@@ -252,10 +252,11 @@ def _notes(section: Section, results: Mapping[str, dict[str, Any]], quick: bool)
 
 
 def _plot(outdir: Path, results: Mapping[str, dict[str, Any]]) -> str:
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel  # matplotlib only where a figure is drawn
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
     for name, key, marker in (("design (fully grown)", "design", "o"), ("project defaults", "project", "s")):

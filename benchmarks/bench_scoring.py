@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -309,8 +310,6 @@ def predictor_side(client_id: str, data_prefix: str) -> dict[str, Any]:
 
 def _sample_by_process(peaks: dict[str, int], stop: threading.Event) -> None:
     """Peak RSS of the driver, the JVM and the Python workers, each on its own (where memory goes)."""
-    import psutil  # pylint: disable=import-outside-toplevel
-
     root = psutil.Process()
     while not stop.wait(0.1):
         now = {"python driver": root.memory_info().rss, "JVM": 0, "python workers": 0}
@@ -326,8 +325,6 @@ def _sample_by_process(peaks: dict[str, int], stop: threading.Event) -> None:
 
 def _tree_cpu() -> float:
     """User + system CPU seconds of this process and its live descendants (Spark's JVM, Python workers)."""
-    import psutil  # pylint: disable=import-outside-toplevel
-
     root = psutil.Process()
     total = 0.0
     for process in [root, *root.children(recursive=True)]:

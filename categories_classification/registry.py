@@ -246,7 +246,7 @@ def ensure_experiment(client_id: str) -> str:
         try:
             return mlflow.create_experiment(
                 name,
-                artifact_location=_local_artifact_location(name),
+                artifact_location=local_artifact_location(name),
                 tags={"client_id": client_id, "mlflow.note.content": f"Training and prediction runs of client {client_id}."},
             )
         except MlflowException as exc:
@@ -548,9 +548,11 @@ def download_model_file(ref: ModelRef, destination: str) -> tuple[Path, list[str
     return local / flavor["pickled_model"], [str(column) for column in columns]
 
 
-def _local_artifact_location(name: str) -> Optional[str]:
-    # With a local store (sqlite or a folder) keep artifacts beside it, not in the current
-    # directory; a tracking server decides on its own (--artifacts-destination).
+def local_artifact_location(name: str) -> Optional[str]:
+    """Where experiment ``name`` keeps its artifacts: beside a SQLite store (not the current folder), else None.
+
+    A tracking server decides on its own (the local stack's records local paths as well).
+    """
     database = _sqlite_file(tracking_uri())
     if database is not None:
         return (database.parent / "mlartifacts" / name).resolve().as_uri()

@@ -12,8 +12,10 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
 
+import mlflow
 import pytest
 
+from categories_classification.prediction.spark import get_spark
 from scripts._processes import stop_group
 from scripts.generate_example_data import ClientSpec, write_client
 
@@ -57,8 +59,6 @@ def module_tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def _use_store(patch: pytest.MonkeyPatch, store: Path) -> None:
     # The environment is what the code reads; MLflow's global URI is what test-side clients use.
-    import mlflow  # pylint: disable=import-outside-toplevel
-
     uri = f"sqlite:///{store / 'mlflow.db'}"
     patch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
@@ -87,8 +87,6 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def spark():
     """One real local Spark session (2 cores) for the whole test run."""
-    from categories_classification.prediction.spark import get_spark  # pylint: disable=import-outside-toplevel
-
     os.environ.setdefault("SPARK_MASTER", "local[2]")
     session = get_spark("categories_classification_tests")
     yield session
@@ -132,8 +130,6 @@ def mlflow_server_control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     server = MlflowServer(tmp_path)
     try:
         server.start()
-        import mlflow  # pylint: disable=import-outside-toplevel
-
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         mlflow.set_tracking_uri(server.url)

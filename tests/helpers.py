@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import yaml
+from mlflow.tracking import MlflowClient
 
 from categories_classification.paths import output_path
+from categories_classification.registry import model_name
 from categories_classification.topk import top_k_arrow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,9 +159,6 @@ def shift_prediction_feature(prefix: Path, client_id: str, feature: str, standar
 def snapshot(data: Path, store_uri: str, clients: Sequence[str]) -> dict:
     """Everything a failed command must leave as it was: each client's registered versions and aliases, and every
     file (name and SHA-256) under its output folder, staging folders included."""
-    # MLflow is heavy and the unit tests import this module: imported where it is needed.
-    from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
-    from categories_classification.registry import model_name  # pylint: disable=import-outside-toplevel
 
     client = MlflowClient(store_uri)
     state: dict[str, Any] = {}
@@ -176,8 +175,6 @@ def snapshot(data: Path, store_uri: str, clients: Sequence[str]) -> dict:
 
 def stored_model_file(store_uri: str, client_id: str, version: int) -> Path:
     """The skops file of a registered version in a local artifact store (for tests that damage it in place)."""
-    from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
-    from categories_classification.registry import model_name  # pylint: disable=import-outside-toplevel
 
     location = MlflowClient(store_uri).get_model_version_download_uri(model_name(client_id), str(version))
     folder = Path(unquote(urlparse(location).path))

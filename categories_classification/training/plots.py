@@ -8,10 +8,11 @@ import pandas as pd
 def _pyplot():
     # Imported on first use with a non-interactive backend: training runs on servers without a
     # display, and importing pyplot at module level would cost every CLI call.
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
 
     return plt
 

@@ -2,6 +2,7 @@
 from datetime import timedelta
 
 import pytest
+from airflow.dag_processing.dagbag import DagBag
 
 from categories_classification.config import load_config
 from tests.helpers import ROOT
@@ -11,8 +12,6 @@ CLIENTS = [client.client_id for client in load_config(ROOT / "conf" / "clients_c
 
 @pytest.fixture(scope="module")
 def dagbag():
-    from airflow.dag_processing.dagbag import DagBag  # pylint: disable=import-outside-toplevel
-
     return DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False)
 
 

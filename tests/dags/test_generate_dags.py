@@ -9,7 +9,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from scripts.generate_dags import GENERATED_MARKER, main
+from categories_classification.config import load_config
+from scripts.generate_dags import GENERATED_MARKER, main, render_dags
 from tests.helpers import ROOT
 
 GOOD = "zeta:\n  features: [a, b]\nalpha:\n  features: [x]\n  params: {n_estimators: 7, max_depth: 3}\n"
@@ -99,8 +100,6 @@ def test_committed_dags_are_the_generators_output(tmp_path):
 
 
 def test_clients_are_rendered_in_sorted_order(tmp_path):
-    from scripts.generate_dags import render_dags  # pylint: disable=import-outside-toplevel
-    from categories_classification.config import load_config  # pylint: disable=import-outside-toplevel
 
     files = render_dags(load_config(_config(tmp_path, "b2:\n  features: [x]\na1:\n  features: [x]\nB0:\n  features: [x]\n")))
     assert list(files) == ["B0_training.py", "B0_prediction.py", "a1_training.py", "a1_prediction.py",

@@ -61,7 +61,8 @@ def _files(prefix: Path, client_id: str) -> dict[str, str]:
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def test_the_reference_is_stored_beside_the_model_file(trained):  # pylint: disable=unused-argument
+@pytest.mark.usefixtures("trained")
+def test_the_reference_is_stored_beside_the_model_file():
     ref = registry.resolve_model("drift_a")
     _, features, text = registry.fetch_model_and_companion(ref, REFERENCE_FILE)
     reference = json.loads(text)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from playwright.sync_api import sync_playwright
 
 from categories_classification import registry
+from categories_classification.fleet import FLAG_LABELS
 from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
@@ -31,7 +33,7 @@ EXPECTED_FLAGS = {
 
 
 @pytest.fixture(scope="module")
-def fleet(module_tracking_store, spark, tmp_path_factory):  # pylint: disable=unused-argument,redefined-outer-name
+def fleet(module_tracking_store, spark, tmp_path_factory):  # pylint: disable=unused-argument
     """A store and config where each client has one thing for a person to see (or none); the config path."""
     root = tmp_path_factory.mktemp("fleet")
     prefix = root / "data"
@@ -79,7 +81,7 @@ def _env() -> dict[str, str]:
     return dict(os.environ)  # MLFLOW_TRACKING_URI: the module's store
 
 
-def test_fleet_status_json_has_every_client_and_its_flags(fleet):  # pylint: disable=redefined-outer-name
+def test_fleet_status_json_has_every_client_and_its_flags(fleet):
     result = run_cli(["fleet-status", "--config", str(fleet), "--json"], _env(), timeout=120)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -101,14 +103,14 @@ def test_fleet_status_json_has_every_client_and_its_flags(fleet):  # pylint: dis
     assert rows["drifting"]["drift"] == _runs("drifting", "prediction")[0].data.metrics["drift_max"]
 
 
-def test_an_asked_date_without_outputs_flags_every_client(fleet):  # pylint: disable=redefined-outer-name
+def test_an_asked_date_without_outputs_flags_every_client(fleet):
     result = run_cli(["fleet-status", "--config", str(fleet), "--json", "--date=2030-01-01"], _env(), timeout=120)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["rows"]
     assert all("no_output" in [flag["code"] for flag in row["flags"]] for row in rows)
 
 
-def test_fleet_status_table_shows_each_client_with_its_flags(fleet):  # pylint: disable=redefined-outer-name
+def test_fleet_status_table_shows_each_client_with_its_flags(fleet):
     result = run_cli(["fleet-status", "--config", str(fleet)], _env(), timeout=120)
     assert result.returncode == 0, result.stderr
     assert "6 clients, 5 needing attention" in result.stdout
@@ -119,8 +121,7 @@ def test_fleet_status_table_shows_each_client_with_its_flags(fleet):  # pylint: 
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")
-def test_the_report_shows_every_client_its_flags_and_sorts_by_a_clicked_column(fleet, tmp_path):  # pylint: disable=redefined-outer-name
-    from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
+def test_the_report_shows_every_client_its_flags_and_sorts_by_a_clicked_column(fleet, tmp_path):
 
     page_file = tmp_path / "reports" / "fleet_status.html"
     result = run_cli(["fleet-status", "--config", str(fleet), "--html", str(page_file)], _env(), timeout=120)
@@ -162,7 +163,6 @@ def test_the_report_shows_every_client_its_flags_and_sorts_by_a_clicked_column(f
 
 
 def _label(code: str) -> str:
-    from categories_classification.fleet import FLAG_LABELS  # pylint: disable=import-outside-toplevel
 
     return FLAG_LABELS[code]
 

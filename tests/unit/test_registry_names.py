@@ -11,14 +11,14 @@ def test_names_per_client():
 
 def test_artifacts_live_beside_a_local_sqlite_store(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/store/mlflow.db")
-    location = registry._local_artifact_location("categories_c1")  # pylint: disable=protected-access
+    location = registry.local_artifact_location("categories_c1")
     assert location == (tmp_path / "store" / "mlartifacts" / "categories_c1").as_uri()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///relative/mlflow.db")
-    location = registry._local_artifact_location("categories_c1")  # pylint: disable=protected-access
+    location = registry.local_artifact_location("categories_c1")
     assert location == (tmp_path / "relative" / "mlartifacts" / "categories_c1").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert registry._local_artifact_location("categories_c1") is None  # pylint: disable=protected-access
+    assert registry.local_artifact_location("categories_c1") is None
 
 
 def test_credentials_never_appear_in_messages(monkeypatch):
