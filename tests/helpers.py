@@ -193,3 +193,15 @@ def flip_bytes_in_largest_entry(data: bytes, count: int = 4) -> bytes:
     for offset in range(start, start + count):
         damaged[offset] ^= 0xFF
     return bytes(damaged)
+
+
+def write_and_train(specs: Sequence[Any], root: Path, n_estimators: int, date: str = DATE) -> Path:
+    """Generate each client of ``specs`` (``ClientSpec``) under ``root`` and train it once (version 1, champion)."""
+    # pylint: disable=import-outside-toplevel  # the trainer imports sklearn: only integration tests pay for it
+    from categories_classification.training.trainer import train_model
+    from scripts.generate_example_data import write_client
+
+    for spec in specs:
+        write_client(spec, root)
+        train_model(spec.client_id, FEATURES, {"n_estimators": n_estimators}, date, data_prefix=str(root))
+    return root

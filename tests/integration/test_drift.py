@@ -23,9 +23,8 @@ from categories_classification import registry
 from categories_classification.drift import REFERENCE_FILE
 from categories_classification.prediction.output import MANIFEST
 from categories_classification.prediction.predictor import DriftError, predict_categories
-from categories_classification.training.trainer import train_model
-from scripts.generate_example_data import ClientSpec, write_client
-from tests.helpers import DATE, FEATURES, client_entry, output_folder, run_cli, shift_prediction_feature, write_config
+from scripts.generate_example_data import ClientSpec
+from tests.helpers import DATE, FEATURES, client_entry, output_folder, run_cli, shift_prediction_feature, write_config, write_and_train
 
 pytestmark = pytest.mark.slow
 CLIENTS = (ClientSpec("drift_a", 401, n_train=900, n_predict=600, n_categories=8),
@@ -36,11 +35,7 @@ SHIFTED = "f2"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, module_tracking_store: Path) -> Path:  # pylint: disable=unused-argument
     """Both clients generated and trained once (version 1, champion, with a drift reference)."""
-    root = tmp_path_factory.mktemp("drift")
-    for spec in CLIENTS:
-        write_client(spec, root)
-        train_model(spec.client_id, FEATURES, {"n_estimators": 8}, DATE, data_prefix=str(root))
-    return root
+    return write_and_train(CLIENTS, tmp_path_factory.mktemp("drift"), n_estimators=8)
 
 
 def _copy(trained: Path, tmp_path: Path, shift: tuple[str, ...] = ()) -> Path:

@@ -16,11 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import InputDataError, ModelNotFoundError
 from categories_classification.prediction.predictor import predict_categories, predict_clients
-from categories_classification.training.trainer import train_model
-from scripts.generate_example_data import ClientSpec, write_client
+from scripts.generate_example_data import ClientSpec
 from scripts.spark_cluster import free_ports
 from scripts.spark_connect import Service, start_service
-from tests.helpers import FEATURES, client_entry, output_folder, read_output, run_cli, write_config
+from tests.helpers import client_entry, output_folder, read_output, run_cli, write_config, write_and_train
 
 pytestmark = pytest.mark.slow
 ALONE, TOGETHER = "2026-11-21", "2026-11-22"
@@ -33,11 +32,7 @@ IDS = [spec.client_id for spec in CLIENTS]
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, module_tracking_store: Path) -> Path:  # pylint: disable=unused-argument
     """Three clients of different shapes, each trained once (version 1, champion)."""
-    root = tmp_path_factory.mktemp("fleet")
-    for spec in CLIENTS:
-        write_client(spec, root)
-        train_model(spec.client_id, FEATURES, {"n_estimators": 10}, ALONE, data_prefix=str(root))
-    return root
+    return write_and_train(CLIENTS, tmp_path_factory.mktemp("fleet"), n_estimators=10, date=ALONE)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 
 from categories_classification.prediction.predictor import predict_categories
-from categories_classification.training.trainer import train_model
-from scripts.generate_example_data import ClientSpec, write_client
+from scripts.generate_example_data import ClientSpec
 from scripts.spark_cluster import Cluster, free_ports, start_cluster
-from tests.helpers import FEATURES, client_entry, output_folder, read_output, run_cli, start_cli, write_config
+from tests.helpers import client_entry, output_folder, read_output, run_cli, start_cli, write_config, write_and_train
 
 pytestmark = pytest.mark.slow
 LOCAL_DATE, CLUSTER_DATE, FLEET_DATE = "2026-11-22", "2026-11-23", "2026-11-24"
@@ -41,11 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory: pytest.TempPathFactory, module_tracking_store: Path) -> Path:  # pylint: disable=unused-argument
     """A data prefix with SMALL, SMALL_TOO and BIG, each trained once (version 1, champion)."""
-    root = tmp_path_factory.mktemp("data")
-    for spec in (SMALL, SMALL_TOO, BIG):
-        write_client(spec, root)
-        train_model(spec.client_id, FEATURES, {"n_estimators": 20}, LOCAL_DATE, data_prefix=str(root))
-    return root
+    return write_and_train((SMALL, SMALL_TOO, BIG), tmp_path_factory.mktemp("data"), n_estimators=20, date=LOCAL_DATE)
 
 
 @pytest.fixture()
