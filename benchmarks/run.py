@@ -18,7 +18,7 @@ import click
 from benchmarks._common import PROJECT_ROOT, BenchContext, Section, machine
 
 # Module names in benchmarks/, in the order of the targets.
-BENCHMARKS = ("model_size", "scoring", "many_clients", "dags", "demo")
+BENCHMARKS = ("model_size", "scoring", "many_clients", "dags", "demo", "parallel_dags")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

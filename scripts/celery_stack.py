@@ -14,6 +14,7 @@ existing servers to use instead of starting throwaway ones. Tasks get ``CATEGORI
 """
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -313,17 +314,21 @@ class AirflowClient:
         username, password = next(iter(json.loads(passwords.read_text(encoding="utf-8")).items()))
         return self.request("POST", "/auth/token", {"username": username, "password": password})["access_token"]
 
-    def trigger(self, dag_id: str, timeout: float = 300) -> str:
-        """Wait until the DAG is parsed, switch it on, start a run of our own; return its run id."""
+    def wait_parsed(self, dag_id: str, timeout: float = 300) -> None:
+        """Wait until the DAG processor has parsed the DAG (a few seconds after start)."""
         deadline = time.monotonic() + timeout
-        while True:  # the DAG processor parses the folder a few seconds after start
+        while True:
             try:
                 self.request("GET", f"/api/v2/dags/{dag_id}")
-                break
+                return
             except urllib.error.HTTPError as exc:
                 if exc.code != 404 or time.monotonic() > deadline:
                     raise
                 time.sleep(2)
+
+    def trigger(self, dag_id: str, timeout: float = 300) -> str:
+        """Wait until the DAG is parsed, switch it on, start a run of our own; return its run id."""
+        self.wait_parsed(dag_id, timeout)
         self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
         # Our own run, not the one switching the DAG on may schedule: an old success never passes for it.
         return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})["dag_run_id"]
@@ -345,6 +350,16 @@ class AirflowClient:
                 return state
             time.sleep(2)
         raise StackError(f"{dag_id} run {run_id} did not finish within {timeout:.0f}s")
+
+
+def manual_runs_only(dags_folder: Path, retry_delay: Optional[str] = None) -> None:
+    """Rewrite generated DAGs for a measured or tested run: no schedule (switching a DAG on would also
+    schedule a run of its own), and optionally another retry delay (a ``timedelta(...)`` expression)."""
+    for dag in dags_folder.glob("*.py"):
+        text = re.sub(r"schedule=.*,\n", "schedule=None,\n", dag.read_text(encoding="utf-8"))
+        if retry_delay is not None:
+            text = text.replace("timedelta(minutes=5)", retry_delay)
+        dag.write_text(text, encoding="utf-8")
 
 
 # The command-line actions, called by scripts/local_stack.py for `--profile celery`.

@@ -2,7 +2,6 @@
 lost while it runs a training task. The task is retried on the other worker and succeeds; nothing half-written
 is served."""
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -16,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from categories_classification import registry
 from scripts import services
-from scripts.celery_stack import CeleryStack, Settings
+from scripts.celery_stack import CeleryStack, Settings, manual_runs_only
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import ClientSpec, write_client
 from tests.helpers import FEATURES, client_entry, write_config
@@ -34,13 +33,9 @@ def celery_profile(tmp_path, monkeypatch):
     write_client(ClientSpec("small_a", 101, n_train=900, n_predict=400, n_categories=12), data)
     config = write_config(tmp_path / "clients.yaml", {"small_a": client_entry(n_estimators=300)})
     assert generate_dags(["--config", str(config), "--output-dir", str(dags)]) == 0
-    for dag in dags.glob("*.py"):
-        text = dag.read_text(encoding="utf-8")
-        # Manual runs only (switching a DAG on would also schedule one), and the DAGs' retry 5 minutes
-        # after a failure comes 5 seconds after it: the same flow, in a test's time.
-        text = re.sub(r"schedule=.*,\n", "schedule=None,\n", text).replace("timedelta(minutes=5)",
-                                                                            "timedelta(seconds=5)")
-        dag.write_text(text, encoding="utf-8")
+    # Manual runs only, and the DAGs' retry 5 minutes after a failure comes 5 seconds after it: the
+    # same flow, in a test's time.
+    manual_runs_only(dags, retry_delay="timedelta(seconds=5)")
     # Not under pytest's temp folder: that one is private to root, and PostgreSQL runs as another user.
     run_dir = Path(tempfile.mkdtemp(prefix="categories_celery_tests_"))
     ports = [services.free_port() for _ in range(4)]
