@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -402,8 +402,3 @@ def e2e() -> None:
         print(f"e2e (celery) ok: output in {outputs[-1]}")
     finally:
         stack.stop()
-
-
-def with_settings(**changes: Any) -> CeleryStack:
-    """A stack whose settings differ from the defaults by ``changes`` (tests, benchmarks)."""
-    return CeleryStack(replace(Settings(), **changes))
