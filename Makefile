@@ -20,6 +20,9 @@ VENV_STAMP := .venv/.synced
 DATA_STAMP := data/train/client_id=client_9/data_train.csv.gz
 DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
+# The local stack's profile: standalone (Airflow standalone on SQLite) or celery (CeleryExecutor,
+# PostgreSQL, Redis, two workers: scripts/celery_stack.py).
+PROFILE ?= standalone
 
 .PHONY: help init-pipenv data demo train-all predict-all generate-dags init-airflow start-airflow stop-airflow \
 	e2e-airflow spark-cluster stop-spark-cluster spark-connect stop-spark-connect run-jupyter report fleet-report test unit-tests lint clean
@@ -55,14 +58,14 @@ generate-dags: $(VENV_STAMP) ## Render dags/ from conf/clients_config.yaml (or C
 init-airflow: $(VENV_STAMP) ## Prepare AIRFLOW_HOME (./airflow_home), migrate its database, DAGs from dags/
 	$(RUN) python -m scripts.local_stack init
 
-start-airflow: $(VENV_STAMP) data ## Start Airflow (http://127.0.0.1:8080) and MLflow (http://127.0.0.1:5000) in the background
-	$(RUN) python -m scripts.local_stack start
+start-airflow: $(VENV_STAMP) data ## Start Airflow (http://127.0.0.1:8080) and MLflow (http://127.0.0.1:5000) in the background (PROFILE=celery: CeleryExecutor on PostgreSQL + Redis)
+	$(RUN) python -m scripts.local_stack start --profile $(PROFILE)
 
-stop-airflow: ## Stop the Airflow and MLflow processes started by start-airflow
-	$(RUN) python -m scripts.local_stack stop
+stop-airflow: ## Stop the processes started by start-airflow (same PROFILE)
+	$(RUN) python -m scripts.local_stack stop --profile $(PROFILE)
 
-e2e-airflow: $(VENV_STAMP) data ## Smoke test: start the stack, run client_0's DAGs via the REST API, check output, stop
-	$(RUN) python -m scripts.local_stack e2e
+e2e-airflow: $(VENV_STAMP) data ## Smoke test: start the stack (PROFILE), run client_0's DAGs via the REST API, check output, stop
+	$(RUN) python -m scripts.local_stack e2e --profile $(PROFILE)
 
 spark-cluster: $(VENV_STAMP) ## Start a local Spark standalone cluster (master spark://127.0.0.1:7077, UI :8081)
 	$(RUN) python -m scripts.spark_cluster start

@@ -137,13 +137,58 @@ def promotion_lock(client_id: str) -> ContextManager[None]:
     """Serialises "read the champion, compare, move the alias" between trainings of one client.
 
     A file lock beside a SQLite store covers every process of this machine (parallel DAG runs,
-    a manual ``trainer``); with a tracking server, concurrent trainings of one client are
-    prevented by the training DAG's ``max_active_runs=1`` instead.
+    a manual ``trainer``). With a PostgreSQL store (``MLFLOW_TRACKING_URI=postgresql://...``), or
+    a tracking server whose tasks are given ``CATEGORIES_LOCK_URL=postgresql://...``, it is a
+    PostgreSQL advisory lock keyed by the client: it holds across machines (Celery workers), and
+    the server frees it if the training's process dies. A tracking server without a lock URL
+    relies on the training DAG's ``max_active_runs=1``.
     """
-    database = _sqlite_file(tracking_uri())
-    if database is None:
-        return nullcontext()
-    return _file_lock(_lock_file(database, model_name(client_id)))
+    uri = tracking_uri()
+    database = _sqlite_file(uri)
+    if database is not None:
+        return _file_lock(_lock_file(database, model_name(client_id)))
+    lock_url = uri if _is_postgres(uri) else os.environ.get(LOCK_URL_VARIABLE, "")
+    if _is_postgres(lock_url):
+        return _advisory_lock(lock_url, model_name(client_id), client_id)
+    return nullcontext()
+
+
+# Where the promotion lock lives when the tracking URI is a server (http): a PostgreSQL database.
+LOCK_URL_VARIABLE = "CATEGORIES_LOCK_URL"
+
+
+def _is_postgres(url: str) -> bool:
+    return urlparse(url).scheme.split("+", 1)[0] in ("postgresql", "postgres")
+
+
+@contextmanager
+def _advisory_lock(url: str, key: str, client_id: str) -> Iterator[None]:
+    """A PostgreSQL session advisory lock on ``hashtext(key)``, held on its own connection for the block."""
+    import psycopg2  # pylint: disable=import-outside-toplevel  # only PostgreSQL stores need the driver
+
+    parsed = urlparse(url)
+    dsn = parsed._replace(scheme="postgresql").geturl()  # libpq knows no SQLAlchemy "+driver" suffix
+    try:
+        connection = psycopg2.connect(dsn, connect_timeout=10, application_name="categories promotion lock")
+    except psycopg2.Error as exc:
+        raise TrackingError(f"promotion lock at {_masked(url)} failed: {one_line(exc)}", client_id) from None
+    try:
+        connection.autocommit = True  # a session lock: no transaction left open while the gate runs
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"categories.promotion:{key}",))
+        yield
+    finally:
+        # Closing the session releases the lock, also when the block raised or the lock query failed.
+        connection.close()
+
+
+def _masked(url: str) -> str:
+    """``url`` without its credentials (for messages)."""
+    parsed = urlparse(url)
+    if parsed.password or parsed.username:
+        host = f"{parsed.hostname}:{parsed.port}" if parsed.port else f"{parsed.hostname}"
+        return parsed._replace(netloc=f"***@{host}").geturl()
+    return url
 
 
 def close_abandoned_runs(client_id: str) -> list[str]:
@@ -323,9 +368,12 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
         run_id = mlflow.active_run().info.run_id
         version = info.registered_model_version
         client.set_model_version_tag(name, str(version), DIGEST_TAG, flavor.digest)
-        if not client.get_registered_model(name).description:
-            client.update_registered_model(name, f"Product categoriser of client {client_id} (RandomForest, top-5).")
-        client.set_registered_model_tag(name, "client_id", client_id)
+        # The registered model's own tag is read-then-inserted by MLflow: two trainings of one client
+        # at once collide on PostgreSQL (a unique-key violation). One at a time, under the client's lock.
+        with promotion_lock(client_id):
+            if not client.get_registered_model(name).description:
+                client.update_registered_model(name, f"Product categoriser of client {client_id} (RandomForest, top-5).")
+            client.set_registered_model_tag(name, "client_id", client_id)
         client.set_model_version_tag(name, str(version), "client_id", client_id)
     return ModelRef(client_id, name, int(version), run_id, flavor.digest)
 

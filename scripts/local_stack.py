@@ -318,8 +318,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("action", choices=("init", "start", "stop", "e2e"), help="what to do")
+    parser.add_argument("--profile", choices=("standalone", "celery"), default=os.environ.get("PROFILE") or "standalone",
+                        help="standalone (SQLite, the default) or celery (scripts/celery_stack.py); env PROFILE")
     args = parser.parse_args(argv)
-    {"init": init, "start": start, "stop": stop, "e2e": e2e}[args.action]()
+    if args.profile == "celery":
+        from scripts import celery_stack  # pylint: disable=import-outside-toplevel
+        actions = {"init": celery_stack.start, "start": celery_stack.start, "stop": celery_stack.stop,
+                   "e2e": celery_stack.e2e}
+    else:
+        actions = {"init": init, "start": start, "stop": stop, "e2e": e2e}
+    actions[args.action]()
     return 0
 
 

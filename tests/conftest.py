@@ -1,4 +1,5 @@
-"""Shared fixtures: a temp data prefix with generated clients, a temp MLflow store, a local Spark."""
+"""Shared fixtures: a temp data prefix with generated clients, a temp MLflow store, a local Spark, a throwaway
+PostgreSQL server."""
 import atexit
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -16,6 +18,7 @@ import mlflow
 import pytest
 
 from categories_classification.prediction.spark import get_spark
+from scripts import services
 from scripts._processes import stop_group
 from scripts.generate_example_data import ClientSpec, write_client
 
@@ -94,29 +97,32 @@ def spark():
 
 
 class MlflowServer:
-    """A real `mlflow server` on a loopback port, over a SQLite store and artifacts in ``root``.
+    """A real `mlflow server` on a loopback port, over a SQLite store (or ``backend_uri``) and artifacts in ``root``.
 
     ``stop()`` and ``start()`` again (same port, same store) simulate an outage and recovery.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend_uri: Optional[str] = None) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.root = root
         self.url = f"http://127.0.0.1:{self.port}"
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
         self._process: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
         """Start the server and wait until it answers /health (90 s at most)."""
         log_path = self.root / "mlflow_server.log"
         command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-                   "--artifacts-destination", str(self.root / "server_artifacts"), "--workers", "1"]
+                   "--port", str(self.port), "--artifacts-destination", str(self.root / "server_artifacts"),
+                   "--workers", "1"]
+        # The store's URI may hold a password: in the environment, not on a command line `ps` shows.
+        env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=self.backend_uri)
         with log_path.open("ab") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,  # pylint: disable=consider-using-with
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,  # pylint: disable=consider-using-with
                                              start_new_session=True)
-        _wait_until_healthy(self.url, self._process, log_path)
+        _wait_until_healthy(self.url, self._process, log_path, timeout=180)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the server's process group (SIGTERM, or ``sig``; SIGKILL after 20 s)."""
@@ -127,7 +133,10 @@ class MlflowServer:
 @pytest.fixture()
 def mlflow_server_control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
     """A started :class:`MlflowServer` that the test may stop and restart; always stopped at teardown."""
-    server = MlflowServer(tmp_path)
+    yield from _serve(MlflowServer(tmp_path), monkeypatch)
+
+
+def _serve(server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
     try:
         server.start()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
@@ -136,6 +145,40 @@ def mlflow_server_control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[services.Postgres]:
+    """A throwaway PostgreSQL server on a free loopback port for the whole run (skipped without the binaries)."""
+    if not services.postgres_available():
+        pytest.skip(f"PostgreSQL server binaries not found in {services.POSTGRES_BIN} (Debian package postgresql-15)")
+    # Not under pytest's own temp folder: that one is private to root, and the server runs as another user.
+    root = Path(tempfile.mkdtemp(prefix="categories_postgres_tests_"))
+    root.chmod(0o755)
+    try:
+        with services.start_postgres(run_dir=root / "postgres", port=services.free_port()) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def postgres_database(postgres: services.Postgres) -> str:  # pylint: disable=redefined-outer-name
+    """The SQLAlchemy URL (with its password: never print it) of a new, empty database on :func:`postgres`."""
+    return services.sqlalchemy_url(postgres.create_database(f"mlflow_{uuid.uuid4().hex[:12]}"))
+
+
+@pytest.fixture()
+def mlflow_server_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              postgres_database: str) -> Iterator[str]:  # pylint: disable=redefined-outer-name
+    """The URL of a real `mlflow server` whose backend store is a new PostgreSQL database (MLflow migrates it).
+
+    Commands get ``CATEGORIES_LOCK_URL`` (that database), as the Celery profile's tasks do: the
+    promotion lock is PostgreSQL's.
+    """
+    monkeypatch.setenv("CATEGORIES_LOCK_URL", postgres_database)
+    for server in _serve(MlflowServer(tmp_path, backend_uri=postgres_database), monkeypatch):
+        yield server.url
 
 
 @pytest.fixture()

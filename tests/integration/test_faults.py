@@ -1,5 +1,5 @@
 """Faults injected for real: the predictor killed mid-write, the MLflow server stopped mid-training,
-two trainings of one client at once."""
+two trainings of one client at once (SQLite store, and an MLflow server on PostgreSQL)."""
 import os
 import signal
 import time
@@ -94,7 +94,14 @@ def test_mlflow_server_stopped_during_training_fails_clearly_and_a_retry_succeed
     assert features == FEATURES and len(model.estimators_) == 60
 
 
-@pytest.mark.usefixtures("tracking_store")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gate_store(request):
+    """The store two trainings share: the embedded SQLite store (a file lock), or an MLflow server on
+    PostgreSQL whose commands lock with PostgreSQL's advisory lock (``CATEGORIES_LOCK_URL``)."""
+    return request.getfixturevalue("tracking_store" if request.param == "sqlite" else "mlflow_server_on_postgres")
+
+
+@pytest.mark.usefixtures("gate_store")
 def test_two_trainings_of_one_client_at_once_are_both_recorded_and_the_champion_is_consistent(small_data):
     env = dict(os.environ, DATA_PREFIX=str(small_data))
     registry.configure_tracking()  # the store exists: this test is about the gate, not store creation

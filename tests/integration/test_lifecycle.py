@@ -1,6 +1,7 @@
 """Model lifecycle: promotion gate, champion alias, pinning, rollback and lineage.
 
-Runs the same flow against a real `mlflow server` process and against the embedded SQLite store.
+Runs the same flow against a real `mlflow server` process (on SQLite, and on PostgreSQL as in the Celery
+profile) and against the embedded SQLite store.
 """
 import json
 from pathlib import Path
@@ -23,10 +24,11 @@ MEDIOCRE = {"n_estimators": 3, "max_depth": 3}
 STRONG = {"n_estimators": 60}
 
 
-@pytest.fixture(params=["server", "embedded"])
+@pytest.fixture(params=["server", "embedded", "server-postgresql"])
 def store(request):
-    """The tracking store under test: a real server, or the embedded SQLite store."""
-    name = "mlflow_server" if request.param == "server" else "tracking_store"
+    """The tracking store under test: a real server (SQLite or PostgreSQL backend), or the embedded SQLite store."""
+    name = {"server": "mlflow_server", "embedded": "tracking_store",
+            "server-postgresql": "mlflow_server_on_postgres"}[request.param]
     return request.getfixturevalue(name)
 
 
