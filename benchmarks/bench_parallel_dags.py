@@ -6,7 +6,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks._common import PROJECT_ROOT, BenchContext, Row, Section, ratio, seconds, write_config
 from scripts import services
-from scripts._processes import spawn_detached, stop_group
+from scripts._processes import spawn_detached, stop_group, wait_for_http
 from scripts.celery_stack import AirflowClient, CeleryStack, Settings, manual_runs_only
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import example_specs, write_client
@@ -207,13 +206,5 @@ class _Standalone(_Profile):
 
 
 def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:  # nosec: loopback only
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(2)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+    if not wait_for_http(url, timeout):
+        raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")

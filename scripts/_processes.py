@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -64,3 +65,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float, check: Callable[[], None] = lambda: None) -> bool:
+    """Poll ``url`` until it answers 200 (True) or ``timeout`` seconds pass (False).
+
+    ``check`` runs before every try and may raise (e.g. a server process that exited).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # nosec: loopback only
+                if response.status == 200:
+                    return True
+        except OSError:  # refused, reset, timed out: not up yet
+            pass
+        time.sleep(2)
+    return False

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from scripts import services
-from scripts._processes import alive, spawn_detached, stop_group
+from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "celery"
@@ -216,20 +216,14 @@ class CeleryStack:
         pid_file.write_text(str(process.pid), encoding="utf-8")
 
     def _wait_for(self, url: str, name: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for process in self.process_names():
-                pid = self.pid(process)
-                if pid is not None and not alive(pid):
-                    raise StackError(f"{process} exited during start-up: see {self.run_dir / f'{process}.log'}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:  # nosec: loopback only
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(2)
-        raise StackError(f"{name} did not answer at {url} within {timeout:.0f}s: see {self.run_dir / f'{name}.log'}")
+        if not wait_for_http(url, timeout, check=self._all_alive):
+            raise StackError(f"{name} did not answer at {url} within {timeout:.0f}s: see {self.run_dir / f'{name}.log'}")
+
+    def _all_alive(self) -> None:
+        for process in self.process_names():
+            pid = self.pid(process)
+            if pid is not None and not alive(pid):
+                raise StackError(f"{process} exited during start-up: see {self.run_dir / f'{process}.log'}")
 
     # -- stop --------------------------------------------------------------------------------
 

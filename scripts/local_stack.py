@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from scripts import spark_connect
-from scripts._processes import alive, spawn_detached, stop_group
+from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -241,15 +241,8 @@ def _stop_group(pid: int, name: str, grace: float = 30.0) -> None:
 
 
 def _wait_for(stack: Stack, url: str, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:  # nosec: loopback only
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(2)
+    if wait_for_http(url, timeout):
+        return
     stop(stack)
     raise SystemExit(f"{what} did not answer at {url} within {timeout:.0f}s: see {stack.run_dir}")
 
