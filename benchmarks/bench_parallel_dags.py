@@ -151,6 +151,7 @@ class _Celery(_Profile):
         ports = [services.free_port() for _ in range(4)]
         self.stack = CeleryStack(Settings(run_dir=root, dags_folder=dags, airflow_port=ports[0], mlflow_port=ports[1],
                                           postgres_port=ports[2], redis_port=ports[3], postgres_url="", redis_url="",
+                                          data_prefix=Path(env["DATA_PREFIX"]), spark_connect=False,  # training only
                                           extra_env=env))
         self.mlflow_url = self.stack.settings.mlflow_url
 

@@ -5,11 +5,15 @@
     python -m scripts.local_stack e2e --profile celery
 
 Runs Airflow's API server (127.0.0.1:8080), scheduler, DAG processor, triggerer and two Celery
-workers, an MLflow server (127.0.0.1:5000) whose backend store is PostgreSQL, a PostgreSQL server
-(databases ``airflow`` and ``mlflow``) and a Redis broker, each in its own process group, all
-bound to 127.0.0.1. Everything lives in ``.run/celery/`` (data, logs, pid files, AIRFLOW_HOME):
-a second ``start`` reuses it. ``CATEGORIES_POSTGRES_URL`` / ``CATEGORIES_REDIS_URL`` name
-existing servers to use instead of starting throwaway ones. Tasks get ``CATEGORIES_LOCK_URL``
+workers, an MLflow server (127.0.0.1:5000) whose backend store is PostgreSQL, a Spark Connect
+service (sc://127.0.0.1:15002) that every prediction task shares, a PostgreSQL server (databases
+``airflow`` and ``mlflow``) and a Redis broker, each in its own process group, all bound to
+127.0.0.1. Everything lives in ``.run/celery/`` (databases, logs, pid files, AIRFLOW_HOME, and the
+data prefix ``.run/celery/data`` unless ``DATA_PREFIX`` names one): a second ``start`` reuses it.
+The profile's outputs and its MLflow store belong together (a manifest names runs of that store),
+hence a data prefix of its own, filled with the example clients' files on first start.
+``CATEGORIES_POSTGRES_URL`` / ``CATEGORIES_REDIS_URL`` name existing servers to use instead of
+starting throwaway ones. Tasks get ``CATEGORIES_LOCK_URL``
 (the MLflow database): trainings of one client on different workers take turns at the gate.
 """
 import json
@@ -25,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from scripts import services
+from scripts import services, spark_connect
+from scripts.generate_example_data import main as generate_example_data
+from scripts.local_stack import parsing_settings
 from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +56,11 @@ class Settings:  # pylint: disable=too-many-instance-attributes  # one field per
     mlflow_port: int = field(default_factory=lambda: int(os.environ.get("MLFLOW_PORT", "5000")))
     postgres_port: int = field(default_factory=lambda: int(os.environ.get("CATEGORIES_POSTGRES_PORT", "5433")))
     redis_port: int = field(default_factory=lambda: int(os.environ.get("CATEGORIES_REDIS_PORT", "6380")))
+    spark_connect_port: int = field(default_factory=lambda: int(os.environ.get("SPARK_CONNECT_PORT", "15002")))
+    # Tests and benchmarks that run training only may do without the Spark service (a JVM less).
+    spark_connect: bool = True
+    data_prefix: Optional[Path] = field(
+        default_factory=lambda: Path(os.environ["DATA_PREFIX"]).resolve() if os.environ.get("DATA_PREFIX") else None)
     postgres_url: str = field(default_factory=lambda: os.environ.get("CATEGORIES_POSTGRES_URL", ""))
     redis_url: str = field(default_factory=lambda: os.environ.get("CATEGORIES_REDIS_URL", ""))
     workers: int = 2
@@ -72,6 +83,16 @@ class Settings:  # pylint: disable=too-many-instance-attributes  # one field per
         """The MLflow server."""
         return f"http://{HOST}:{self.mlflow_port}"
 
+    @property
+    def spark_remote(self) -> str:
+        """The Spark Connect service the prediction tasks share."""
+        return f"sc://{HOST}:{self.spark_connect_port}"
+
+    @property
+    def data(self) -> Path:
+        """The tasks' DATA_PREFIX: ``DATA_PREFIX`` if given, else the profile's own folder."""
+        return self.data_prefix or self.run_dir / "data"
+
 
 class CeleryStack:
     """Start, check and stop the profile's processes; pid files in ``settings.run_dir`` say what it started."""
@@ -90,8 +111,13 @@ class CeleryStack:
         self.run_dir.chmod(0o755)  # PostgreSQL's own user must reach its folder in here
         try:
             self._start_databases()
+            self._example_data()
             env = self.airflow_env()
             self._migrate(env)
+            if self.settings.spark_connect:
+                self._spawn("spark-connect", spark_connect.server_command(self.settings.spark_connect_port,
+                                                                          spark_connect.MASTER),
+                            spark_connect.server_env(self.run_dir / "spark-connect"))
             self._spawn("mlflow", [str(BIN / "mlflow"), "server", "--host", HOST,
                                    "--port", str(self.settings.mlflow_port), "--workers", "1",
                                    "--artifacts-destination", str(self.run_dir / "mlartifacts")],
@@ -108,6 +134,12 @@ class CeleryStack:
                                                  f"worker-{number}@%h", "--concurrency",
                                                  str(self.settings.worker_concurrency), "--skip-serve-logs"], env)
             self._wait_for(f"{self.settings.mlflow_url}/health", "mlflow", 180)
+            if self.settings.spark_connect:
+                try:
+                    spark_connect.wait_until_serving(self.settings.spark_connect_port, None,
+                                                     self.run_dir / "spark-connect.log", 180)
+                except spark_connect.ServiceError as exc:
+                    raise StackError(f"Spark Connect: {exc}") from None
             self._wait_for(f"{self.settings.airflow_url}/api/v2/monitor/health", "api-server", 300)
         except BaseException:
             self.stop(quiet=True)
@@ -126,6 +158,12 @@ class CeleryStack:
         else:
             self._redis = self._record(services.start_redis(run_dir=self.run_dir / "redis",
                                                             port=self.settings.redis_port), "redis")
+
+    def _example_data(self) -> None:
+        data = self.settings.data
+        if self.settings.data_prefix is None and not (data / "train").is_dir():
+            if generate_example_data(["--output-dir", str(data)]) != 0:
+                raise StackError(f"could not write the example clients' files into {data}")
 
     def _running(self, name: str) -> bool:
         pid = self.pid(name)
@@ -162,6 +200,11 @@ class CeleryStack:
         airflow_db = services.sqlalchemy_url(self._server_postgres().database_url("airflow"))
         mlflow_db = self._mlflow_db()
         env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
+        dag_files = len(list(settings.dags_folder.glob("*.py"))) if settings.dags_folder.is_dir() else 0
+        # The same scaling as the standalone profile: responsive for a demo, cheap for a fleet.
+        env.update(parsing_settings(dag_files, os.cpu_count() or 1))
+        if settings.spark_connect:
+            env["SPARK_REMOTE"] = settings.spark_remote
         env.update(
             AIRFLOW_HOME=str(settings.airflow_home),
             AIRFLOW__CORE__DAGS_FOLDER=str(settings.dags_folder),
@@ -182,8 +225,7 @@ class CeleryStack:
             # The scheduler signs the tasks' tokens, the API server checks them: one secret for all.
             AIRFLOW__API_AUTH__JWT_SECRET=self._secret("jwt_secret"),
             AIRFLOW__API__SECRET_KEY=self._secret("api_secret_key"),
-            AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="10",
-            AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL="10",
+            DATA_PREFIX=str(settings.data),
             MLFLOW_TRACKING_URI=settings.mlflow_url,
             CATEGORIES_LOCK_URL=mlflow_db,
             CATEGORIES_PROJECT_DIR=str(ROOT),
@@ -230,7 +272,7 @@ class CeleryStack:
     def process_names(self) -> list[str]:
         """Every process this profile starts, in stopping order."""
         return [f"worker-{n}" for n in range(1, self.settings.workers + 1)] + list(AIRFLOW_PROCESSES) + [
-            "mlflow", "redis", "postgres"]
+            "spark-connect", "mlflow", "redis", "postgres"]
 
     def pid(self, name: str) -> Optional[int]:
         """The recorded pid (process-group leader) of ``name``, or None."""
@@ -278,6 +320,9 @@ class CeleryStack:
                 f"Executor:   CeleryExecutor, {settings.workers} workers x {settings.worker_concurrency} slots, "
                 f"broker {self._server_redis().display}, "
                 f"metadata {services.mask(self._server_postgres().database_url('airflow'))}\n"
+                + (f"Spark:      {settings.spark_remote} (Spark Connect, shared by the prediction tasks)\n"
+                   if settings.spark_connect else "")
+                + f"Data:       {settings.data} (DATA_PREFIX of the tasks)\n"
                 f"Logs:       {self.run_dir}/*.log")
 
 
@@ -390,9 +435,14 @@ def e2e() -> None:
                 raise SystemExit(f"e2e (celery): {dag_id} run {run_id} succeeded, but no Celery worker's log "
                                  f"shows it: see {stack.run_dir}/worker-*.log")
             print(f"{dag_id} run {run_id} succeeded on Celery {', '.join(sorted(set(workers.values())))}")
-        outputs = sorted((ROOT / "data/products_categories/client_id=client_0").glob("date=*"))
+        outputs = sorted((stack.settings.data / "products_categories/client_id=client_0").glob("date=*"),
+                         key=lambda folder: folder.stat().st_mtime)
         if not outputs or not list(outputs[-1].glob("*.parquet")):
-            raise SystemExit("e2e (celery): no parquet output for client_0")
-        print(f"e2e (celery) ok: output in {outputs[-1]}")
+            raise SystemExit(f"e2e (celery): no parquet output for client_0 in {stack.settings.data}")
+        manifest = json.loads((outputs[-1] / "_manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("spark") != stack.settings.spark_remote:
+            raise SystemExit(f"e2e (celery): the prediction ran on {manifest.get('spark')!r}, not on the "
+                             f"profile's shared Spark service {stack.settings.spark_remote}")
+        print(f"e2e (celery) ok: output in {outputs[-1]}, scored on {stack.settings.spark_remote}")
     finally:
         stack.stop()

@@ -41,11 +41,11 @@ def celery_profile(tmp_path, monkeypatch):
     ports = [services.free_port() for _ in range(4)]
     settings = Settings(run_dir=run_dir, dags_folder=dags, airflow_port=ports[0], mlflow_port=ports[1],
                         postgres_port=ports[2], redis_port=ports[3], postgres_url="", redis_url="",
-                        workers=2, worker_concurrency=1,
+                        workers=2, worker_concurrency=1, data_prefix=data, spark_connect=False,  # training only
                         # A lost worker's task stops heartbeating: found within 20 s instead of 5 min.
                         extra_env={"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                                    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-                                   "DATA_PREFIX": str(data), "SPARK_MASTER": "local[2]"})
+                                   "SPARK_MASTER": "local[2]"})
     celery = CeleryStack(settings)
     try:
         celery.start()
