@@ -1,10 +1,13 @@
 """Issue #18: the local Airflow stack with 1,000 clients (2,000 DAG files): start, idle CPU, runs, new files.
 
-The stack is the project's own (`scripts/local_stack.py start`), in a temporary AIRFLOW_HOME,
-DAGs folder, run dir and MLflow store, on free loopback ports: a user's stack is never touched.
+The stack is the project's own, either profile: `scripts/local_stack.py start` (standalone, SQLite)
+or `scripts/celery_stack.py` (CeleryExecutor, PostgreSQL, Redis; ``bench_airflow_fleet_celery``), in
+a temporary AIRFLOW_HOME, DAGs folder, run dir and stores, on free loopback ports: a user's stack
+is never touched.
 """
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,7 @@ import psutil
 from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
 from scripts import local_stack
 from scripts._processes import free_port
+from scripts.celery_stack import AIRFLOW_PROCESSES, AirflowClient, CeleryStack, Settings
 from scripts.generate_example_data import ClientSpec, write_client
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
@@ -42,45 +46,67 @@ class _Measured:
         return (total(self.last[group]) - total(self.first[group])) / self.window
 
 
-def run(ctx: BenchContext) -> Section:
+# CPU groups: what counts as Airflow's (the target), and what is shown beside it.
+_CHARGED = {"standalone": ("airflow",), "celery": ("airflow", "databases")}
+_PROFILE_TITLES = {"standalone": "standalone profile (SQLite)",
+                   "celery": "Celery profile (2 workers, PostgreSQL, Redis)"}
+
+
+@dataclass
+class _Profile:
+    """One running profile, as the measurement sees it: REST, files, and its processes by CPU group."""
+
+    client: AirflowClient
+    dags_folder: Path
+    airflow_home: Path
+    groups: Callable[[], dict[str, list[tuple[Optional[str], int]]]]  # group -> [(component or None, pid)]
+    stop: Callable[[], None]
+
+
+def run(ctx: BenchContext, profile: str = "standalone") -> Section:
     """Start the stack on N clients' DAGs, then measure (a) registration, (b) idle CPU, (d) a new file, (c) a run."""
     section = Section(
-        "Airflow with 1,000 clients (2,000 DAG files)",
-        "On the local stack, 2 cores: (a) all DAGs registered < 3 min after `start`; (b) Airflow's "
-        "processes (parse processes included) use < 0.2 core when idle; (c) a DAG switched on and "
-        "triggered has its task running < 30 s later; (d) a new DAG file is registered < 2 min after it appears.",
+        "Airflow with 1,000 clients (2,000 DAG files)" + ("" if profile == "standalone" else ", Celery profile"),
+        f"On the local stack's {_PROFILE_TITLES[profile]}, 2 cores: (a) all DAGs registered < 3 min after `start`; "
+        "(b) Airflow's processes (parse processes included"
+        + (", and its PostgreSQL and Redis" if profile == "celery" else "") + ") use < 0.2 core when idle; "
+        "(c) a DAG switched on and triggered has its task running < 30 s later; (d) a new DAG file is "
+        "registered < 2 min after it appears.",
     )
-    got = _measure(ctx, *((20, 30.0) if ctx.quick else (1000, 300.0)))
+    got = _measure(ctx, profile, *((20, 30.0) if ctx.quick else (1000, 300.0)))
     cores = os.cpu_count() or 1
     settings = local_stack.parsing_settings(got.files, cores)
-    registering = sum(got.first["airflow"].values())
+    charged = _CHARGED[profile]
+    registering = sum(sum(got.first[group].values()) for group in charged)
     interval = float(settings["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"])
     # A full re-parse of the folder every `interval` s may not fall in the window: its cost, from
     # the DAG processor's CPU while it registered every file, is added spread over the interval.
     per_file = got.first["airflow"].get("dag-processor", 0.0) / got.files
     amortized = per_file * got.files / interval
-    idle = got.idle("airflow")
+    idle = sum(got.idle(group) for group in charged)
     full = not ctx.quick
     to_running, to_end, end_state = got.run
     section.rows += [
-        Row(f"(a) `local_stack start` until all {got.files} DAGs are registered (REST total_entries)",
+        Row(f"(a) `start` until all {got.files} DAGs are registered (REST total_entries)",
             seconds(got.registered), target="< 180 s", met=got.registered < 180 if full else None),
-        Row(f"(b) Airflow processes' CPU while idle, {got.window:.0f} s window (parse processes included)",
+        Row(f"(b) {' + '.join(charged)} processes' CPU while idle, {got.window:.0f} s window (parse processes "
+            "included)",
             f"{idle:.3f} cores", f"+ {amortized:.3f} cores: a full re-parse every {interval:.0f} s, amortized",
             "", "< 0.2 core (both)", idle + amortized < 0.2 if full else None),
         Row("(c) PATCH is_paused=false + trigger until the task is running", seconds(to_running),
             f"run then ended `{end_state}` after {seconds(to_end)}", "", "< 30 s", to_running < 30 if full else None),
         Row("(d) a new DAG file until its DAG is registered", seconds(got.new_file), target="< 120 s",
             met=got.new_file < 120 if full else None),
-        Row("(a) CPU of the Airflow processes from start until all DAGs were registered",
+        Row(f"(a) CPU of the {' + '.join(charged)} processes from start until all DAGs were registered",
             f"{registering:.0f} CPU s", f"{seconds(registering / cores)} of {cores} cores"),
         Row("MLflow server's CPU while idle (not Airflow, not in the target)", f"{got.idle('mlflow'):.3f} cores"),
         Row("DAG processor's CPU per file until all were registered (its start-up included)",
             f"{1000 * per_file:.1f} ms"),
     ]
-    by_component = ", ".join(f"{name} {got.idle('airflow', name):.3f}" for name in sorted(got.last["airflow"]))
+    by_component = ", ".join(f"{name} {got.idle(group, name):.3f}" for group in charged
+                             for name in sorted(got.last[group]))
     section.notes += [
-        f"Idle CPU by Airflow component (cores): {by_component}; per minute (cores): "
+        f"Idle CPU by component (cores): {by_component}; per minute (cores): "
         + ", ".join(f"{value:.3f}" for value in got.minutes) + ".",
         "CPU is counted per process group member as user + system + the reaped children's user + system "
         "(`/proc/<pid>/stat` utime, stime, cutime, cstime via psutil): parse processes that exit during the "
@@ -93,30 +119,73 @@ def run(ctx: BenchContext) -> Section:
     return section
 
 
-def _measure(ctx: BenchContext, clients: int, idle_seconds: float) -> _Measured:
-    stack, env = _prepare(ctx, clients)
-    got = _Measured(files=len(list(stack.dags_folder.glob("*.py"))))
+def _measure(ctx: BenchContext, profile: str, clients: int, idle_seconds: float) -> _Measured:
+    dags, data = _prepare(ctx, clients)
+    got = _Measured(files=len(list(dags.glob("*.py"))))
     load_before = os.getloadavg()
     started = time.monotonic()
-    run_command([ctx.python, "-m", "scripts.local_stack", "start"], env=env, timeout=900)
+    stack = _start_standalone(ctx, dags, data) if profile == "standalone" else _start_celery(dags, data)
     try:
-        token = local_stack.api_token(stack)
-        got.registered = _wait(lambda: _registered(stack, token) >= got.files, 900, "all DAGs registered") - started
-        groups = {"airflow": stack.pid("airflow"), "mlflow": stack.pid("mlflow")}
-        got.first = {name: _tree_cpu(pid) for name, pid in groups.items()}
+        client = stack.client
+        got.registered = _wait(lambda: _registered(client) >= got.files, 900, "all DAGs registered") - started
+        groups = stack.groups()
+        got.first = {name: _tree_cpu(members) for name, members in groups.items()}
         window_start = time.monotonic()
-        got.minutes = _idle(groups["airflow"], idle_seconds)
-        got.last = {name: _tree_cpu(pid) for name, pid in groups.items()}
+        got.minutes = _idle([member for group in _CHARGED[profile] for member in groups[group]], idle_seconds)
+        got.last = {name: _tree_cpu(members) for name, members in groups.items()}
         got.window = time.monotonic() - window_start
-        got.new_file = _new_dag_file(ctx, stack, token)
-        got.run = _run_one(stack, token)
+        got.new_file = _new_dag_file(ctx, stack)
+        got.run = _run_one(stack)
     finally:
-        local_stack.stop(stack)
+        stack.stop()
     got.load = (load_before, os.getloadavg())
     return got
 
 
-def _prepare(ctx: BenchContext, clients: int) -> tuple[local_stack.Stack, dict[str, str]]:
+def _start_standalone(ctx: BenchContext, dags: Path, data: Path) -> _Profile:
+    """`scripts/local_stack.py start` in scratch folders, on free ports."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
+    env.update(AIRFLOW_HOME=str(ctx.scratch("airflow_home")), DAGS_FOLDER=str(dags),
+               STACK_RUN_DIR=str(ctx.scratch("run")), MLFLOW_STORE_DIR=str(ctx.scratch("mlflow")),
+               AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()), SPARK_CONNECT_PORT=str(free_port()),
+               DATA_PREFIX=str(data), PIPENV_VENV_IN_PROJECT="1")
+    stack = local_stack.Stack.from_env(env)
+    run_command([ctx.python, "-m", "scripts.local_stack", "start"], env=env, timeout=900)
+    return _Profile(AirflowClient(stack.airflow_url, stack.airflow_home), stack.dags_folder, stack.airflow_home,
+                    lambda: {"airflow": [(None, stack.pid("airflow"))], "mlflow": [(None, stack.pid("mlflow"))]},
+                    lambda: local_stack.stop(stack))
+
+
+def _start_celery(dags: Path, data: Path) -> _Profile:
+    """The Celery profile in a scratch folder (PostgreSQL runs as its own user: not the private bench space)."""
+    root = Path(tempfile.mkdtemp(prefix="categories_bench_celery_"))
+    root.chmod(0o755)
+    # No Spark service: the run measured is a training (the standalone profile's JVM is not counted either).
+    celery = CeleryStack(Settings(run_dir=root, dags_folder=dags, airflow_port=free_port(), mlflow_port=free_port(),
+                                  postgres_port=free_port(), redis_port=free_port(), postgres_url="", redis_url="",
+                                  data_prefix=data, spark_connect=False, extra_env={"SPARK_MASTER": "local[2]"}))
+
+    def stop() -> None:
+        celery.stop(quiet=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+    try:
+        celery.start()
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+
+    def groups() -> dict[str, list[tuple[Optional[str], int]]]:
+        workers = [f"worker-{number}" for number in range(1, celery.settings.workers + 1)]
+        return {"airflow": [(name, celery.pid(name)) for name in (*AIRFLOW_PROCESSES, *workers)],
+                "databases": [(name, celery.pid(name)) for name in ("postgres", "redis")],
+                "mlflow": [(None, celery.pid("mlflow"))]}
+
+    return _Profile(celery.client(), dags, celery.settings.airflow_home, groups, stop)
+
+
+def _prepare(ctx: BenchContext, clients: int) -> tuple[Path, Path]:
+    """The clients' DAG files and the one client's data the measured run trains on."""
     config = write_config(ctx.workdir / "clients.yaml", {
         f"client_{i:04d}": {"features": FEATURES, "params": {"n_estimators": 10}} for i in range(clients)})
     dags = ctx.scratch("dags")
@@ -124,16 +193,11 @@ def _prepare(ctx: BenchContext, clients: int) -> tuple[local_stack.Stack, dict[s
                 env={"AIRFLOW_HOME": str(ctx.scratch("airflow_home"))})
     data = ctx.scratch("data")
     write_client(ClientSpec(RUN_CLIENT, 0, n_train=600, n_predict=200, n_categories=5), data)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
-    env.update(AIRFLOW_HOME=str(ctx.scratch("airflow_home")), DAGS_FOLDER=str(dags),
-               STACK_RUN_DIR=str(ctx.scratch("run")), MLFLOW_STORE_DIR=str(ctx.scratch("mlflow")),
-               AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()), SPARK_CONNECT_PORT=str(free_port()), DATA_PREFIX=str(data),
-               PIPENV_VENV_IN_PROJECT="1")
-    return local_stack.Stack.from_env(env), env
+    return dags, data
 
 
-def _registered(stack: local_stack.Stack, token: str) -> int:
-    return local_stack.api_request(stack, "GET", "/api/v2/dags?limit=1", token)["total_entries"]
+def _registered(client: AirflowClient) -> int:
+    return client.request("GET", "/api/v2/dags?limit=1")["total_entries"]
 
 
 def _wait(done: Callable[[], bool], timeout: float, what: str, every: float = 1.0) -> float:
@@ -146,28 +210,34 @@ def _wait(done: Callable[[], bool], timeout: float, what: str, every: float = 1.
     raise TimeoutError(f"{what}: not within {timeout:.0f} s")
 
 
-def _idle(pid: int, window: float) -> list[float]:
-    """Sleep ``window`` s; the Airflow tree's CPU (cores) for each minute of it."""
+def _idle(members: list[tuple[Optional[str], int]], window: float) -> list[float]:
+    """Sleep ``window`` s; the trees' CPU (cores) for each minute of it."""
     per_minute = []
     end = time.monotonic() + window
     while time.monotonic() < end:
-        before, at = sum(_tree_cpu(pid).values()), time.monotonic()
+        before, at = sum(_tree_cpu(members).values()), time.monotonic()
         time.sleep(max(0.0, min(60.0, end - time.monotonic())))
-        per_minute.append((sum(_tree_cpu(pid).values()) - before) / (time.monotonic() - at))
+        per_minute.append((sum(_tree_cpu(members).values()) - before) / (time.monotonic() - at))
     return per_minute
 
 
-def _tree_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of a process tree by component, reaped children included."""
+def _tree_cpu(members: list[tuple[Optional[str], int]]) -> dict[str, float]:
+    """CPU seconds of process trees by component, reaped children included.
+
+    A member named by the profile (its own process group) counts under that name; an unnamed one
+    (``airflow standalone`` and all it starts) is split by each process's command line.
+    """
     totals: dict[str, float] = {}
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times, command = process.cpu_times(), process.cmdline()
-        except psutil.Error:  # exited between the listing and the read: now in its parent's cutime
-            continue
-        name = _component(command)
-        totals[name] = totals.get(name, 0.0) + times.user + times.system + times.children_user + times.children_system
+    for named, pid in members:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times, command = process.cpu_times(), process.cmdline()
+            except psutil.Error:  # exited between the listing and the read: now in its parent's cutime
+                continue
+            name = named or _component(command)
+            totals[name] = (totals.get(name, 0.0) + times.user + times.system + times.children_user
+                            + times.children_system)
     return totals
 
 
@@ -183,7 +253,7 @@ def _component(command: list[str]) -> str:
     return next((name for word, name in _COMPONENTS if word in line), Path(command[0]).name if command else "?")
 
 
-def _new_dag_file(ctx: BenchContext, stack: local_stack.Stack, token: str) -> float:
+def _new_dag_file(ctx: BenchContext, stack: _Profile) -> float:
     """Seconds from a new generated DAG file appearing in the folder to its DAG being registered."""
     config = write_config(ctx.workdir / "new_client.yaml", {"client_new": {"features": FEATURES}})
     rendered = ctx.scratch("new_dags")
@@ -192,11 +262,11 @@ def _new_dag_file(ctx: BenchContext, stack: local_stack.Stack, token: str) -> fl
     shutil.copyfile(rendered / "client_new_training.py", staged)
     appeared = time.monotonic()
     os.replace(staged, stack.dags_folder / "client_new_training.py")
-    local_stack.wait_for_dag(stack, "client_new-training", token, 600)
+    stack.client.wait_parsed("client_new-training", 600)
     return time.monotonic() - appeared
 
 
-def _run_one(stack: local_stack.Stack, token: str) -> tuple[float, float, str]:
+def _run_one(stack: _Profile) -> tuple[float, float, str]:
     """Switch RUN_CLIENT's training on and trigger it: seconds to its task running, to that run's end, its state.
 
     Switching on also schedules the latest interval, a run that goes first (one active run per
@@ -204,20 +274,19 @@ def _run_one(stack: local_stack.Stack, token: str) -> tuple[float, float, str]:
     """
     dag_id = f"{RUN_CLIENT}-training"
     started = time.monotonic()
-    local_stack.trigger_dag(stack, dag_id, token)
+    stack.client.trigger(dag_id)
     run_ids: list[str] = []
 
     def running() -> bool:
-        run_ids[:] = _running_runs(stack, token, dag_id)
+        run_ids[:] = _running_runs(stack, dag_id)
         return bool(run_ids)
 
     seen = _wait(running, 300, f"{dag_id}'s task running", every=0.5)
-    path = f"/api/v2/dags/{dag_id}/dagRuns/{run_ids[0]}"
     state = ""
 
     def ended() -> bool:
         nonlocal state
-        state = local_stack.api_request(stack, "GET", path, token)["state"]
+        state = stack.client.state(dag_id, run_ids[0])
         return state in ("success", "failed")
 
     try:
@@ -227,10 +296,9 @@ def _run_one(stack: local_stack.Stack, token: str) -> tuple[float, float, str]:
     return seen - started, end - started, state
 
 
-def _running_runs(stack: local_stack.Stack, token: str, dag_id: str) -> list[str]:
+def _running_runs(stack: _Profile, dag_id: str) -> list[str]:
     """Runs of ``dag_id`` whose task is running or done; a task that failed first is an error."""
-    path = f"/api/v2/dags/{dag_id}/dagRuns/~/taskInstances"
-    instances = local_stack.api_request(stack, "GET", path, token)["task_instances"]
+    instances = stack.client.task_instances(dag_id, "~")
     if any(instance["state"] in ("failed", "up_for_retry", "upstream_failed") for instance in instances):
         raise RuntimeError(f"a task of {dag_id} failed: see the task log in {stack.airflow_home / 'logs'}")
     return [instance["dag_run_id"] for instance in instances if instance["state"] in ("running", "success")]
