@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -205,3 +206,32 @@ def write_and_train(specs: Sequence[Any], root: Path, n_estimators: int, date: s
         write_client(spec, root)
         train_model(spec.client_id, FEATURES, {"n_estimators": n_estimators}, date, data_prefix=str(root))
     return root
+
+
+_LOCK_TAKER = """\
+import sys, time
+from pathlib import Path
+from categories_classification import registry
+with registry.promotion_lock(sys.argv[1]):
+    Path(sys.argv[2]).write_text("acquired")
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def lock_taker(client_id: str, marker: Path, hold: float = 0.0) -> subprocess.Popen:
+    """A process that takes ``client_id``'s promotion lock, writes ``marker`` and holds the lock ``hold`` s."""
+    return subprocess.Popen(  # pylint: disable=consider-using-with  # the caller waits or kills it
+        [sys.executable, "-c", _LOCK_TAKER, client_id, str(marker), str(hold)])
+
+
+def assert_one_gate_at_a_time_per_client(folder: Path) -> None:
+    """While this process holds client_0's promotion lock, another process waits for it; client_1's is free."""
+    from categories_classification import registry  # pylint: disable=import-outside-toplevel
+
+    same, other = folder / "same", folder / "other"
+    with registry.promotion_lock("client_0"):
+        blocked, free = lock_taker("client_0", same), lock_taker("client_1", other)
+        assert free.wait(timeout=60) == 0 and other.exists()  # another client's gate is not held up
+        time.sleep(1.0)
+        assert blocked.poll() is None and not same.exists()
+    assert blocked.wait(timeout=60) == 0 and same.exists()

@@ -1,28 +1,14 @@
 """registry.promotion_lock on PostgreSQL: an advisory lock per client that holds across processes (and machines),
 taken on the MLflow database itself (``MLFLOW_TRACKING_URI=postgresql://``) or on ``CATEGORIES_LOCK_URL``."""
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
 from categories_classification import registry
 from categories_classification.errors import TrackingError
+from tests.helpers import assert_one_gate_at_a_time_per_client, lock_taker
 
 pytestmark = pytest.mark.slow
-
-_WAITER = textwrap.dedent("""\
-    import sys
-    from pathlib import Path
-    from categories_classification import registry
-    with registry.promotion_lock(sys.argv[1]):
-        Path(sys.argv[2]).write_text("acquired")
-""")
-
-
-def _waiter(client_id, marker):
-    return subprocess.Popen([sys.executable, "-c", _WAITER, client_id, str(marker)])  # pylint: disable=consider-using-with
 
 
 @pytest.mark.parametrize("where", ["tracking_uri", "lock_url"])
@@ -34,20 +20,12 @@ def test_a_second_process_waits_for_the_same_clients_lock_on_postgresql(where, p
     else:  # the Celery profile: tasks talk to an MLflow server, the lock to its database
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
         monkeypatch.setenv("CATEGORIES_LOCK_URL", postgres_database)
-    same, other = tmp_path / "same", tmp_path / "other"
-    with registry.promotion_lock("client_0"):
-        blocked, free = _waiter("client_0", same), _waiter("client_1", other)
-        assert free.wait(timeout=60) == 0 and other.exists()  # another client's gate is not held up
-        time.sleep(1.0)
-        assert blocked.poll() is None and not same.exists()
-    assert blocked.wait(timeout=60) == 0 and same.exists()
+    assert_one_gate_at_a_time_per_client(tmp_path)
 
 
 def test_the_lock_is_released_when_its_holder_dies(postgres_database, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_database)
-    script = _WAITER.replace('write_text("acquired")', 'write_text("held"); import time; time.sleep(600)')
-    holder = subprocess.Popen(  # pylint: disable=consider-using-with
-        [sys.executable, "-c", script, "client_0", str(tmp_path / "held")])
+    holder = lock_taker("client_0", tmp_path / "held", hold=600)
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "held").exists() and time.monotonic() < deadline:
@@ -56,7 +34,7 @@ def test_the_lock_is_released_when_its_holder_dies(postgres_database, tmp_path, 
     finally:
         holder.kill()  # a training's process lost with the lock held (SIGKILL: nothing runs its finally)
         holder.wait(timeout=30)
-    waiter = _waiter("client_0", tmp_path / "after")
+    waiter = lock_taker("client_0", tmp_path / "after")
     assert waiter.wait(timeout=60) == 0 and (tmp_path / "after").exists()
 
 
