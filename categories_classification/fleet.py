@@ -10,13 +10,13 @@ import html
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from categories_classification import registry
 from categories_classification.config import ClientConfig, ClientsConfig
 from categories_classification.training.promotion import DEFAULT_TOLERANCE
 
-PAGE_SIZE = 1000  # runs per search page (MLflow allows up to 50,000)
+
 IDS_PER_SEARCH = 100  # run ids per "run_id IN (...)" search, to keep filter strings short
 FAILED_STATUSES = ("FAILED", "KILLED")
 PREVIOUS_SCORE = "promotion_champion_top_5_accuracy"  # the gate's score of the champion it compared with
@@ -240,16 +240,14 @@ def read_fleet(config: ClientsConfig, *, inference_date: Optional[str] = None, t
 
 def read_records(client: Any, config: ClientsConfig, inference_date: Optional[str] = None) -> FleetRecords:
     """Everything :func:`fleet_rows` needs, read with ``client`` (an ``MlflowClient``)."""
-    wanted = {registry.experiment_name(c.client_id): c.client_id for c in config}
-    experiments = {exp.experiment_id: wanted[exp.name] for exp in _pages(
-        client.search_experiments, filter_string="name LIKE 'categories_%'", max_results=PAGE_SIZE) if exp.name in wanted}
+    experiments = registry.client_experiments(client, (c.client_id for c in config))
     models = {registry.model_name(c.client_id): c.client_id for c in config}
-    champions = {models[model.name]: int(model.aliases[registry.CHAMPION]) for model in _pages(
+    champions = {models[model.name]: int(model.aliases[registry.CHAMPION]) for model in registry.pages(
         client.search_registered_models, filter_string="name LIKE '%_model'", max_results=1000)
         if model.name in models and registry.CHAMPION in model.aliases}
     versions = {(models[version.name], int(version.version)): VersionRecord(int(version.version), version.run_id,
                                                                             dict(version.tags))
-                for version in _pages(client.search_model_versions, filter_string="name LIKE '%_model'",
+                for version in registry.pages(client.search_model_versions, filter_string="name LIKE '%_model'",
                                       max_results=10_000) if version.name in models}
     ids = list(experiments)
     last_training = _latest(client, experiments, "tags.stage = 'training'", ["attributes.start_time DESC"])
@@ -270,8 +268,8 @@ def read_records(client: Any, config: ClientsConfig, inference_date: Optional[st
     runs.update(_by_id(client, ids, previous - set(runs)))
     dated = None
     if inference_date is not None:
-        dated = frozenset(experiments[run.info.experiment_id] for run in _pages(
-            client.search_runs, experiment_ids=ids, max_results=PAGE_SIZE,
+        dated = frozenset(experiments[run.info.experiment_id] for run in registry.pages(
+            client.search_runs, experiment_ids=ids, max_results=registry.SEARCH_PAGE,
             filter_string=f"tags.stage = 'prediction' AND attributes.status = 'FINISHED' "
                           f"AND tags.inference_date = '{inference_date}'")) if ids else frozenset()
     return FleetRecords(champions, versions, runs, last_training, last_prediction, dated)
@@ -282,8 +280,8 @@ def _latest(client: Any, experiments: Mapping[str, str], filter_string: str, ord
     found: dict[str, RunRecord] = {}
     if not experiments:
         return found
-    for run in _pages(client.search_runs, experiment_ids=list(experiments), filter_string=filter_string,
-                      order_by=order_by, max_results=PAGE_SIZE):
+    for run in registry.pages(client.search_runs, experiment_ids=list(experiments), filter_string=filter_string,
+                      order_by=order_by, max_results=registry.SEARCH_PAGE):
         found.setdefault(experiments[run.info.experiment_id], _record(run))
         if len(found) == len(experiments):
             break
@@ -295,21 +293,10 @@ def _by_id(client: Any, experiment_ids: Sequence[str], run_ids: Iterable[str]) -
     found = {}
     for start in range(0, len(wanted), IDS_PER_SEARCH):
         chunk = ", ".join(f"'{run_id}'" for run_id in wanted[start:start + IDS_PER_SEARCH])
-        for run in _pages(client.search_runs, experiment_ids=list(experiment_ids),
-                          filter_string=f"attributes.run_id IN ({chunk})", max_results=PAGE_SIZE):
+        for run in registry.pages(client.search_runs, experiment_ids=list(experiment_ids),
+                          filter_string=f"attributes.run_id IN ({chunk})", max_results=registry.SEARCH_PAGE):
             found[run.info.run_id] = _record(run)
     return found
-
-
-def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
-    """Every result of an MLflow search, page after page."""
-    token = None
-    while True:
-        page = search(**kwargs, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def _record(run: Any) -> RunRecord:

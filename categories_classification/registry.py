@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -68,6 +68,9 @@ FOREIGN_RUN_LIMIT_SECONDS = 24 * 3600.0
 def model_name(client_id: str) -> str:
     """Registered model name of a client: ``<client_id>_model``."""
     return f"{client_id}_model"
+
+
+SEARCH_PAGE = 1000  # results per MLflow search page (MLflow allows up to 50,000 runs)
 
 
 def experiment_name(client_id: str) -> str:
@@ -191,34 +194,64 @@ def _masked(url: str) -> str:
     return url
 
 
-def close_abandoned_runs(client_id: str) -> list[str]:
-    """Tag this process's next runs with where they run; end the client's runs whose process is gone.
+def close_abandoned_runs(*client_ids: str) -> list[str]:
+    """Tag this process's next runs with where they run; end the clients' runs whose process is gone.
 
-    Called when a training or prediction starts (after :func:`configure_tracking`). A run left
-    ``RUNNING`` by a killed process is ended ``FAILED`` with a :data:`FAILURE_REASON_TAG`; a run
-    whose process still runs (another training of the same client) is left alone, and a run of
-    another host only after :data:`FOREIGN_RUN_LIMIT_SECONDS`. Returns the ids of the runs ended.
+    Called when a training or a (fleet) prediction starts (after :func:`configure_tracking`). A
+    run left ``RUNNING`` by a killed process is ended ``FAILED`` with a :data:`FAILURE_REASON_TAG`;
+    a run whose process still runs (another training of the same client) is left alone, and a
+    run of another host only after :data:`FOREIGN_RUN_LIMIT_SECONDS`. One run search covers every
+    client. Returns the ids of the runs ended.
     """
     # MLflow adds the tags of $MLFLOW_RUN_CONTEXT (JSON) to every run this process starts.
     context = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
     context.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
     os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps(context)
     client = MlflowClient()
-    closed = []
-    with tracking_errors(client_id):
-        experiment = client.get_experiment_by_name(experiment_name(client_id))
-        if experiment is None:
+    closed: list[str] = []
+    with tracking_errors(client_ids[0] if len(client_ids) == 1 else None):
+        experiments = _experiment_ids(client, client_ids)
+        if not experiments:
             return closed
         now = time.time()
-        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        for run in pages(client.search_runs, experiment_ids=experiments,
+                         filter_string="attributes.status = 'RUNNING'", max_results=SEARCH_PAGE):
             reason = abandoned(run.data.tags, run.info.start_time / 1000, now, socket.gethostname(), process_started)
             if reason is None:
                 continue
             client.set_tag(run.info.run_id, FAILURE_REASON_TAG, f"{reason}; closed by process {os.getpid()}")
             client.set_terminated(run.info.run_id, "FAILED")
-            LOGGER.warning("client %s: run %s was left RUNNING (%s): ended as FAILED", client_id, run.info.run_id, reason)
+            LOGGER.warning("client %s: run %s was left RUNNING (%s): ended as FAILED",
+                           run.data.tags.get("client_id", "?"), run.info.run_id, reason)
             closed.append(run.info.run_id)
     return closed
+
+
+def _experiment_ids(client: MlflowClient, client_ids: Sequence[str]) -> list[str]:
+    """Ids of the clients' experiments that exist: one lookup for one client, one search for a fleet."""
+    if len(client_ids) == 1:
+        experiment = client.get_experiment_by_name(experiment_name(client_ids[0]))
+        return [experiment.experiment_id] if experiment is not None else []
+    return list(client_experiments(client, client_ids))
+
+
+def client_experiments(client: Any, client_ids: Iterable[str]) -> dict[str, str]:
+    """Experiment id -> client id of the clients' experiments that exist, from one paged search."""
+    wanted = {experiment_name(client_id): client_id for client_id in client_ids}
+    return {experiment.experiment_id: wanted[experiment.name] for experiment in pages(
+        client.search_experiments, filter_string="name LIKE 'categories_%'", max_results=SEARCH_PAGE)
+        if experiment.name in wanted}
+
+
+def pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Every result of an MLflow search, page after page."""
+    token = None
+    while True:
+        page = search(**kwargs, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def abandoned(tags: Mapping[str, str], started: float, now: float, host: str,

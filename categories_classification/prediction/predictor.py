@@ -126,6 +126,7 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     if jobs:
         spark = spark or get_spark()
         files = output.files_for(spark, prefix)
+        registry.close_abandoned_runs(*(job.client_id for job in jobs))  # runs a killed process left RUNNING
         for job in jobs:
             _start_run(job, describe(spark))
         _score(spark, files, jobs, date)
@@ -300,7 +301,6 @@ def _spark_header(client_id: str, source: str) -> list[str]:
 def _start_run(job: _ClientJob, spark: str) -> None:
     """The client's prediction run (MLflow), opened before the job so the manifest can name it."""
     client = MlflowClient()
-    registry.close_abandoned_runs(job.client_id)  # runs a killed process left RUNNING
     with registry.tracking_errors(job.client_id):
         experiment_id = registry.ensure_experiment(job.client_id)
         run = client.create_run(experiment_id, run_name=f"prediction_{job.date}", tags={**_tags(job), "spark": spark})

@@ -2,6 +2,8 @@
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -55,3 +57,21 @@ def test_a_killed_training_is_closed_as_failed_by_the_next_training(small_data):
     assert new.info.status == "FINISHED" and new.data.tags[registry.PID_TAG] == str(os.getpid())
     for run_id in (live, recent):
         client.set_terminated(run_id)
+
+
+@pytest.mark.usefixtures("tracking_store")
+def test_a_fleet_prediction_closes_every_clients_abandoned_runs_in_one_pass():
+    registry.configure_tracking()
+    client = MlflowClient()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a pid that has exited
+    dead = {registry.HOST_TAG: socket.gethostname(), registry.PID_TAG: gone, "stage": "prediction"}
+    runs = {client_id: client.create_run(registry.ensure_experiment(client_id), tags={**dead, "client_id": client_id})
+            .info.run_id for client_id in ("fleet_a", "fleet_b", "fleet_c")}
+
+    closed = registry.close_abandoned_runs("fleet_a", "fleet_b", "never_trained")
+
+    assert sorted(closed) == sorted([runs["fleet_a"], runs["fleet_b"]])
+    assert client.get_run(runs["fleet_c"]).info.status == "RUNNING"  # not one of the clients asked for
+    assert {client.get_run(runs[c]).info.status for c in ("fleet_a", "fleet_b")} == {"FAILED"}
+    client.set_terminated(runs["fleet_c"])
