@@ -51,6 +51,8 @@ MODEL_ARTIFACT = "model"
 CHAMPION = "champion"
 # The model-version tag holding the SHA-256 of the stored model file, checked before every load.
 DIGEST_TAG = "model_sha256"
+# A companion file's SHA-256 is the version tag "<file name>.sha256" (e.g. drift_reference.json.sha256).
+COMPANION_DIGEST_SUFFIX = ".sha256"
 # What a damaged file's deserialization raises (zip, deflate, skops' JSON schema and types).
 _UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, TypeError)
 # How long one MLflow request may take in all, retries included, before a command fails (seconds).
@@ -299,7 +301,8 @@ class ModelRef:
     """One registered model version and the run that produced it.
 
     ``digest`` is the SHA-256 registered with the file (the ``model_sha256`` tag): "" when the
-    version was registered without one, None when it has not been looked up.
+    version was registered without one, None when it has not been looked up;
+    ``companion_digests`` those of the files stored beside it, as (file name, SHA-256) pairs.
     """
 
     client_id: str
@@ -307,6 +310,7 @@ class ModelRef:
     version: int
     run_id: str
     digest: Optional[str] = None
+    companion_digests: tuple[tuple[str, str], ...] = ()
 
     @property
     def uri(self) -> str:
@@ -347,6 +351,7 @@ class _DeflatedSklearnFlavor:
         self.stored_bytes = 0
         self.digest = ""
         self.companions = dict(companions or {})
+        self.companion_digests = {name: sha256_hex(text.encode("utf-8")) for name, text in self.companions.items()}
 
     def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
         """Save with MLflow's sklearn flavour, deflate the model file in place, take its SHA-256.
@@ -401,6 +406,8 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
         run_id = mlflow.active_run().info.run_id
         version = info.registered_model_version
         client.set_model_version_tag(name, str(version), DIGEST_TAG, flavor.digest)
+        for companion, digest in flavor.companion_digests.items():
+            client.set_model_version_tag(name, str(version), companion + COMPANION_DIGEST_SUFFIX, digest)
         # The registered model's own tag is read-then-inserted by MLflow: two trainings of one client
         # at once collide on PostgreSQL (a unique-key violation). One at a time, under the client's lock.
         with promotion_lock(client_id):
@@ -408,7 +415,7 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
                 client.update_registered_model(name, f"Product categoriser of client {client_id} (RandomForest, top-5).")
             client.set_registered_model_tag(name, "client_id", client_id)
         client.set_model_version_tag(name, str(version), "client_id", client_id)
-    return ModelRef(client_id, name, int(version), run_id, flavor.digest)
+    return ModelRef(client_id, name, int(version), run_id, flavor.digest, tuple(sorted(flavor.companion_digests.items())))
 
 
 def resolve_model(client_id: str, version: Optional[int] = None) -> ModelRef:
@@ -462,8 +469,11 @@ def champion_version(client_id: str) -> Optional[ModelRef]:
 
 
 def _ref(client_id: str, found: Any) -> ModelRef:
-    """A :class:`ModelRef` of an MLflow ``ModelVersion`` (whose tags hold the file's digest)."""
-    return ModelRef(client_id, found.name, int(found.version), found.run_id, (found.tags or {}).get(DIGEST_TAG, ""))
+    """A :class:`ModelRef` of an MLflow ``ModelVersion`` (whose tags hold the files' digests)."""
+    tags = found.tags or {}
+    companions = tuple(sorted((key[:-len(COMPANION_DIGEST_SUFFIX)], value) for key, value in tags.items()
+                              if key.endswith(COMPANION_DIGEST_SUFFIX)))
+    return ModelRef(client_id, found.name, int(found.version), found.run_id, tags.get(DIGEST_TAG, ""), companions)
 
 
 def set_champion(client_id: str, version: int) -> ModelRef:
@@ -549,6 +559,21 @@ def _fetch_verified(ref: ModelRef, companion: Optional[str] = None) -> tuple[byt
                        "checked against a digest (retrain to get one)", ref.client_id, ref.name, ref.version,
                        DIGEST_TAG)
     return data, features, model_file.name, text
+
+
+def companion_problem(ref: ModelRef, name: str, text: str) -> Optional[str]:
+    """What is wrong with a companion file's text against its registered digest, or None.
+
+    A version registered before companions had digests has nothing to check against: None.
+    """
+    expected = dict(ref.companion_digests).get(name)
+    if not expected:
+        return None
+    found = sha256_hex(text.encode("utf-8"))
+    if found != expected:
+        return (f"does not match its digest (expected {name}{COMPANION_DIGEST_SUFFIX} {expected}, found {found}): "
+                "it was damaged or changed after registration")
+    return None
 
 
 def model_file_problem(ref: ModelRef, data: bytes) -> Optional[str]:

@@ -233,7 +233,8 @@ def _with_reference(check: _DriftCheck, ref: registry.ModelRef, features: list[s
         reference = json.loads(stored)
     except ValueError:
         reference = None
-    problem = drift.reference_problem(reference, features)
+    problem = (registry.companion_problem(ref, drift.REFERENCE_FILE, stored)
+               or drift.reference_problem(reference, features))
     if problem is not None:
         LOGGER.warning("client %s: the drift reference of %s version %s is unusable (%s): drift not checked",
                        ref.client_id, ref.name, ref.version, problem)

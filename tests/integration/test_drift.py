@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import mlflow
 import pandas as pd
@@ -23,8 +24,10 @@ from categories_classification import registry
 from categories_classification.drift import REFERENCE_FILE
 from categories_classification.prediction.output import MANIFEST
 from categories_classification.prediction.predictor import DriftError, predict_categories
+from categories_classification.training.trainer import drift_reference
 from scripts.generate_example_data import ClientSpec
-from tests.helpers import DATE, FEATURES, client_entry, output_folder, run_cli, shift_prediction_feature, write_config, write_and_train
+from tests.helpers import (DATE, FEATURES, client_entry, output_folder, run_cli, shift_prediction_feature,
+                           stored_model_file, write_and_train, write_config)
 
 pytestmark = pytest.mark.slow
 CLIENTS = (ClientSpec("drift_a", 401, n_train=900, n_predict=600, n_categories=8),
@@ -130,13 +133,35 @@ def test_a_version_without_a_reference_predicts_and_records_no_reference(trained
     assert run.data.tags["drift_reference"] == "none"
 
 
-def _register_without_reference(client_id: str, training_file: Path) -> None:
-    """A version as the trainer registered it before drift references existed (no companion file), made champion."""
+def test_a_reference_changed_after_registration_is_not_trusted(trained, spark, tmp_path, caplog):
+    prefix = _copy(trained, tmp_path)
+    (prefix / "prediction" / "client_id=tampered").symlink_to(prefix / "prediction" / "client_id=drift_b")
+    rows = pd.read_csv(prefix / "train" / "client_id=drift_b" / "data_train.csv.gz")
+    _register_without_reference("tampered", prefix / "train" / "client_id=drift_b" / "data_train.csv.gz",
+                                {REFERENCE_FILE: json.dumps(drift_reference(rows[FEATURES]))})
+    stored = stored_model_file(mlflow.get_tracking_uri(), "tampered", 1).parent / REFERENCE_FILE
+    reference = json.loads(stored.read_text(encoding="utf-8"))
+    reference["rows"] += 1  # still a well-formed reference: only the digest tells
+    stored.write_text(json.dumps(reference), encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING):
+        result = predict_categories("tampered", DATE, data_prefix=str(prefix), spark=spark, fail_on_drift=True)
+
+    assert result.rows_written == 5 * 500  # the model file is intact: the prediction is served
+    assert result.drift["reference"] is False
+    assert "does not match its digest (expected drift_reference.json.sha256" in result.drift["status"]
+    assert "drift not checked" in caplog.text
+
+
+def _register_without_reference(client_id: str, training_file: Path, companions: Optional[dict] = None) -> None:
+    """A version as the trainer registered it before drift references existed (no companion file, unless
+    ``companions`` are given), made champion."""
     rows = pd.read_csv(training_file)
     model = RandomForestClassifier(n_estimators=5, random_state=0).fit(rows[FEATURES], rows["category_id"])
     example = rows[FEATURES].head(5)
     with mlflow.start_run(experiment_id=registry.ensure_experiment(client_id)):
-        ref = registry.log_and_register(client_id, model, example, infer_signature(example, model.predict(example)))
+        ref = registry.log_and_register(client_id, model, example, infer_signature(example, model.predict(example)),
+                                        companions=companions)
     registry.set_champion(client_id, ref.version)
 
 

@@ -5,7 +5,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from categories_classification.registry import DIGEST_TAG, ModelRef, model_file_problem
+from categories_classification.registry import DIGEST_TAG, ModelRef, companion_problem, model_file_problem
 from categories_classification.serialization import dump_model, sha256_hex, zip_damage
 from tests.helpers import flip_bytes_in_largest_entry
 
@@ -39,3 +39,14 @@ def test_without_a_digest_a_damaged_zip_is_refused_and_an_intact_one_passes():
         "cannot be read (BadZipFile: File is not a zip file): expected an intact skops zip file")
     flipped = zip_damage(flip_bytes_in_largest_entry(data))
     assert flipped is not None and ("while decompressing" in flipped or "CRC-32" in flipped), flipped
+
+
+def test_a_companion_file_is_checked_against_its_own_digest_when_it_has_one():
+    text = '{"features": {}}'
+    ref = ModelRef("client_0", "client_0_model", 3, "run", "", (("drift_reference.json", sha256_hex(text.encode())),))
+    assert companion_problem(ref, "drift_reference.json", text) is None
+    changed = companion_problem(ref, "drift_reference.json", text.replace("{}", '{"f0": {}}'))
+    assert changed.startswith("does not match its digest (expected drift_reference.json.sha256 ")
+    assert changed.endswith("it was damaged or changed after registration")
+    # A version registered before companions had digests: nothing to check against.
+    assert companion_problem(_ref(""), "drift_reference.json", "anything") is None
