@@ -19,7 +19,7 @@ import click
 from benchmarks._common import PROJECT_ROOT, BenchContext, Section, machine
 
 # Module names in benchmarks/, in the order of the targets.
-BENCHMARKS = ("model_size", "scoring", "many_clients", "fleet", "fleet_status", "dags", "airflow_fleet",
+BENCHMARKS = ("model_size", "model_quality", "scoring", "many_clients", "fleet", "fleet_status", "dags", "airflow_fleet",
               "parallel_dags", "demo")
 
 
