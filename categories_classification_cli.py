@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from categories_classification.config import DEFAULT_DRIFT_THRESHOLD, load_config, validate_client_id
+from categories_classification.config import DEFAULT_DRIFT_THRESHOLD, MODEL_FAMILIES, load_config, validate_client_id
 from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
@@ -71,27 +71,31 @@ def cli(verbose: bool) -> None:
 @click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
 @click.option("--features", required=True, type=_Json(list), help='Feature columns, a JSON list: \'["f0","f1"]\'.')
 @click.option("--model_params", required=True, type=_Json(dict),
-              help='RandomForestClassifier parameters, a JSON object: \'{"n_estimators": 100}\'.')
+              help='Parameters of the model family (RandomForestClassifier\'s unless --model_family pins another), '
+                   'a JSON object: \'{"n_estimators": 100}\'.')
 @click.option("--training_date", required=True, help="Date of the training run (ISO date or timestamp).")
 @click.option("--promotion_tolerance", type=click.FloatRange(0.0, 1.0), default=None,
               help="How much lower (0-1) the new version's top-5 accuracy may be than the champion's "
                    "and still become champion (default 0.01).")
 @click.option("--max_model_mb", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Size budget of the forest in memory, in MB (default 64): bounds the max_leaf_nodes chosen "
-                   "on the training split; explicit size params in --model_params win.")
-def trainer(client_id: str, features: list, model_params: dict, training_date: str,
-            promotion_tolerance: Optional[float], max_model_mb: Optional[float]) -> None:
+              help="Size budget of the model in memory, in MB (default 64): bounds every candidate family and "
+                   "the max_leaf_nodes chosen on the training split; explicit size params in --model_params win.")
+@click.option("--model_family", type=click.Choice(list(MODEL_FAMILIES)), default=None,
+              help="Pin the model family (default: chosen per client on the training split).")
+def trainer(client_id: str, features: list, model_params: dict, training_date: str,  # pylint: disable=too-many-positional-arguments
+            promotion_tolerance: Optional[float], max_model_mb: Optional[float], model_family: Optional[str]) -> None:
     """Train one client's model, register it as a new version, promote it if it passes the gate."""
     from categories_classification.training.trainer import train_model
 
     result = train_model(client_id, features, model_params, training_date, promotion_tolerance=promotion_tolerance,
-                         max_model_mb=max_model_mb)
+                         max_model_mb=max_model_mb, family=model_family)
     verdict = "now champion" if result.decision.promote else "NOT promoted, champion unchanged"
     click.echo(
         f"{client_id}: registered {result.model_name} version {result.version} (run {result.run_id}); "
         f"test top-5 accuracy {result.metrics['test_top_5_accuracy']:.3f}, "
         f"accuracy {result.metrics['test_accuracy']:.3f}, model {result.metrics['model_memory_bytes'] / 1e6:.1f} MB "
-        f"(max_leaf_nodes {result.params.get('max_leaf_nodes')}); {verdict}: {result.decision.reason}"
+        f"({result.params.get('family')}, max_leaf_nodes {result.params.get('max_leaf_nodes')}); "
+        f"{verdict}: {result.decision.reason}"
     )
 
 

@@ -32,7 +32,13 @@ from categories_classification.training.data import load_training_data
 from categories_classification.training.evaluation import top_k_accuracy
 from categories_classification.paths import train_path
 from categories_classification.serialization import dump_model
-from categories_classification.training.sizing import MARGIN_STANDARD_ERRORS, MAX_LOSS_FROM_BEST, estimate_forest_bytes, leaf_curve
+from categories_classification.training.sizing import (
+    MARGIN_STANDARD_ERRORS,
+    MAX_LOSS_FROM_BEST,
+    estimate_forest_bytes,
+    leaf_curve,
+    model_memory_bytes,
+)
 from categories_classification.training.trainer import DEFAULT_MAX_MODEL_MB, SEED, fit_forest, split_training_data
 from scripts.generate_example_data import ClientSpec, write_client
 
@@ -142,27 +148,8 @@ def _scored(model: RandomForestClassifier, split, fit_seconds: float, skops: boo
             max_leaf_nodes: Any = None) -> Measured:
     _, x_test, _, y_test = split
     top5 = top_k_accuracy(y_test, model.predict_proba(x_test), model.classes_)
-    return Measured(_pickled_size(model), len(plain_skops_bytes(model)) if skops else None,
+    return Measured(model_memory_bytes(model), len(plain_skops_bytes(model)) if skops else None,
                     len(dump_model(model)) if deflated else None, top5, fit_seconds, max_leaf_nodes)
-
-
-class _Counter:
-    """A write-only file that counts bytes: the pickled size without holding the pickle."""
-
-    def __init__(self) -> None:
-        self.size = 0
-
-    def write(self, data) -> int:
-        """Count ``data``."""
-        size = memoryview(data).nbytes  # bytes, or a PickleBuffer (large arrays, protocol 5)
-        self.size += size
-        return size
-
-
-def _pickled_size(model: Any) -> int:
-    counter = _Counter()
-    pickle.dump(model, counter, protocol=pickle.HIGHEST_PROTOCOL)
-    return counter.size
 
 
 def _rows(section: Section, results: Mapping[str, dict[str, Any]]) -> None:

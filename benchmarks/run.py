@@ -19,8 +19,8 @@ import click
 from benchmarks._common import PROJECT_ROOT, BenchContext, Section, machine
 
 # Module names in benchmarks/, in the order of the targets.
-BENCHMARKS = ("model_size", "scoring", "many_clients", "fleet", "fleet_status", "dags", "airflow_fleet",
-              "airflow_fleet_celery", "parallel_dags", "demo")
+BENCHMARKS = ("model_size", "model_quality", "scoring", "many_clients", "fleet", "fleet_status", "dags",
+              "airflow_fleet", "airflow_fleet_celery", "parallel_dags", "demo")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

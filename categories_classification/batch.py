@@ -17,6 +17,7 @@ from typing import Callable, Optional, Union
 from categories_classification.config import ClientConfig, ClientsConfig
 from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
 from categories_classification.prediction.predictor import PredictionResult, predict_clients
+from categories_classification.training.fitting import FOREST_FAMILIES
 from categories_classification.training.trainer import TrainingResult, train_model
 
 Step = Callable[[], Union[TrainingResult, PredictionResult]]
@@ -99,10 +100,11 @@ def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Ca
 
 def _train_one(client: ClientConfig, training_date: str, threads: int) -> Outcome:
     """One client's training (runs in a worker process when training in parallel)."""
-    params = {"n_jobs": threads, **client.params}
+    # HistGradientBoosting has no n_jobs (OpenMP sizes its threads): only forests get the share.
+    params = {"n_jobs": threads, **client.params} if client.family in (None, *FOREST_FAMILIES) else dict(client.params)
     return _run(client.client_id, lambda: train_model(
         client.client_id, client.features, params, training_date, promotion_tolerance=client.promotion_tolerance,
-        max_model_mb=client.max_model_mb))
+        max_model_mb=client.max_model_mb, family=client.family))
 
 
 def _collect(future: Future, client: ClientConfig) -> Outcome:

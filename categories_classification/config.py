@@ -1,7 +1,9 @@
 """Typed, validated client settings loaded once from ``conf/clients_config.yaml``.
 
 The file maps each client id to ``features`` (a non-empty list of column names), optional
-``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``), optional
+``params`` (keyword arguments of ``sklearn.ensemble.RandomForestClassifier``, or of the pinned
+``family``'s estimator), optional ``family`` (one of :data:`MODEL_FAMILIES`: pins the model
+family instead of choosing it per client, see :mod:`categories_classification.training.selection`), optional
 ``promotion_tolerance`` (see :mod:`categories_classification.training.promotion`), optional
 ``max_model_mb``, the size budget of the client's forest in memory (see
 :mod:`categories_classification.training.sizing`), and the fleet view's optional
@@ -12,10 +14,15 @@ The file maps each client id to ``features`` (a non-empty list of column names),
       params:
         n_estimators: 100
       max_model_mb: 20
+    client_1:
+      features: [f0, f1]
+      family: extra_trees        # pinned: params are ExtraTreesClassifier's
+      params: {n_estimators: 50}
 
 Client ids and feature names end up in Airflow dag ids, file paths and shell commands, so
 both must match ``^[A-Za-z0-9_]+$``; anything else is rejected here, before it is used.
 """
+import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -23,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from categories_classification.errors import ConfigError, one_line
 
@@ -34,6 +41,14 @@ DEFAULT_MAX_MODEL_AGE_DAYS = 45
 DEFAULT_DRIFT_THRESHOLD = 0.2
 SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")  # always used with fullmatch: "$" would accept a final "\n"
 _SAFE_NAME_HINT = "letters, digits and '_' only (it is used in dag ids, paths and shell commands)"
+# Model families a client may get (config key ``family``), each with its sklearn estimator. Without
+# ``family``, training chooses among all of them and ``params`` are RandomForest parameters, as before.
+MODEL_FAMILIES = {
+    "random_forest": "sklearn.ensemble.RandomForestClassifier",
+    "extra_trees": "sklearn.ensemble.ExtraTreesClassifier",
+    "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
+}
+DEFAULT_FAMILY = "random_forest"  # what params mean when no family is pinned
 
 
 def config_file(path: Optional[Union[str, Path]] = None) -> Path:
@@ -53,9 +68,20 @@ def validate_features(features: Any, client_id: Optional[str] = None) -> list[st
     return _validated("features", features, client_id)
 
 
-def validate_model_params(params: Any, client_id: Optional[str] = None) -> dict[str, Any]:
-    """Return ``params`` if every key is a RandomForestClassifier parameter with a valid value."""
-    return _validated("params", params, client_id)
+def validate_model_params(params: Any, client_id: Optional[str] = None, family: Optional[str] = None) -> dict[str, Any]:
+    """Return ``params`` if every key is a parameter of ``family``'s estimator (default RandomForest) with a valid value."""
+    return _validated("params", params, client_id, {"family": family})
+
+
+def validate_family(value: Any, client_id: Optional[str] = None) -> Optional[str]:
+    """Return ``value`` if it names one of :data:`MODEL_FAMILIES`, or None (no family pinned)."""
+    return _validated("family", value, client_id)
+
+
+def estimator_class(family: str) -> type:
+    """The sklearn estimator class of a model family (imported on demand: sklearn is slow to import)."""
+    module, _, name = MODEL_FAMILIES[family].rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def validate_max_model_mb(value: Any, client_id: Optional[str] = None) -> Optional[float]:
@@ -63,9 +89,9 @@ def validate_max_model_mb(value: Any, client_id: Optional[str] = None) -> Option
     return _validated("max_model_mb", value, client_id)
 
 
-def _validated(key: str, value: Any, client_id: Optional[str]) -> Any:
-    """``value`` as the config's ``key`` would hold it (the same rules), or :class:`ConfigError`."""
-    entry = {"features": ["_"], key: value}  # a valid stand-in for the other required key
+def _validated(key: str, value: Any, client_id: Optional[str], beside: Optional[Mapping[str, Any]] = None) -> Any:
+    """``value`` as the config's ``key`` would hold it (the same rules, next to ``beside``), or :class:`ConfigError`."""
+    entry = {"features": ["_"], **(beside or {}), key: value}  # a valid stand-in for the other required key
     try:
         return getattr(_ClientModel(**entry), key)
     except ValidationError as exc:
@@ -74,7 +100,7 @@ def _validated(key: str, value: Any, client_id: Optional[str]) -> Any:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Settings of one client: the feature columns and the RandomForest parameters."""
+    """Settings of one client: the feature columns, the model family (None: chosen) and its parameters."""
 
     client_id: str
     features: tuple[str, ...]
@@ -83,6 +109,7 @@ class ClientConfig:
     max_model_mb: Optional[float] = None  # size budget of the forest in memory; None: the project default
     max_model_age_days: int = DEFAULT_MAX_MODEL_AGE_DAYS  # older champions are flagged by the fleet view
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD  # a prediction's drift score above it is flagged
+    family: Optional[str] = None  # a pinned model family; None: chosen per client at training
 
 
 @dataclass(frozen=True)
@@ -151,7 +178,7 @@ def load_config(path: Optional[Union[str, Path]] = None) -> ClientsConfig:
         clients[client_id] = ClientConfig(
             client_id, tuple(model.features), dict(model.params), model.promotion_tolerance, model.max_model_mb,
             DEFAULT_MAX_MODEL_AGE_DAYS if model.max_model_age_days is None else model.max_model_age_days,
-            DEFAULT_DRIFT_THRESHOLD if model.drift_threshold is None else model.drift_threshold)
+            DEFAULT_DRIFT_THRESHOLD if model.drift_threshold is None else model.drift_threshold, model.family)
     return ClientsConfig(source, clients)
 
 
@@ -161,6 +188,8 @@ class _ClientModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     features: list[str] = Field(min_length=1)
+    # Declared before params: the params are checked against the family's estimator.
+    family: Optional[str] = None
     params: dict[str, Any] = Field(default_factory=dict)
     # How much worse (top-5 accuracy, 0..1) a new version may be and still become champion.
     promotion_tolerance: Optional[float] = Field(default=None, ge=0.0, le=1.0)
@@ -182,30 +211,40 @@ class _ClientModel(BaseModel):
             raise ValueError(f"column names must be distinct, found {', '.join(duplicates)} more than once")
         return features
 
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: Optional[str]) -> Optional[str]:
+        if family is not None and family not in MODEL_FAMILIES:
+            raise ValueError(f"unknown model family: expected one of {', '.join(MODEL_FAMILIES)}, found {family!r}")
+        return family
+
     @field_validator("params")
     @classmethod
-    def _random_forest_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        _check_random_forest_params(params)
+    def _estimator_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        family = info.data.get("family") if "family" in info.data else None
+        _check_estimator_params(params, family or DEFAULT_FAMILY)
         return params
 
 
-def _check_random_forest_params(params: dict[str, Any]) -> None:
+def _check_estimator_params(params: dict[str, Any], family: str) -> None:
     # sklearn is imported here, not at module level: loading the config (DAG generation, CLI
     # --help) must stay cheap, and only a config with params needs the estimator's signature.
     # pylint: disable=import-outside-toplevel
-    from sklearn.ensemble import RandomForestClassifier
     from sklearn.utils._param_validation import InvalidParameterError
 
-    known = RandomForestClassifier().get_params()
+    if not params:
+        return
+    estimator = estimator_class(family)
+    known = estimator().get_params()
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(
-            f"unknown RandomForestClassifier parameter(s) {', '.join(map(repr, unknown))}: "
+            f"unknown {estimator.__name__} parameter(s) {', '.join(map(repr, unknown))}: "
             f"expected some of {', '.join(sorted(known))}"
         )
     try:
         # The estimator's own constraint table: the same check fit() would do, done up front.
-        RandomForestClassifier(**params)._validate_params()  # pylint: disable=protected-access
+        estimator(**params)._validate_params()  # pylint: disable=protected-access
     except InvalidParameterError as exc:
         raise ValueError(one_line(exc)) from None
 
@@ -216,8 +255,8 @@ def _config_error(exc: ValidationError, client_id: Optional[str], source: Option
     where = f"config file {source}: " if source else ""
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = ("unknown key: expected only 'features', 'params', 'max_model_age_days', 'drift_threshold', "
-                   "'promotion_tolerance' and 'max_model_mb'")
+        message = ("unknown key: expected only 'features', 'family', 'params', 'max_model_age_days', "
+                   "'drift_threshold', 'promotion_tolerance' and 'max_model_mb'")
     found = first.get("input")
     suffix = "" if first["type"] in {"value_error", "missing"} else f", found {found!r}"
     return ConfigError(f"{where}key {key!r}: {message}{suffix}", client_id)

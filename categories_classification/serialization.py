@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-# skops trusts numpy and the sklearn estimators by default; a fitted forest needs only its trees'
-# Cython state on top. A model file that needs any other type is refused at load time, whatever
-# list the artifact itself may claim (MLflow would read that list from the artifact).
-SKOPS_TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+# skops trusts numpy and the sklearn estimators by default. On top, exactly what the model families
+# need: a forest's trees' Cython state, HistGradientBoosting's tree predictors, and the calibration
+# wrapper every model is registered in. A model file that needs any other type is refused at load
+# time, whatever list the artifact itself may claim (MLflow would read that list from the artifact).
+SKOPS_TRUSTED_TYPES = (
+    "categories_classification.calibrated.TemperatureScaledClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+)
 # Zip settings of a deflated model file: level 6 is nearly as small as level 9, and much faster.
 _DEFLATE = {"compression": zipfile.ZIP_DEFLATED, "compresslevel": 6}
 

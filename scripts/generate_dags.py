@@ -44,6 +44,8 @@ def _training_options(client: ClientConfig) -> list[str]:
         words.append(f"--promotion_tolerance={_literal(repr(float(client.promotion_tolerance)))}")
     if client.max_model_mb is not None:
         words.append(f"--max_model_mb={_literal(repr(float(client.max_model_mb)))}")
+    if client.family is not None:
+        words.append(f"--model_family={_literal(client.family)}")
     return words
 
 

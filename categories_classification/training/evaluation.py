@@ -41,11 +41,17 @@ def top_k_accuracy(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray
     Unlike sklearn's scorer, labels the model never saw simply count as misses, so two models
     trained on different category sets can be compared on the same rows.
     """
+    hits = top_k_hits(y_true, proba, classes, k)
+    return float(hits.mean()) if len(hits) else 0.0
+
+
+def top_k_hits(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """One bool per row: is its true label among the ``k`` best-scored ``classes`` (the serving ranking)?"""
     y_true = np.asarray(y_true)
     if len(y_true) == 0:
-        return 0.0
+        return np.zeros(0, dtype=bool)
     order = top_k_indices(proba, k)  # the ranking rule of prediction, ties included
-    return float((np.asarray(classes)[order] == y_true[:, None]).any(axis=1).mean())
+    return (np.asarray(classes)[order] == y_true[:, None]).any(axis=1)
 
 
 def top_k_curve(y_true: Sequence[str], proba: np.ndarray, classes: np.ndarray, max_k: int = TOP_K) -> list[float]:

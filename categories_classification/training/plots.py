@@ -1,5 +1,5 @@
 """Figures for the MLflow UI and the inspection notebook (matplotlib, headless)."""
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,26 @@ def per_class_figure(report: pd.DataFrame, title: str, top: int = 30):
     axes.bar(positions + 0.2, shown.filter(like="top_").iloc[:, 0], width=0.4, label="recall (top-5)")
     axes.set_xticks(positions, shown["category"], rotation=90, fontsize=7)
     axes.set(title=title, xlabel=f"category ({len(shown)} most frequent in the test split)", ylabel="recall", ylim=(0, 1.02))
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def reliability_figure(bins: Mapping[str, Any], title: str):
+    """Reliability diagram: share of correct top-1 categories against the mean top-1 score, per score bin.
+
+    ``bins`` maps a name (e.g. before / after calibration) to a
+    :class:`~categories_classification.training.calibration.Reliability`.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for name, value in bins.items():
+        used = value.counts > 0
+        axes.plot(value.confidence[used], value.accuracy[used], marker="o", label=f"{name} (ECE {value.ece:.3f})")
+    axes.set(title=title, xlabel="mean top-1 score in the bin", ylabel="share whose top-1 category is right",
+             xlim=(0, 1), ylim=(0, 1))
+    axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
     return figure

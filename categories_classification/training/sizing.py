@@ -6,7 +6,8 @@ best-first fit on a validation split carved out of the training split. Pure: num
 scikit-learn only. The method, step by step, is in docs/model_size.md.
 """
 import math
-from dataclasses import dataclass
+import pickle
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
@@ -57,6 +58,30 @@ def forest_memory_bytes(model: Any) -> int:
     return int(sum(tree.tree_.node_count * NODE_BYTES + tree.tree_.value.nbytes for tree in model.estimators_))
 
 
+def model_memory_bytes(model: Any) -> int:
+    """Bytes of any fitted model once pickled (counted, not held): what a process holds to score with it.
+
+    The size measure every family shares; for a forest it is :func:`forest_memory_bytes` plus a
+    few kilobytes of Python objects.
+    """
+    counter = _ByteCounter()
+    pickle.dump(model, counter, protocol=pickle.HIGHEST_PROTOCOL)
+    return counter.size
+
+
+class _ByteCounter:
+    """A write-only file that counts bytes."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        """Count ``data`` (bytes, or a PickleBuffer of a large array)."""
+        size = memoryview(data).nbytes
+        self.size += size
+        return size
+
+
 def leaf_grid(largest: int, start: int = LEAF_GRID_START, steps_per_doubling: int = LEAF_GRID_STEPS_PER_DOUBLING) -> list[int]:
     """Candidate leaf counts from ``start`` up to ``largest`` (included), geometrically spaced."""
     if largest < 2:
@@ -78,6 +103,8 @@ class LeafCurve:
 
     reference: np.ndarray
     candidates: Mapping[int, np.ndarray]
+    # Each candidate's mean tree probabilities on the validation rows (what the calibration is fitted on).
+    proba: Mapping[int, np.ndarray] = field(default_factory=dict)
 
     def accuracy(self, leaves: int) -> float:
         """Top-5 accuracy of the forest truncated to ``leaves`` leaves per tree."""
@@ -135,6 +162,7 @@ class _Sums:
         shape = (len(labels), len(self.classes))
         self.reference = np.zeros(shape, dtype=np.float64)
         self.sums = [np.zeros(shape, dtype=np.float64) for _ in self.leaves]
+        self.trees = 0
 
     def add(self, forest: RandomForestClassifier, x_val: np.ndarray) -> None:
         """Add every tree of ``forest`` (same classes) to the sums."""
@@ -143,6 +171,7 @@ class _Sums:
         limits = 2 * np.asarray(self.leaves, dtype=np.int64) - 1
         rows = np.arange(len(x_val), dtype=np.int64)
         for estimator in forest.estimators_:
+            self.trees += 1
             tree = estimator.tree_
             path = tree.decision_path(x_val)
             nodes = path.indices.astype(np.int64)  # ascending along each path: children get larger ids
@@ -161,7 +190,8 @@ class _Sums:
     def hits(self) -> LeafCurve:
         """Top-5 hits per row of the fully grown forest and of every candidate."""
         return LeafCurve(_top_k_hits(self.reference, self.truth),
-                         {leaves: _top_k_hits(total, self.truth) for leaves, total in zip(self.leaves, self.sums)})
+                         {leaves: _top_k_hits(total, self.truth) for leaves, total in zip(self.leaves, self.sums)},
+                         {leaves: total / max(self.trees, 1) for leaves, total in zip(self.leaves, self.sums)})
 
 
 def _top_k_hits(scores: np.ndarray, truth: np.ndarray, k: int = TOP_K) -> np.ndarray:
@@ -206,28 +236,35 @@ class SizeChoice:
     search_rows: int  # rows the search forest was fitted on
     validation_rows: int
     reason: str
+    # The search forest truncated to the chosen leaf count (the largest candidate when none matched), on the
+    # validation rows: top-5 hits per row and probabilities, to compare it with other families and calibrate it.
+    validation_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool), compare=False)
+    validation_proba: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), compare=False)
 
 
 def choose_max_leaf_nodes(x_train: Any, y_train: Sequence[Any], params: Mapping[str, Any], budget_bytes: float,
-                          *, seed: int = 42) -> SizeChoice:
+                          *, seed: int = 42, estimator: type = RandomForestClassifier) -> SizeChoice:
     """The automatic ``max_leaf_nodes`` for a forest of ``params`` trained on ``(x_train, y_train)``.
 
-    Uses the training split only: a validation split is carved out of it with ``seed``. Costs
+    ``estimator`` is the forest's class (any sklearn forest of best-first trees: RandomForest,
+    ExtraTrees). Uses the training split only: a validation split is carved out of it with
+    ``seed`` (:func:`validation_split`). Costs
     one fit of ``n_estimators`` fully grown trees on 80% of the rows (in chunks of
     :data:`SEARCH_CHUNK_TREES` trees) plus reading their paths on the validation rows.
     """
-    features = np.asarray(x_train, dtype=np.float32)
-    labels = np.asarray(y_train)
-    n_classes = len(np.unique(labels))
+    x_train, y_train = np.asarray(x_train, dtype=np.float32), np.asarray(y_train)
+    n_classes = len(np.unique(y_train))
     n_trees = int(params.get("n_estimators", 100))
     budget_leaves = max_leaves_for_budget(budget_bytes, n_trees, n_classes)
-    x_fit, x_val, y_fit, y_val = _validation_split(features, labels, seed)
+    x_fit, x_val, y_fit, y_val = validation_split(x_train, y_train, seed)
     # Candidates above what the budget allows (at the search split's rows per leaf) are not evaluated.
-    search_cap = max(2, int(budget_leaves * len(y_fit) / len(labels)))
-    search = pick_leaves(leaf_curve(_search_chunks(x_fit, y_fit, params, n_trees, seed), x_val, y_val, max_leaves=search_cap))
-    chosen, bound, reason = _carry_over(search, budget_leaves, search_cap, len(y_fit), len(labels))
+    search_cap = max(2, int(budget_leaves * len(y_fit) / len(y_train)))
+    curve = leaf_curve(_search_chunks(x_fit, y_fit, params, n_trees, seed, estimator), x_val, y_val, max_leaves=search_cap)
+    search = pick_leaves(curve)
+    chosen, bound, reason = _carry_over(search, budget_leaves, search_cap, len(y_fit), len(y_train))
+    kept = search.leaves if search.leaves is not None else max(curve.candidates)
     return SizeChoice(chosen, budget_leaves, bound, estimate_forest_bytes(n_trees, chosen, n_classes),
-                      search, len(y_fit), len(y_val), reason)
+                      search, len(y_fit), len(y_val), reason, curve.candidates[kept], curve.proba[kept])
 
 
 def _carry_over(search: LeafChoice, budget_leaves: int, search_cap: int, n_fit: int,
@@ -247,7 +284,8 @@ def _carry_over(search: LeafChoice, budget_leaves: int, search_cap: int, n_fit: 
         f"{scaled} on {n_train}" + (", capped by the size budget" if bound else ""))
 
 
-def _validation_split(features: np.ndarray, labels: np.ndarray, seed: int):
+def validation_split(features: np.ndarray, labels: np.ndarray, seed: int):
+    """(x_fit, x_val, y_fit, y_val): the validation split every training-split choice is made on."""
     classes, counts = np.unique(labels, return_counts=True)
     # Stratify when every category can be on both sides (the outer split guarantees it on the
     # design's data; tiny categories fall back to a plain random split).
@@ -261,7 +299,7 @@ def _validation_split(features: np.ndarray, labels: np.ndarray, seed: int):
 
 
 def _search_chunks(x_fit: np.ndarray, y_fit: np.ndarray, params: Mapping[str, Any], n_trees: int,
-                   seed: int) -> Iterator[RandomForestClassifier]:
+                   seed: int, estimator: type) -> Iterator[RandomForestClassifier]:
     """``n_trees`` fully grown best-first trees, yielded as forests of a few dozen trees."""
     search_params = {key: value for key, value in params.items() if key not in SIZE_PARAMS | {"warm_start", "oob_score"}}
     # Best-first with room for a leaf per row grows trees as fully as sklearn's default builder.
@@ -272,4 +310,4 @@ def _search_chunks(x_fit: np.ndarray, y_fit: np.ndarray, params: Mapping[str, An
     for start in range(0, n_trees, SEARCH_CHUNK_TREES):
         size = min(SEARCH_CHUNK_TREES, n_trees - start)
         chunk_seed = int(rng.integers(0, 2**31 - 1))
-        yield RandomForestClassifier(**{**search_params, "n_estimators": size, "random_state": chunk_seed}).fit(x_fit, y_fit)
+        yield estimator(**{**search_params, "n_estimators": size, "random_state": chunk_seed}).fit(x_fit, y_fit)

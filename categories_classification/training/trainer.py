@@ -2,7 +2,6 @@
 import json
 import logging
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -11,12 +10,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
-from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 
 from categories_classification import drift, registry
 from categories_classification.config import (
     validate_client_id,
+    validate_family,
     validate_features,
     validate_max_model_mb,
     validate_model_params,
@@ -24,27 +23,22 @@ from categories_classification.config import (
 from categories_classification.training.data import load_training_data
 from categories_classification.training.evaluation import classification_metrics, per_class_report, top_k_accuracy, top_k_curve
 from categories_classification.paths import normalize_date, train_path
-from categories_classification.training.plots import close_figure, per_class_figure, top_k_figure
+from categories_classification.training.calibration import reliability
+from categories_classification.training.fitting import (  # pylint: disable=unused-import  # re-exported
+    DEFAULT_MAX_MODEL_MB,
+    DEFAULT_MODEL_PARAMS,
+    SEED,
+    FittedForest,
+    FittedModel,
+    fit_forest,
+    fit_model,
+)
+from categories_classification.training.plots import close_figure, per_class_figure, reliability_figure, top_k_figure
 from categories_classification.training.promotion import DEFAULT_TOLERANCE, Decision, decide
-from categories_classification.training.sizing import MB, SIZE_PARAMS, SizeChoice, choose_max_leaf_nodes, forest_memory_bytes
+from categories_classification.training.sizing import MB
 
 LOGGER = logging.getLogger(__name__)
 TEST_SIZE = 0.2
-SEED = 42
-# Project defaults, overridden by a client's explicit params. random_state makes a retraining
-# reproducible; n_jobs=-1 uses every core for a single client's fit. The trees' size is not a
-# fixed default: unless the params set one of sizing.SIZE_PARAMS, max_leaf_nodes is chosen per
-# client on its training split (the smallest that loses no validation top-5 accuracy against
-# fully grown trees and is near the best leaf count), within the size budget below.
-DEFAULT_MODEL_PARAMS: Mapping[str, Any] = {
-    "n_estimators": 100,
-    "random_state": SEED,
-    "n_jobs": -1,
-}
-# Size budget of one client's forest in memory (MB, 10^6 bytes), overridable per client
-# (`max_model_mb:` in the config, `--max_model_mb`): a ceiling, well above what the automatic choice
-# usually picks (see benchmarks/results.md).
-DEFAULT_MAX_MODEL_MB = 64.0
 
 
 @dataclass(frozen=True)
@@ -61,34 +55,38 @@ class TrainingResult:
     n_rows: int = 0
 
 
-def train_model(client_id: str, features: Sequence[str], model_params: Optional[Mapping[str, Any]],
+def train_model(client_id: str, features: Sequence[str], model_params: Optional[Mapping[str, Any]],  # pylint: disable=too-many-arguments
                 training_date: str, *, data_prefix: Optional[str] = None,
-                promotion_tolerance: Optional[float] = None, max_model_mb: Optional[float] = None) -> TrainingResult:
-    """Train the client's RandomForest on its training file and register it as a new version.
+                promotion_tolerance: Optional[float] = None, max_model_mb: Optional[float] = None,
+                family: Optional[str] = None) -> TrainingResult:
+    """Train the client's model on its training file and register it as a new version.
 
     The whole event is one MLflow run named ``training_<training_date>`` in the client's
-    experiment, with the model parameters, train and test metrics, model size and fit time.
-    ``model_params`` win over the project defaults; unless they bound the trees' size
-    themselves, ``max_leaf_nodes`` is chosen on the training split within ``max_model_mb``
-    (default :data:`DEFAULT_MAX_MODEL_MB`), see :func:`fit_forest`.
+    experiment, with the model family and parameters, every candidate family's validation score,
+    size and fit time, train and test metrics, calibration error before and after, model size.
+    The family is ``family`` if given (then ``model_params`` are its parameters), else chosen on
+    the training split; ``model_params`` win over the project defaults; unless they bound the
+    trees' size themselves, a forest's ``max_leaf_nodes`` is chosen on the training split within
+    ``max_model_mb`` (default :data:`DEFAULT_MAX_MODEL_MB`), see :func:`fit_model`.
     The new version becomes ``champion`` only if the promotion gate lets it (see
     :mod:`categories_classification.training.promotion`); the decision and both scores are on the run.
     """
     client_id = validate_client_id(client_id)
     features = validate_features(list(features), client_id)
-    explicit = validate_model_params(dict(model_params or {}), client_id)
-    budget_mb = validate_max_model_mb(max_model_mb, client_id)
+    family = validate_family(family, client_id)
+    model_params = validate_model_params(dict(model_params or {}), client_id, family)
+    max_model_mb = validate_max_model_mb(max_model_mb, client_id)
     tolerance = DEFAULT_TOLERANCE if promotion_tolerance is None else float(promotion_tolerance)
     date = normalize_date(training_date, "training_date", client_id)
     path = train_path(client_id, data_prefix)
 
     data = load_training_data(client_id, features, path)
-    fitted = _fit_and_evaluate(data.features, data.labels, explicit, budget_mb)
-    model, metrics = fitted.forest.model, fitted.metrics
-    if fitted.forest.over_budget:
-        LOGGER.warning("client %s: the forest takes %.1f MB in memory, over its %.1f MB budget (%s)", client_id,
-                       metrics["model_memory_bytes"] / MB, fitted.forest.budget_bytes / MB,
-                       fitted.forest.size_tags()["size_choice"])
+    fitted = _fit_and_evaluate(data.features, data.labels, model_params, max_model_mb, family)
+    chosen, metrics = fitted.chosen, fitted.metrics
+    if metrics["model_memory_bytes"] > chosen.budget_bytes:
+        LOGGER.warning("client %s: the %s model takes %.1f MB in memory, over its %.1f MB budget (%s)", client_id,
+                       chosen.family, metrics["model_memory_bytes"] / MB, chosen.budget_bytes / MB,
+                       _tags(chosen).get("size_choice", chosen.describe()["family_choice"]))
     registry.configure_tracking()
     registry.close_abandoned_runs(client_id)  # runs a killed process left RUNNING
     experiment_id = registry.ensure_experiment(client_id)
@@ -97,14 +95,18 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         run_name=f"training_{date}",
         tags={"client_id": client_id, "training_date": date, "stage": "training", "data_path": path},
     ):
-        mlflow.log_params({key: str(value) for key, value in model.get_params().items()})
+        mlflow.log_params({key: str(value) for key, value in chosen.model.estimator.get_params().items()})
         mlflow.log_params({"features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
-                           **fitted.forest.size_params()})
+                           "model_family": chosen.family,
+                           "family_rule": "pinned" if chosen.pinned else "auto: smallest candidate within 1 SE of "
+                                                                        "the best validation top-5, within the budget",
+                           **(chosen.forest.size_params() if chosen.forest is not None else
+                              {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})})
         mlflow.log_metrics(metrics)
-        mlflow.set_tags(fitted.forest.size_tags())
+        mlflow.set_tags(_tags(chosen))
         example = fitted.x_train.head(5)
         ref = registry.log_and_register(
-            client_id, model, example, infer_signature(example, model.predict(example)),
+            client_id, chosen.model, example, infer_signature(example, chosen.model.predict(example)),
             companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))},
         )
         _log_evaluation_artifacts(client_id, fitted)
@@ -128,60 +130,15 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         )
     LOGGER.info("client %s: registered %s version %s (run %s), %s", client_id, ref.name, ref.version, ref.run_id,
                 decision.label)
-    return TrainingResult(client_id, ref.name, ref.version, ref.run_id, metrics, decision, fitted.forest.params,
-                          len(data.labels))
+    return TrainingResult(client_id, ref.name, ref.version, ref.run_id, metrics, decision,
+                          {"family": chosen.family, **chosen.params}, len(data.labels))
 
 
-@dataclass(frozen=True)
-class FittedForest:
-    """A fitted forest with the parameters it was fitted with and how its size was decided."""
-
-    model: RandomForestClassifier
-    params: Mapping[str, Any]  # what RandomForestClassifier got, max_leaf_nodes included
-    budget_bytes: float
-    explicit_size_params: tuple[str, ...]  # size parameters the user set (then no automatic choice)
-    size: Optional[SizeChoice]  # the automatic choice, None when the user's params decided
-    fit_seconds: float
-    search_seconds: float
-
-    @property
-    def memory_bytes(self) -> int:
-        """The forest's tree arrays in memory (what pickling it costs)."""
-        return forest_memory_bytes(self.model)
-
-    @property
-    def over_budget(self) -> bool:
-        """True when the forest is larger than the budget (explicit size params, or a budget below 2 leaves)."""
-        return self.memory_bytes > self.budget_bytes
-
-    def size_params(self) -> dict[str, str]:
-        """MLflow params saying how the size was decided (the chosen value is ``max_leaf_nodes``)."""
-        rule = (f"explicit: {', '.join(self.explicit_size_params)}" if self.explicit_size_params
-                else "auto: smallest max_leaf_nodes beating fully grown trees on validation top-5 and near the best, "
-                     "within the budget")
-        return {"size_rule": rule, "max_model_mb": f"{self.budget_bytes / MB:g}"}
-
-    def size_metrics(self) -> dict[str, float]:
-        """Sizes (bytes), the budget and, when automatic, the search's figures."""
-        metrics = {"model_memory_bytes": float(self.memory_bytes), "size_budget_bytes": self.budget_bytes,
-                   "size_search_seconds": self.search_seconds}
-        if self.size is not None:
-            metrics.update({
-                "size_budget_max_leaf_nodes": float(self.size.budget_leaves),
-                "size_estimated_bytes": float(self.size.estimated_bytes),
-                "size_search_val_top_5_accuracy": self.size.search.accuracy,
-                "size_search_fully_grown_val_top_5_accuracy": self.size.search.reference_accuracy,
-                "size_search_best_val_top_5_accuracy": self.size.search.best_accuracy,
-                "size_search_margin": self.size.search.margin,
-            })
-        return metrics
-
-    def size_tags(self) -> dict[str, str]:
-        """Why this size: the automatic choice's reason, or the explicit parameters."""
-        reason = self.size.reason if self.size is not None else f"explicit {', '.join(self.explicit_size_params)}"
-        bound = self.size.budget_bound if self.size is not None else False
-        return {"size_choice": reason, "size_budget_bound": str(bound).lower(),
-                "size_over_budget": str(self.over_budget).lower()}
+def _tags(chosen: FittedModel) -> dict[str, str]:
+    """The run's tags on the family and size decisions."""
+    over = str(chosen.over_budget).lower()
+    return {**chosen.describe(), **(chosen.forest.size_tags() if chosen.forest is not None else {}),
+            "size_over_budget": over}
 
 
 def drift_reference(x_train: pd.DataFrame) -> dict[str, Any]:
@@ -194,34 +151,9 @@ def split_training_data(features: pd.DataFrame, labels: pd.Series) -> tuple[pd.D
     return train_test_split(features, labels, test_size=TEST_SIZE, stratify=labels, random_state=SEED)
 
 
-def fit_forest(x_train: pd.DataFrame, y_train: pd.Series, model_params: Optional[Mapping[str, Any]] = None,
-               max_model_mb: Optional[float] = None) -> FittedForest:
-    """Fit the client's forest: the explicit ``model_params`` over :data:`DEFAULT_MODEL_PARAMS`.
-
-    When ``model_params`` set none of :data:`~categories_classification.training.sizing.SIZE_PARAMS`,
-    ``max_leaf_nodes`` is chosen on ``(x_train, y_train)`` only (a validation split carved out
-    of it) within ``max_model_mb`` (default :data:`DEFAULT_MAX_MODEL_MB`); see
-    :func:`categories_classification.training.sizing.choose_max_leaf_nodes`. Explicit values always win.
-    """
-    explicit = dict(model_params or {})
-    params = {**DEFAULT_MODEL_PARAMS, **explicit}
-    budget_bytes = float(DEFAULT_MAX_MODEL_MB if max_model_mb is None else max_model_mb) * MB
-    explicit_size = tuple(sorted(key for key in explicit if key in SIZE_PARAMS))
-    size, search_seconds = None, 0.0
-    if not explicit_size:
-        started = time.perf_counter()
-        size = choose_max_leaf_nodes(x_train, y_train, params, budget_bytes, seed=SEED)
-        search_seconds = time.perf_counter() - started
-        params["max_leaf_nodes"] = size.max_leaf_nodes
-    model = RandomForestClassifier(**params)
-    started = time.perf_counter()
-    model.fit(x_train, y_train)
-    return FittedForest(model, params, budget_bytes, explicit_size, size, time.perf_counter() - started, search_seconds)
-
-
 @dataclass(frozen=True)
-class _EvaluatedForest:
-    """The fitted forest with both splits, their predicted probabilities and the metrics on each."""
+class _Evaluated:
+    """The fitted model with both splits, its predicted (calibrated) probabilities and the metrics on each."""
 
     x_train: pd.DataFrame
     x_test: pd.DataFrame
@@ -230,36 +162,51 @@ class _EvaluatedForest:
     train_proba: np.ndarray
     test_proba: np.ndarray
     metrics: dict[str, float]
-    forest: FittedForest
+    chosen: FittedModel
 
 
 def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, model_params: Mapping[str, Any],
-                      max_model_mb: Optional[float]) -> _EvaluatedForest:
-    """Stratified split (fixed seed), fit, and train/test metrics with model size and fit time."""
+                      max_model_mb: Optional[float], family: Optional[str]) -> _Evaluated:
+    """Stratified split (fixed seed), fit, and train/test metrics with model size, fit time and calibration."""
     x_train, x_test, y_train, y_test = split_training_data(features, labels)
-    forest = fit_forest(x_train, y_train, model_params, max_model_mb)
-    model = forest.model
+    chosen = fit_model(x_train, y_train, model_params, max_model_mb, family)
+    model = chosen.model
     train_proba, test_proba = model.predict_proba(x_train), model.predict_proba(x_test)
+    raw_test = model.estimator.predict_proba(x_test)
     metrics = {
         **classification_metrics(y_train, train_proba, model.classes_, "train"),
         **classification_metrics(y_test, test_proba, model.classes_, "test"),
-        "fit_time_seconds": forest.fit_seconds,
-        **forest.size_metrics(),
+        "fit_time_seconds": chosen.seconds[1],
+        "model_search_seconds": chosen.seconds[0],
+        "model_memory_bytes": float(chosen.memory_bytes),
+        "size_budget_bytes": chosen.budget_bytes,
+        **(chosen.forest.size_metrics() if chosen.forest is not None else {}),
+        **chosen.candidate_metrics(),
+        "calibration_temperature": chosen.calibration.temperature,
+        "val_ece_before_calibration": chosen.calibration.val_ece_before,
+        "val_ece": chosen.calibration.val_ece_after,
+        "test_ece_before_calibration": reliability(y_test, raw_test, model.classes_).ece,
+        "test_ece": reliability(y_test, test_proba, model.classes_).ece,
         "n_train_rows": float(len(x_train)),
         "n_test_rows": float(len(x_test)),
         "n_categories": float(len(model.classes_)),
     }
-    return _EvaluatedForest(x_train, x_test, y_train, y_test, train_proba, test_proba, metrics, forest)
+    return _Evaluated(x_train, x_test, y_train, y_test, train_proba, test_proba, metrics, chosen)
 
 
-def _log_evaluation_artifacts(client_id: str, fitted: _EvaluatedForest) -> None:
-    """Per-category report (CSV + JSON) and top-k / per-category plots on the active run."""
-    model = fitted.forest.model
+def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
+    """Per-category report (CSV + JSON), top-k / per-category plots, the reliability diagram and the candidates."""
+    model = fitted.chosen.model
     report = per_class_report(fitted.y_test, fitted.test_proba, model.classes_)
     curves = {
         "train": top_k_curve(fitted.y_train, fitted.train_proba, model.classes_),
         "test": top_k_curve(fitted.y_test, fitted.test_proba, model.classes_),
     }
+    bins = {"before": reliability(fitted.y_test, model.estimator.predict_proba(fitted.x_test), model.classes_),
+            "after": reliability(fitted.y_test, fitted.test_proba, model.classes_)}
+    candidates = [{"family": candidate.family, "val_top_5_accuracy": candidate.accuracy,
+                   "size_bytes": candidate.size_bytes, "fit_seconds": candidate.fit_seconds,
+                   "within_budget": candidate.within_budget} for candidate in fitted.chosen.candidates]
     # Written side by side and uploaded in one call: one round trip to the store per training.
     with tempfile.TemporaryDirectory(prefix="categories_evaluation_") as folder:
         scratch = Path(folder)
@@ -267,18 +214,25 @@ def _log_evaluation_artifacts(client_id: str, fitted: _EvaluatedForest) -> None:
         (scratch / "per_class_report.json").write_text(
             json.dumps({"split": "test", "categories": report.to_dict(orient="records")}, indent=2), encoding="utf-8")
         (scratch / "top_k_accuracy.json").write_text(json.dumps(curves, indent=2), encoding="utf-8")
+        (scratch / "reliability.json").write_text(json.dumps(
+            {"split": "test", "temperature": fitted.chosen.calibration.temperature,
+             **{name: value.to_dict() for name, value in bins.items()}}, indent=2), encoding="utf-8")
+        (scratch / "model_choice.json").write_text(json.dumps(
+            {**fitted.chosen.describe(), "candidates": candidates}, indent=2), encoding="utf-8")
         for figure, name in ((top_k_figure(curves, f"{client_id}: top-k accuracy"), "top_k_accuracy.png"),
                              (per_class_figure(report, f"{client_id}: recall per category (test)"),
-                              "per_class_recall.png")):
+                              "per_class_recall.png"),
+                             (reliability_figure(bins, f"{client_id}: reliability of the top-1 score (test)"),
+                              "reliability.png")):
             figure.savefig(scratch / name)
             close_figure(figure)
         mlflow.log_artifacts(folder, "evaluation")
 
 
-def _promotion_gate(client_id: str, ref: registry.ModelRef, fitted: _EvaluatedForest, tolerance: float) -> Decision:
+def _promotion_gate(client_id: str, ref: registry.ModelRef, fitted: _Evaluated, tolerance: float) -> Decision:
     """Score the new version and the current champion on the same test rows and decide."""
     x_test, y_test = fitted.x_test, fitted.y_test
-    challenger = top_k_accuracy(y_test, fitted.test_proba, fitted.forest.model.classes_)
+    challenger = top_k_accuracy(y_test, fitted.test_proba, fitted.chosen.model.classes_)
     champion = registry.champion_version(client_id)
     if champion is None or champion.version == ref.version:
         return decide(challenger, None, None, tolerance)

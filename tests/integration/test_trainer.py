@@ -3,12 +3,18 @@ import zipfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import skops.io
 import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import InputDataError
 from categories_classification.registry import ModelRef, download_model_file, experiment_name, model_name
+from categories_classification.prediction.scoring import predict_proba
+from categories_classification.registry import load_model, resolve_model
+from categories_classification.serialization import SKOPS_TRUSTED_TYPES
+from categories_classification.training.fitting import FAMILY_ORDER
 from categories_classification.training.trainer import DEFAULT_MAX_MODEL_MB, train_model
 from tests.helpers import FEATURES
 
@@ -17,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tracking_store, tmp_path):
     first = train_model("small_a", FEATURES, {"n_estimators": 20}, "2026-11-23T00:00:00+00:00",
-                        data_prefix=str(small_data))
+                        data_prefix=str(small_data), family="random_forest")
     second = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-24", data_prefix=str(small_data))
     assert (first.model_name, first.version, second.version) == ("small_a_model", 1, 2)
 
@@ -33,7 +39,9 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     assert run.data.params["size_rule"].startswith("auto:")
     assert run.data.params["max_model_mb"] == f"{DEFAULT_MAX_MODEL_MB:g}"
     assert run.data.metrics["size_budget_bytes"] == DEFAULT_MAX_MODEL_MB * 1e6
-    assert 0 < run.data.metrics["model_memory_bytes"] <= run.data.metrics["size_estimated_bytes"]
+    # In memory = the pickled model: the trees' arrays (the estimate) plus a few kB of Python objects per tree.
+    assert run.data.metrics["size_estimated_bytes"] <= run.data.metrics["model_memory_bytes"]
+    assert run.data.metrics["model_memory_bytes"] <= run.data.metrics["size_estimated_bytes"] + 20 * 2000
     assert run.data.metrics["size_search_seconds"] > 0
     assert 0 < run.data.metrics["size_search_val_top_5_accuracy"] <= 1
     assert "smallest max_leaf_nodes" in run.data.tags["size_choice"]
@@ -50,7 +58,8 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
 
     artifacts = {Path(item.path).name for item in client.list_artifacts(first.run_id, "evaluation")}
     assert artifacts == {"per_class_report.csv", "per_class_report.json", "top_k_accuracy.json",
-                         "top_k_accuracy.png", "per_class_recall.png"}
+                         "top_k_accuracy.png", "per_class_recall.png", "reliability.json", "reliability.png",
+                         "model_choice.json"}
     report = mlflow.artifacts.load_dict(f"runs:/{first.run_id}/evaluation/per_class_report.json")
     assert len(report["categories"]) == 12 and {"precision", "recall", "f1", "top_5_recall"} <= set(report["categories"][0])
 
@@ -61,7 +70,7 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
 
     flavor = mlflow.models.get_model_info(f"models:/small_a_model/{first.version}")
     assert flavor.flavors["sklearn"]["serialization_format"] == "skops"
-    assert flavor.flavors["sklearn"]["skops_trusted_types"] == ["sklearn.tree._tree.Tree"]
+    assert flavor.flavors["sklearn"]["skops_trusted_types"] == list(SKOPS_TRUSTED_TYPES)
     assert flavor.signature.inputs.input_names() == FEATURES
     assert flavor.saved_input_example_info is not None
 
@@ -73,7 +82,7 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
         assert {entry.compress_type for entry in stored.infolist()} == {zipfile.ZIP_DEFLATED}
     assert run.data.metrics["model_size_bytes"] == model_file.stat().st_size
     reloaded = mlflow.sklearn.load_model(f"models:/small_a_model/{first.version}")
-    assert reloaded.get_params()["n_estimators"] == 20
+    assert reloaded.estimator.get_params()["n_estimators"] == 20
     assert model_file.stat().st_size < len(skops.io.dumps(reloaded)) / 2
 
 
@@ -89,7 +98,7 @@ def test_bad_training_data_fails_before_anything_is_logged(small_data):
 @pytest.mark.usefixtures("tracking_store")
 def test_explicit_size_params_win_over_the_automatic_choice_and_the_budget(small_data):
     result = train_model("small_a", FEATURES, {"n_estimators": 10, "min_samples_leaf": 3}, "2026-11-23",
-                         data_prefix=str(small_data), max_model_mb=0.001)
+                         data_prefix=str(small_data), max_model_mb=0.001, family="random_forest")
     run = MlflowClient().get_run(result.run_id)
     assert run.data.params["min_samples_leaf"] == "3" and run.data.params["max_leaf_nodes"] == "None"
     assert run.data.params["size_rule"] == "explicit: min_samples_leaf"
@@ -103,8 +112,55 @@ def test_explicit_size_params_win_over_the_automatic_choice_and_the_budget(small
 def test_a_small_budget_bounds_the_automatic_choice(small_data):
     budget_mb = 0.02  # 10 trees of 12 categories at 160 bytes a node: 6 leaves per tree
     result = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-23", data_prefix=str(small_data),
-                         max_model_mb=budget_mb)
+                         max_model_mb=budget_mb, family="random_forest")
     run = MlflowClient().get_run(result.run_id)
-    assert run.data.metrics["model_memory_bytes"] <= budget_mb * 1e6
+    assert run.data.metrics["size_estimated_bytes"] <= budget_mb * 1e6
     assert int(run.data.params["max_leaf_nodes"]) == run.data.metrics["size_budget_max_leaf_nodes"]
     assert run.data.tags["size_budget_bound"] == "true"
+
+
+@pytest.mark.usefixtures("tracking_store")
+def test_the_run_logs_the_choice_every_candidate_and_the_calibration(small_data):
+    result = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-23", data_prefix=str(small_data))
+    run = MlflowClient().get_run(result.run_id)
+    family = run.data.params["model_family"]
+    assert family in FAMILY_ORDER and run.data.params["family_rule"].startswith("auto:")
+    assert run.data.tags["model_family"] == family and family in run.data.tags["family_choice"]
+    for candidate in FAMILY_ORDER:
+        assert 0 < run.data.metrics[f"candidate_{candidate}_val_top_5_accuracy"] <= 1
+        assert run.data.metrics[f"candidate_{candidate}_size_bytes"] > 0
+        assert run.data.metrics[f"candidate_{candidate}_fit_seconds"] > 0
+    choice = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/evaluation/model_choice.json")
+    assert [entry["family"] for entry in choice["candidates"]] == list(FAMILY_ORDER)
+    # Calibration: ECE before and after, on the validation rows it was fitted on and on the test split.
+    assert run.data.metrics["calibration_temperature"] > 0
+    assert run.data.metrics["val_ece"] <= run.data.metrics["val_ece_before_calibration"] + 1e-9
+    assert {"test_ece", "test_ece_before_calibration"} <= set(run.data.metrics)
+    bins = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/evaluation/reliability.json")
+    assert bins["after"]["ece"] == pytest.approx(run.data.metrics["test_ece"])
+
+    # The registered model loads back through the trusted list and scores through the prediction path.
+    model, features = load_model(resolve_model("small_a"))
+    rows = pd.read_csv(small_data / "prediction" / "client_id=small_a" / "data_predict.csv.gz")[features].head(50)
+    proba = predict_proba(model, rows, threads=2)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    top5 = np.sort(proba, axis=1)[:, -5:].sum(axis=1)
+    assert (top5 <= 1.0 + 1e-9).all()
+    assert np.array_equal(np.argsort(-proba, axis=1, kind="stable")[:, :5],
+                          np.argsort(-model.estimator.predict_proba(rows), axis=1, kind="stable")[:, :5])
+
+
+@pytest.mark.usefixtures("tracking_store")
+@pytest.mark.parametrize("family, params, check", [
+    ("extra_trees", {"n_estimators": 7}, ("n_estimators", "7")),
+    ("hist_gradient_boosting", {"max_iter": 5, "early_stopping": False}, ("max_iter", "5")),
+])
+def test_a_pinned_family_in_the_config_wins(small_data, family, params, check):
+    result = train_model("small_a", FEATURES, params, "2026-11-23", data_prefix=str(small_data), family=family)
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["model_family"] == family and run.data.params["family_rule"] == "pinned"
+    assert run.data.params[check[0]] == check[1]
+    assert not any(key.startswith("candidate_") for key in run.data.metrics)
+    model, _ = load_model(resolve_model("small_a"))
+    assert type(model.estimator).__name__ == {"extra_trees": "ExtraTreesClassifier",
+                                              "hist_gradient_boosting": "HistGradientBoostingClassifier"}[family]

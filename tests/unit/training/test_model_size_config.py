@@ -1,4 +1,4 @@
-"""The size budget as a setting: config key, trainer option, DAG command."""
+"""The size budget and the pinned model family as settings: config key, trainer option, DAG command."""
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,7 @@ def test_bad_max_model_mb_is_rejected_on_one_line(tmp_path, value, pattern):
 
 
 def test_unknown_key_message_lists_max_model_mb(tmp_path):
-    with pytest.raises(ConfigError, match="'promotion_tolerance' and 'max_model_mb'"):
+    with pytest.raises(ConfigError, match="'features', 'family', 'params'.*'promotion_tolerance' and 'max_model_mb'"):
         load_config(_write(tmp_path, "a:\n  features: [x]\n  max_size: 3\n"))
 
 
@@ -53,3 +53,38 @@ def test_bad_trainer_budget_option(capsys, value):
                  f"--max_model_mb={value}"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("Error: ") and "--max_model_mb" in err and err.count("\n") == 1
+
+
+def test_a_family_key_pins_the_family_and_its_params_are_that_familys(tmp_path):
+    config = load_config(_write(tmp_path, "a:\n  features: [x]\n  family: hist_gradient_boosting\n"
+                                          "  params: {max_iter: 50}\nb:\n  features: [x]\n  params: {n_estimators: 5}\n"))
+    assert config.get("a").family == "hist_gradient_boosting" and config.get("a").params == {"max_iter": 50}
+    assert config.get("b").family is None  # params only: RandomForest params, family chosen per client
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("  family: xgboost\n", r"key 'family': unknown model family: expected one of random_forest, extra_trees, "
+                            r"hist_gradient_boosting, found 'xgboost'"),
+    ("  family: [extra_trees]\n", r"key 'family': .*valid string"),
+    ("  family: hist_gradient_boosting\n  params: {n_estimators: 5}\n",
+     r"key 'params': unknown HistGradientBoostingClassifier parameter\(s\) 'n_estimators'"),
+    ("  params: {max_iter: 5}\n", r"key 'params': unknown RandomForestClassifier parameter\(s\) 'max_iter'"),
+])
+def test_bad_family_or_params_for_it_are_rejected_on_one_line(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=rf"client 'a': .*{pattern}") as info:
+        load_config(_write(tmp_path, f"a:\n  features: [x]\n{text}"))
+    assert "\n" not in str(info.value)
+
+
+def test_the_training_dag_passes_a_pinned_family_only_when_configured(tmp_path):
+    config = load_config(_write(tmp_path, "a:\n  features: [x]\n  family: extra_trees\nb:\n  features: [x]\n"))
+    training = next(kind for kind in KINDS if kind.name == "training")
+    assert "--model_family=extra_trees" in bash_command(config.get("a"), training)
+    assert "--model_family" not in bash_command(config.get("b"), training)
+
+
+def test_bad_trainer_family_option(capsys):
+    code = main(["trainer", "--client_id=c1", "--features=[\"f0\"]", "--model_params={}", "--training_date=2026-11-23",
+                 "--model_family=xgboost"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--model_family" in err

@@ -1,0 +1,61 @@
+"""A classifier whose ``predict_proba`` is temperature-scaled: what the registry stores and Spark loads.
+
+Shared by training (which fits the temperature) and prediction (which only calls
+``predict_proba``); light imports (numpy, sklearn.base) because Spark's workers load it with
+the model. Temperature scaling raises every probability to the power ``1 / temperature`` and
+renormalises each row: a strictly increasing map of each row, so the ranking of the categories
+(top-5 order, ties included) is exactly the underlying model's, and zeros stay zeros.
+"""
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+
+def temper(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Rows of ``proba`` raised to ``1 / temperature`` and renormalised (order within a row kept)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if temperature == 1.0:
+        return proba
+    with np.errstate(divide="ignore"):
+        logits = np.log(proba) / float(temperature)
+    # Shift by each row's largest logit before exp: no overflow, same ratios.
+    scaled = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+class TemperatureScaledClassifier(ClassifierMixin, BaseEstimator):
+    """``estimator`` (fitted) whose probabilities are tempered by ``temperature`` (> 0; 1 leaves them)."""
+
+    def __init__(self, estimator: Any = None, temperature: float = 1.0) -> None:
+        self.estimator = estimator
+        self.temperature = temperature
+
+    def fit(self, x: Any, y: Any) -> "TemperatureScaledClassifier":
+        """Fit the underlying estimator (the temperature is set by whoever calibrated it)."""
+        self.estimator.fit(x, y)
+        return self
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The underlying estimator's categories, in its column order."""
+        return self.estimator.classes_
+
+    @property
+    def n_jobs(self) -> Any:
+        """The underlying estimator's threads (None for estimators without the setting)."""
+        return getattr(self.estimator, "n_jobs", None)
+
+    @n_jobs.setter
+    def n_jobs(self, value: Any) -> None:
+        # Prediction sets n_jobs=1 for reproducible sums: pass it on to a forest.
+        if hasattr(self.estimator, "n_jobs"):
+            self.estimator.n_jobs = value
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Calibrated probabilities, columns in ``classes_`` order."""
+        return temper(self.estimator.predict_proba(x), self.temperature)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """The most probable category (the underlying estimator's, tempering keeps the order)."""
+        return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
