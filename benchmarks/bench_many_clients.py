@@ -13,7 +13,7 @@ import pandas as pd
 
 from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
 from categories_classification.paths import train_path
-from categories_classification.training.trainer import fit_forest
+from categories_classification.training.fitting import fit_forest
 from scripts.generate_example_data import ClientSpec, write_client
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]

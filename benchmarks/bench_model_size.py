@@ -5,7 +5,7 @@ training uses (:func:`trainer.split_training_data`):
 
 - **design**: sklearn's defaults plus the seed config's params (fully grown trees), with the
   project's ``random_state`` so that the run is reproducible;
-- **project defaults**: :func:`trainer.fit_forest`, the code path of ``train_model``: the seed
+- **project defaults**: :func:`fitting.fit_forest`, the code path of ``train_model``: the seed
   config's params stay authoritative, the rest (the automatic ``max_leaf_nodes`` within the
   default size budget) is the project's;
 - **previous default** (informative): ``min_samples_leaf=10``, the default before this choice.
@@ -39,7 +39,8 @@ from categories_classification.training.sizing import (
     leaf_curve,
     model_memory_bytes,
 )
-from categories_classification.training.trainer import DEFAULT_MAX_MODEL_MB, SEED, fit_forest, split_training_data
+from categories_classification.training.fitting import DEFAULT_MAX_MODEL_MB, SEED, fit_forest
+from categories_classification.training.trainer import split_training_data
 from scripts.generate_example_data import ClientSpec, write_client
 
 TARGET_SIZE_SHARE = 0.03  # of the design's pickled size

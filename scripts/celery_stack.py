@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from scripts import services, spark_connect
+from scripts.airflow_parsing import parsing_settings
 from scripts.generate_example_data import main as generate_example_data
-from scripts.local_stack import parsing_settings
 from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent

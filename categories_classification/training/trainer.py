@@ -24,15 +24,7 @@ from categories_classification.training.data import load_training_data
 from categories_classification.training.evaluation import classification_metrics, per_class_report, top_k_accuracy, top_k_curve
 from categories_classification.paths import normalize_date, train_path
 from categories_classification.training.calibration import reliability
-from categories_classification.training.fitting import (  # pylint: disable=unused-import  # re-exported
-    DEFAULT_MAX_MODEL_MB,
-    DEFAULT_MODEL_PARAMS,
-    SEED,
-    FittedForest,
-    FittedModel,
-    fit_forest,
-    fit_model,
-)
+from categories_classification.training.fitting import SEED, FittedModel, fit_model
 from categories_classification.training.plots import close_figure, per_class_figure, reliability_figure, top_k_figure
 from categories_classification.training.promotion import DEFAULT_TOLERANCE, Decision, decide
 from categories_classification.training.sizing import MB
@@ -67,7 +59,8 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
     The family is ``family`` if given (then ``model_params`` are its parameters), else chosen on
     the training split; ``model_params`` win over the project defaults; unless they bound the
     trees' size themselves, a forest's ``max_leaf_nodes`` is chosen on the training split within
-    ``max_model_mb`` (default :data:`DEFAULT_MAX_MODEL_MB`), see :func:`fit_model`.
+    ``max_model_mb`` (default :data:`~categories_classification.training.fitting.DEFAULT_MAX_MODEL_MB`),
+    see :func:`~categories_classification.training.fitting.fit_model`.
     The new version becomes ``champion`` only if the promotion gate lets it (see
     :mod:`categories_classification.training.promotion`); the decision and both scores are on the run.
     """

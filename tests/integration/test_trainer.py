@@ -15,7 +15,8 @@ from categories_classification.prediction.scoring import predict_proba
 from categories_classification.registry import load_model, resolve_model
 from categories_classification.serialization import SKOPS_TRUSTED_TYPES
 from categories_classification.training.fitting import FAMILY_ORDER
-from categories_classification.training.trainer import DEFAULT_MAX_MODEL_MB, train_model
+from categories_classification.training.fitting import DEFAULT_MAX_MODEL_MB
+from categories_classification.training.trainer import train_model
 from tests.helpers import FEATURES
 
 pytestmark = pytest.mark.slow
