@@ -3,12 +3,17 @@
 No MLflow here (the trainer logs what this returns). Every choice is made on a validation split
 carved out of the training split (:func:`sizing.validation_split`), never on the test split:
 
-1. each candidate family is scored on the validation rows within the size budget: RandomForest
-   and ExtraTrees at their automatic ``max_leaf_nodes`` (:mod:`sizing`, one fully grown forest
-   each, truncated), HistGradientBoosting with early stopping;
+1. each candidate family is fitted on a sample of the validation split's fit rows (at most
+   :data:`CANDIDATE_FIT_ROWS`, forests of at most :data:`CANDIDATE_TREES` fully grown trees,
+   HistGradientBoosting with early stopping) and scored on all its validation rows: the
+   comparison costs about one small fit per family, whatever the client's size;
 2. :func:`selection.choose` keeps the smallest candidate within a standard error of the best;
-3. the chosen family is fitted on the whole training split, and wrapped with the temperature
-   that calibrates its validation probabilities (:mod:`calibration`).
+3. only the chosen family is sized on the whole training split (forests: the automatic
+   ``max_leaf_nodes`` of :mod:`sizing`, the search a RandomForest always had), fitted, and
+   wrapped with the temperature that calibrates its validation probabilities (:mod:`calibration`).
+
+So a training costs what it cost before families were compared, plus the small comparison;
+a family pinned by the config skips the comparison.
 """
 import time
 from dataclasses import dataclass
@@ -17,6 +22,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from threadpoolctl import threadpool_limits
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import train_test_split
 
 from categories_classification.calibrated import TemperatureScaledClassifier, temper
 from categories_classification.config import DEFAULT_FAMILY, estimator_class
@@ -28,8 +34,10 @@ from categories_classification.training.sizing import (
     SIZE_PARAMS,
     SizeChoice,
     choose_max_leaf_nodes,
+    estimate_forest_bytes,
     forest_memory_bytes,
     model_memory_bytes,
+    sized_hits,
     validation_split,
 )
 
@@ -62,6 +70,10 @@ SHARED_FOREST_PARAMS = ("n_estimators", "n_jobs", "random_state")
 # usually picks (see benchmarks/results.md).
 DEFAULT_MAX_MODEL_MB = 64.0
 FAMILY_ORDER = ("random_forest", "extra_trees", "hist_gradient_boosting")  # simpler first: ties go to it
+# The family comparison's sample: enough rows and trees to rank families whose validation scores
+# differ by more than their noise, a fraction of the sized fit's cost on the design's clients.
+CANDIDATE_FIT_ROWS = 6_000
+CANDIDATE_TREES = 50
 FOREST_FAMILIES = ("random_forest", "extra_trees")
 
 
@@ -211,11 +223,11 @@ def fit_model(x_train: Any, y_train: Any, model_params: Optional[Mapping[str, An
     split = validation_split(features, labels, SEED)
     started = time.perf_counter()
     if family is None:
-        plans = [_plan(name, features, labels, split, _family_params(name, explicit), max_model_mb)
-                 for name in FAMILY_ORDER]
-        candidates = tuple(plan.candidate for plan in plans)
+        sample = _candidate_sample(split)
+        candidates = tuple(_candidate(name, sample, _family_params(name, explicit), max_model_mb)
+                           for name in FAMILY_ORDER)
         choice = choose(candidates)
-        plan = next(plan for plan in plans if plan.candidate.family == choice.family)
+        plan = _plan(choice.family, features, labels, split, _family_params(choice.family, explicit), max_model_mb)
     else:
         candidates, choice = (), None
         plan = _plan(family, features, labels, split, _family_params(family, explicit, pinned=True), max_model_mb)
@@ -265,9 +277,45 @@ def _family_params(family: str, explicit: Mapping[str, Any], pinned: bool = Fals
     return {**DEFAULT_MODEL_PARAMS, **{key: explicit[key] for key in SHARED_FOREST_PARAMS if key in explicit}}
 
 
+def _candidate_sample(split: tuple) -> tuple:
+    """The validation split with at most :data:`CANDIDATE_FIT_ROWS` fit rows (a stratified sample)."""
+    x_fit, x_val, y_fit, y_val = split
+    if len(y_fit) <= CANDIDATE_FIT_ROWS:
+        return split
+    classes, counts = np.unique(y_fit, return_counts=True)
+    stratify = y_fit if counts.min() >= 2 and len(classes) <= CANDIDATE_FIT_ROWS else None
+    x_fit, _, y_fit, _ = train_test_split(x_fit, y_fit, train_size=CANDIDATE_FIT_ROWS, stratify=stratify,
+                                          random_state=SEED)
+    return x_fit, x_val, y_fit, y_val
+
+
+def _candidate(family: str, sample: tuple, params: Mapping[str, Any], max_model_mb: Optional[float]) -> Candidate:
+    """``family`` fitted on the sample's fit rows and scored on its validation rows.
+
+    A forest is scored at its automatic leaf count on the sample (fully grown trees overfit where
+    sized ones do not), with at most :data:`CANDIDATE_TREES` trees; its size is estimated for the
+    client's number of trees at that leaf count.
+    """
+    x_fit, x_val, y_fit, y_val = sample
+    columns = np.unique(y_fit)
+    started = time.perf_counter()
+    if family in FOREST_FAMILIES and not any(key in SIZE_PARAMS for key in params):
+        trees = int(params.get("n_estimators", DEFAULT_MODEL_PARAMS["n_estimators"]))
+        hits, leaves = sized_hits(sample, {**params, "n_estimators": min(trees, CANDIDATE_TREES)},
+                                  _budget_bytes(max_model_mb), seed=SEED, estimator=estimator_class(family))
+        size_bytes = estimate_forest_bytes(trees, leaves, len(columns))
+    else:
+        with _one_openmp_thread():
+            model = estimator_class(family)(**params).fit(x_fit, y_fit)
+            hits = top_k_hits(y_val, _aligned(model.predict_proba(x_val), model.classes_, columns), columns)
+        size_bytes = model_memory_bytes(model)
+    return Candidate(family, hits, int(size_bytes), time.perf_counter() - started,
+                     size_bytes <= _budget_bytes(max_model_mb))
+
+
 def _plan(family: str, features: np.ndarray, labels: np.ndarray, split: tuple, params: Mapping[str, Any],
           max_model_mb: Optional[float]) -> _Plan:
-    """Score ``family`` on the validation rows, within the budget (forests through their size search)."""
+    """Size ``family`` on the training split and score it on the validation rows (forests: the size search)."""
     x_fit, x_val, y_fit, y_val = split
     columns = np.unique(y_fit)
     estimator = estimator_class(family)

@@ -267,6 +267,25 @@ def choose_max_leaf_nodes(x_train: Any, y_train: Sequence[Any], params: Mapping[
                       search, len(y_fit), len(y_val), reason, curve.candidates[kept], curve.proba[kept])
 
 
+def sized_hits(split: tuple[Any, Any, Any, Any], params: Mapping[str, Any], budget_bytes: float,
+               *, seed: int = 42, estimator: type = RandomForestClassifier) -> tuple[np.ndarray, int]:
+    """Validation top-5 hits of a forest of ``params`` at its automatic leaf count on ``split``.
+
+    ``split`` is ``(x_fit, x_val, y_fit, y_val)``: the same search as :func:`choose_max_leaf_nodes`,
+    on rows the caller gives (so that other models can be compared on the same validation rows);
+    returns the hits and the leaf count.
+    """
+    x_fit, x_val, y_fit, y_val = split
+    x_fit, y_fit = np.asarray(x_fit, dtype=np.float32), np.asarray(y_fit)
+    n_trees = int(params.get("n_estimators", 100))
+    budget_leaves = max_leaves_for_budget(budget_bytes, n_trees, len(np.unique(y_fit)))
+    curve = leaf_curve(_search_chunks(x_fit, y_fit, params, n_trees, seed, estimator), x_val, y_val,
+                       max_leaves=budget_leaves)
+    search = pick_leaves(curve)
+    kept = search.leaves if search.leaves is not None else max(curve.candidates)
+    return curve.candidates[kept], kept
+
+
 def _carry_over(search: LeafChoice, budget_leaves: int, search_cap: int, n_fit: int,
                 n_train: int) -> tuple[int, bool, str]:
     """The search split's choice for the whole training split: (max_leaf_nodes, budget bound?, why)."""
