@@ -13,6 +13,7 @@ from mlflow.models import infer_signature
 from sklearn.model_selection import train_test_split
 
 from categories_classification import drift, registry
+from categories_classification.errors import CategoriesError, InputDataError
 from categories_classification.config import (
     validate_client_id,
     validate_family,
@@ -73,7 +74,11 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
     date = normalize_date(training_date, "training_date", client_id)
     path = train_path(client_id, data_prefix)
 
-    data = load_training_data(client_id, features, path)
+    try:
+        data = load_training_data(client_id, features, path)
+    except InputDataError as exc:
+        _record_failed_training(client_id, date, path, exc)
+        raise
     fitted = _fit_and_evaluate(data.features, data.labels, model_params, max_model_mb, family)
     chosen, metrics = fitted.chosen, fitted.metrics
     if metrics["model_memory_bytes"] > chosen.budget_bytes:
@@ -125,6 +130,24 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
                 decision.label)
     return TrainingResult(client_id, ref.name, ref.version, ref.run_id, metrics, decision,
                           {"family": chosen.family, **chosen.params}, len(data.labels))
+
+
+def _record_failed_training(client_id: str, date: str, path: str, error: InputDataError) -> None:
+    """A FAILED training run naming why, so that the fleet view flags the client ("training failed").
+
+    Nothing is registered. If MLflow itself fails here, the data error is still the one raised.
+    """
+    try:
+        registry.configure_tracking()
+        registry.close_abandoned_runs(client_id)
+        with registry.tracking_errors(client_id):
+            client = mlflow.MlflowClient()
+            run = client.create_run(registry.ensure_experiment(client_id), run_name=f"training_{date}", tags={
+                "client_id": client_id, "training_date": date, "stage": "training", "data_path": path,
+                registry.FAILURE_REASON_TAG: str(error)})
+            client.set_terminated(run.info.run_id, "FAILED")
+    except CategoriesError as tracking:
+        LOGGER.warning("client %s: the failed training could not be recorded in MLflow: %s", client_id, tracking)
 
 
 def _tags(chosen: FittedModel) -> dict[str, str]:

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import InputDataError
-from categories_classification.registry import ModelRef, download_model_file, experiment_name, model_name
+from categories_classification.registry import FAILURE_REASON_TAG, ModelRef, download_model_file, experiment_name, model_name
 from categories_classification.prediction.scoring import predict_proba
 from categories_classification.registry import load_model, resolve_model
 from categories_classification.serialization import SKOPS_TRUSTED_TYPES
@@ -88,12 +88,17 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
 
 
 @pytest.mark.usefixtures("tracking_store")
-def test_bad_training_data_fails_before_anything_is_logged(small_data):
-    with pytest.raises(InputDataError, match=r"client 'small_a': .*missing column\(s\) 'f9'"):
+def test_bad_training_data_registers_nothing_and_leaves_a_failed_run_saying_why(small_data):
+    with pytest.raises(InputDataError, match=r"client 'small_a': .*missing column\(s\) 'f9'") as missing:
         train_model("small_a", ["f0", "f9"], {}, "2026-11-23", data_prefix=str(small_data))
     with pytest.raises(InputDataError, match=r"client 'nobody': file .*client_id=nobody/data_train.csv.gz: not found"):
         train_model("nobody", FEATURES, {}, "2026-11-23", data_prefix=str(small_data))
-    assert not MlflowClient().search_registered_models()
+    client = MlflowClient()
+    assert not client.search_registered_models()
+    (run,) = client.search_runs([client.get_experiment_by_name("categories_small_a").experiment_id])
+    # What the fleet view shows as "training failed", with the reason.
+    assert run.info.status == "FAILED" and run.data.tags["stage"] == "training"
+    assert run.data.tags[FAILURE_REASON_TAG] == str(missing.value)
 
 
 @pytest.mark.usefixtures("tracking_store")
