@@ -36,7 +36,8 @@ def test_notebook_runs_and_draws_its_plots(small_data, spark, monkeypatch):
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     images = [output for output in outputs if "image/png" in output.get("data", {})]
     text = "".join(output.get("text", "") for output in outputs if output.get("output_type") == "stream")
-    assert len(images) == 3  # top-1 score histogram, frequent categories, top-k curve
+    assert len(images) == 4  # top-1 score histogram, frequent categories, top-k curve, reliability diagram
+    assert "no reliability diagram" not in text
     assert "client small_a, inference date 2026-11-30" in text
     assert "rows per product: [5]" in text
     assert "of products have a top-1 score below 0.3" in text
