@@ -25,8 +25,8 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 
 from benchmarks._common import BenchContext, Row, Section, megabytes, seconds
-from benchmarks.bench_model_size import _quick_clients
-from categories_classification.config import ClientConfig, load_config
+from benchmarks.bench_model_size import design_clients
+from categories_classification.config import ClientConfig
 from categories_classification.paths import train_path
 from categories_classification.serialization import dump_model
 from categories_classification.training.calibration import expected_calibration_error
@@ -52,16 +52,10 @@ def run(ctx: BenchContext) -> Section:
         "least 1 point above the design's configuration, no client more than 0.5 point below it, all models together "
         "at most 3% of the design's size in memory; calibration error before and after reported.",
     )
-    if ctx.quick:
-        config, prefix = _quick_clients(ctx)
-        seeds = QUICK_SPLIT_SEEDS
-        section.notes.append("Quick run: 3 small generated clients, 2 splits; the targets are about the design's 10 "
-                             "clients (full run).")
-    elif ctx.seed_data is None:
-        section.notes.append("Skipped: the design's seed data (../shared/seed-data) is not on this machine.")
+    clients = design_clients(ctx, section, "3 small generated clients, 2 splits")
+    if clients is None:
         return section
-    else:
-        config, prefix, seeds = load_config(ctx.seed_data / "clients_config.yaml"), str(ctx.seed_data), SPLIT_SEEDS
+    (config, prefix), seeds = clients, (QUICK_SPLIT_SEEDS if ctx.quick else SPLIT_SEEDS)
     results = {client.client_id: _measure_client(client, prefix, seeds) for client in config}
     _rows(section, results)
     section.notes += [

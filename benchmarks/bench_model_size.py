@@ -74,20 +74,27 @@ def run(ctx: BenchContext) -> Section:
         "held-out top-5 accuracy is no worse: on average over the clients at least equal, no client more than "
         "1 point lower.",
     )
-    if ctx.quick:
-        config, prefix = _quick_clients(ctx)
-        section.notes.append("Quick run: 3 small generated clients with 10-30 trees; the targets are about the "
-                             "design's 10 clients (full run).")
-    elif ctx.seed_data is None:
-        section.notes.append("Skipped: the design's seed data (../shared/seed-data) is not on this machine.")
+    clients = design_clients(ctx, section, "3 small generated clients with 10-30 trees")
+    if clients is None:
         return section
-    else:
-        config, prefix = load_config(ctx.seed_data / "clients_config.yaml"), str(ctx.seed_data)
+    config, prefix = clients
     results = {client.client_id: _measure_client(client, prefix, with_second_seed=not ctx.quick) for client in config}
     _rows(section, results)
     _notes(section, results, ctx.quick)
     section.plots.append(_plot(ctx.outdir, results))
     return section
+
+
+def design_clients(ctx: BenchContext, section: Section, quick: str) -> Optional[tuple[ClientsConfig, str]]:
+    """The design's 10 clients (config, data prefix); a quick run's small generated ones (``quick`` says
+    what they are, in a note); None, with a note, when the seed data is not on this machine."""
+    if ctx.quick:
+        section.notes.append(f"Quick run: {quick}; the targets are about the design's 10 clients (full run).")
+        return _quick_clients(ctx)
+    if ctx.seed_data is None:
+        section.notes.append("Skipped: the design's seed data (../shared/seed-data) is not on this machine.")
+        return None
+    return load_config(ctx.seed_data / "clients_config.yaml"), str(ctx.seed_data)
 
 
 def _quick_clients(ctx: BenchContext) -> tuple[ClientsConfig, str]:
