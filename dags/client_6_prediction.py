@@ -28,9 +28,6 @@ with DAG(
         task_id="predict_categories",
         bash_command="pipenv run python categories_classification_cli.py predictor --client_id=client_6 --inference_date='{{ (dag_run.logical_date or dag_run.run_after) | ds }}'",
         cwd=PROJECT_DIR,
-        # Rendered by Airflow per run (the MLflow run's tags name this DAG run); added to the task's environment.
-        env={'MLFLOW_RUN_CONTEXT': "{{ {'airflow_dag_id': dag_run.dag_id, 'airflow_dag_run_id': dag_run.run_id} | tojson }}"},
-        append_env=True,
         # Exit codes are the CLI's own (1 data/model, 2 config): none of them means "skipped".
         skip_on_exit_code=None,
     )

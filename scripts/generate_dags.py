@@ -54,8 +54,8 @@ def _training_options(client: ClientConfig) -> list[str]:
 # {{ ds }}: fall back to the moment the run was due. Prediction uses the date only, so its output
 # folder (date=YYYY-MM-DD) is safe on every filesystem and an Airflow retry rewrites the same one.
 _RUN_MOMENT = "(dag_run.logical_date or dag_run.run_after)"
-# MLflow adds the JSON object of $MLFLOW_RUN_CONTEXT to the tags of the runs a task starts: each
-# training and prediction run names the DAG run it belongs to (what champion-from-run checks).
+# MLflow adds the JSON object of $MLFLOW_RUN_CONTEXT to the tags of the runs that mlflow.start_run
+# opens: a training's run names the DAG run it belongs to (what champion-from-run checks).
 _RUN_CONTEXT = {"MLFLOW_RUN_CONTEXT": "{{ {%r: dag_run.dag_id, %r: dag_run.run_id} | tojson }}" % (DAG_ID_TAG, DAG_RUN_ID_TAG)}
 # A training run triggered with conf {"model_params": {...}} uses those parameters instead of the
 # config's (the last --model_params wins). The conf reaches the CLI as one word through the
@@ -76,7 +76,7 @@ KINDS = (
           "passed the promotion gate) and writes the top-5 categories per product to "
           "`products_categories/client_id={c}/date=<ds>/` (parquet). Runs daily, and as soon as a training "
           "promotes a new champion (the asset `{c}_model@champion`; such a run writes today's date).",
-          lambda client: [], _RUN_CONTEXT),
+          lambda client: [], {}),
 )
 
 

@@ -57,7 +57,7 @@ def test_prediction_dag(dagbag, client_id):
     # The docs say what the task serves: the champion alias, not "the newest" version.
     assert f"{client_id}_model@champion" in dag.doc_md and "newest" not in dag.doc_md
     (task,) = dag.tasks
-    assert task.retries == 2 and task.append_env and "MLFLOW_RUN_CONTEXT" in task.env
+    assert task.retries == 2
     assert task.bash_command == (f"pipenv run python categories_classification_cli.py predictor --client_id={client_id} "
                                  "--inference_date='{{ (dag_run.logical_date or dag_run.run_after) | ds }}'")
 
