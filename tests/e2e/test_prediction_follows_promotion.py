@@ -2,19 +2,24 @@
 
 The training DAG's ``publish_champion`` task emits the client's champion asset only when
 ``champion-from-run`` says that this DAG run's training took the alias (exit 0); otherwise it
-exits 99, the task is skipped and no event is emitted. Here that command on a real MLflow store.
+exits 99, the task is skipped and no event is emitted. First that command on a real MLflow store,
+then the whole flow on a real stack through Airflow's REST API (``local_stack.prove_prediction_follows_promotion``).
 """
 import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification_cli import NOT_CHAMPION_EXIT_CODE
+from scripts import local_stack
+from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, running_stack
 
 pytestmark = pytest.mark.slow
 CLIENT = "small_p"
@@ -51,9 +56,26 @@ def test_champion_from_run_says_yes_only_to_the_dag_run_whose_training_took_the_
     assert code == 0 and "version 1 was promoted by small_p-training run run_1" in output
     assert _champion_from_run(env, "run_0")[0] == NOT_CHAMPION_EXIT_CODE  # another DAG run: not its model
 
-    _train(env, "run_2", '{"n_estimators": 1, "max_depth": 1}')  # loses the gate
+    _train(env, "run_2", json.dumps(local_stack.WEAK_MODEL_PARAMS))  # loses the gate
     code, output = _champion_from_run(env, "run_2")
     assert code == NOT_CHAMPION_EXIT_CODE and "version 1, from small_p-training run run_1, not promoted by" in output
     versions = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions(f"name = '{CLIENT}_model'")
     assert {int(version.version): version.tags["promotion_decision"] for version in versions} == {
         1: "promoted", 2: "rejected"}
+
+
+def test_a_promotion_starts_the_prediction_and_a_lost_gate_does_not(stack_env, tmp_path):
+    config = tmp_path / "clients.yaml"
+    config.write_text(f"{CLIENT}:\n  features: [f0, f1, f2, f3, f4]\n  params: {{n_estimators: 20}}\n", encoding="utf-8")
+    assert generate_dags(["--config", str(config), "--output-dir", stack_env["DAGS_FOLDER"]]) == 0
+    write_client(ClientSpec(CLIENT, 5, n_train=800, n_predict=300, n_categories=8), Path(stack_env["DATA_PREFIX"]))
+
+    started = time.monotonic()
+    with running_stack(stack_env) as stack:
+        proof = local_stack.prove_prediction_follows_promotion(
+            stack, local_stack.api_token(stack), CLIENT, Path(stack_env["DATA_PREFIX"]), timeout=600)
+    print(f"stack started, flow proven and stopped in {time.monotonic() - started:.0f}s")
+
+    assert int(proof["version"]) >= 2  # after the first training's (and a scheduled one's, if the DAG owed one)
+    assert proof["predicted"].startswith("asset_triggered__")
+    assert list(Path(proof["output"]).glob("*.parquet"))
