@@ -248,7 +248,14 @@ def prove_prediction_follows_promotion(stack: Stack, token: str, client_id: str,
     _wait_until_idle(stack, training, token, timeout)  # switched on, it may owe a scheduled run
     _set_paused(stack, prediction, token, False)
     _wait_until_idle(stack, prediction, token, timeout)
+    proof = _promotion_starts_prediction(stack, token, client_id, data, timeout)
+    proof["weak"] = _lost_gate_starts_nothing(stack, token, client_id, proof, timeout)
+    return proof
 
+
+def _promotion_starts_prediction(stack: Stack, token: str, client_id: str, data: Path, timeout: float) -> dict[str, str]:
+    """A promoting training's asset event creates a prediction run, which writes with the new version."""
+    training, prediction = f"{client_id}-training", f"{client_id}-prediction"
     promoted = run_dag(stack, training, token, timeout)
     _expect_task(stack, training, promoted, "publish_champion", "success", token)
     champion = _champion(stack, client_id)
@@ -262,31 +269,35 @@ def prove_prediction_follows_promotion(stack: Stack, token: str, client_id: str,
     # The MLflow run that wrote the output started during this DAG run's task (one run at a time per client).
     task = api_request(stack, "GET", f"/api/v2/dags/{prediction}/dagRuns/{predicted}/taskInstances/predict_categories",
                        token)
-    written_by = _mlflow_request(stack, "/api/2.0/mlflow/runs/get", run_id=manifest["prediction_run_id"])["run"]
-    started = written_by["info"]["start_time"] / 1000
-    during = datetime.fromisoformat(task["start_date"]).timestamp() <= started <= datetime.fromisoformat(
-        task["end_date"]).timestamp()
+    started = _mlflow_request(stack, "/api/2.0/mlflow/runs/get",
+                              run_id=manifest["prediction_run_id"])["run"]["info"]["start_time"] / 1000
+    during = (datetime.fromisoformat(task["start_date"]).timestamp() <= started
+              <= datetime.fromisoformat(task["end_date"]).timestamp())
     if not during or str(manifest["model_version"]) != champion["version"]:
         raise SystemExit(f"e2e: {output} was written with version {manifest['model_version']} by MLflow run "
                          f"{manifest['prediction_run_id']}, expected version {champion['version']} by {predicted}")
     print(f"{training} run {promoted} promoted version {champion['version']}: {prediction} run {predicted} "
           f"({run['run_type']}) wrote {output} with it")
+    return {"promoted": promoted, "version": champion["version"], "predicted": predicted, "output": str(output)}
 
+
+def _lost_gate_starts_nothing(stack: Stack, token: str, client_id: str, proof: dict[str, str], timeout: float) -> str:
+    """A weak retraining loses the gate: publish_champion skipped, no event, no new prediction run; its run id."""
+    training, prediction = f"{client_id}-training", f"{client_id}-prediction"
     weak = run_dag(stack, training, token, timeout, conf={"model_params": WEAK_MODEL_PARAMS})
     _expect_task(stack, training, weak, "publish_champion", "skipped", token)
-    if _champion(stack, client_id)["version"] != champion["version"]:
+    if _champion(stack, client_id)["version"] != proof["version"]:
         raise SystemExit(f"e2e: the weak retraining {weak} moved the champion")
     if _asset_events(stack, token, training, weak):
         raise SystemExit(f"e2e: the weak retraining {weak} emitted an asset event")
     time.sleep(NO_RUN_GRACE_SECONDS)
     triggered = [item["dag_run_id"] for item in api_request(
         stack, "GET", f"/api/v2/dags/{prediction}/dagRuns?run_type=asset_triggered&limit=100", token)["dag_runs"]]
-    if triggered != [predicted]:
-        raise SystemExit(f"e2e: asset-triggered runs of {prediction}: {triggered}, expected only {predicted}")
+    if triggered != [proof["predicted"]]:
+        raise SystemExit(f"e2e: asset-triggered runs of {prediction}: {triggered}, expected only {proof['predicted']}")
     print(f"{training} run {weak} lost the gate: publish_champion skipped, no asset event, no prediction run "
           f"within {NO_RUN_GRACE_SECONDS:.0f}s")
-    return {"promoted": promoted, "version": champion["version"], "predicted": predicted, "output": str(output),
-            "weak": weak}
+    return weak
 
 
 def _set_paused(stack: Stack, dag_id: str, token: str, paused: bool) -> None:
