@@ -278,7 +278,8 @@ def _promotion_starts_prediction(stack: Stack, token: str, client_id: str, data:
                          f"{manifest['prediction_run_id']}, expected version {champion['version']} by {predicted}")
     print(f"{training} run {promoted} promoted version {champion['version']}: {prediction} run {predicted} "
           f"({run['run_type']}) wrote {output} with it")
-    return {"promoted": promoted, "version": champion["version"], "predicted": predicted, "output": str(output)}
+    return {"promoted": promoted, "version": champion["version"], "predicted": predicted, "output": str(output),
+            "predicted_after": run["run_after"]}
 
 
 def _lost_gate_starts_nothing(stack: Stack, token: str, client_id: str, proof: dict[str, str], timeout: float) -> str:
@@ -291,8 +292,10 @@ def _lost_gate_starts_nothing(stack: Stack, token: str, client_id: str, proof: d
     if _asset_events(stack, token, training, weak):
         raise SystemExit(f"e2e: the weak retraining {weak} emitted an asset event")
     time.sleep(NO_RUN_GRACE_SECONDS)
+    # Since the promotion's prediction run (an AIRFLOW_HOME that is kept holds older ones).
+    query = urllib.parse.urlencode({"run_type": "asset_triggered", "run_after_gte": proof["predicted_after"]})
     triggered = [item["dag_run_id"] for item in api_request(
-        stack, "GET", f"/api/v2/dags/{prediction}/dagRuns?run_type=asset_triggered&limit=100", token)["dag_runs"]]
+        stack, "GET", f"/api/v2/dags/{prediction}/dagRuns?{query}", token)["dag_runs"]]
     if triggered != [proof["predicted"]]:
         raise SystemExit(f"e2e: asset-triggered runs of {prediction}: {triggered}, expected only {proof['predicted']}")
     print(f"{training} run {weak} lost the gate: publish_champion skipped, no asset event, no prediction run "
