@@ -28,7 +28,7 @@ with DAG(
         task_id="train_model",
         bash_command='pipenv run python categories_classification_cli.py trainer --client_id=client_9 --features=\'["f0", "f1", "f2", "f3", "f4"]\' --model_params=\'{}\' --training_date=\'{{ (dag_run.logical_date or dag_run.run_after) | ts }}\' ${CATEGORIES_CONF_MODEL_PARAMS:+"--model_params=$CATEGORIES_CONF_MODEL_PARAMS"}',
         cwd=PROJECT_DIR,
-        # Rendered by Airflow per run (the MLflow run's tags name this DAG run); added to the task's environment.
+        # Rendered by Airflow per run (the MLflow run's tags: this DAG run; the run's conf); added to the environment.
         env={'MLFLOW_RUN_CONTEXT': "{{ {'airflow_dag_id': dag_run.dag_id, 'airflow_dag_run_id': dag_run.run_id} | tojson }}", 'CATEGORIES_CONF_MODEL_PARAMS': '{{ dag_run.conf["model_params"] | tojson if "model_params" in (dag_run.conf or {}) else "" }}'},
         append_env=True,
         # Exit codes are the CLI's own (1 data/model, 2 config): none of them means "skipped".
