@@ -8,9 +8,10 @@
     python categories_classification_cli.py list-models --client_id=client_0
     python categories_classification_cli.py set-champion --client_id=client_0 --version=3   # rollback
     python categories_classification_cli.py fleet-status [--json | --html reports/fleet_status.html]
+    python categories_classification_cli.py champion-from-run --client_id=client_0   # in a training DAG's task
 
 Errors are printed on one line (``Error: ...``); exit code 2 for bad options or config, 1 for
-bad data or an unavailable model or tracking server.
+bad data or an unavailable model or tracking server; `champion-from-run` exits 99 for "no".
 """
 # Commands import what they need when they run: `--help` and a bad option stay instant, and no
 # command pays for another's imports (MLflow, Spark, sklearn take seconds).
@@ -30,6 +31,11 @@ from categories_classification.errors import CategoriesError, infrastructure_err
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
 FAIL_ON_DRIFT_HELP = ("Fail a client whose input drifted over its threshold (a feature's PSI against the training "
                       "data): nothing written, its previous output kept. Default: warn and write.")
+# Tags of a run started by an Airflow task (the generated DAGs set MLFLOW_RUN_CONTEXT): which DAG run
+# trained a model, or made a prediction.
+DAG_ID_TAG, DAG_RUN_ID_TAG = "airflow_dag_id", "airflow_dag_run_id"
+# champion-from-run's "no": the DAG task running it is skipped on this code, so it emits no asset event.
+NOT_CHAMPION_EXIT_CODE = 99
 
 
 class _Json(click.ParamType):
@@ -147,6 +153,38 @@ def set_champion_command(client_id: str, version: int) -> None:
     ref = registry.set_champion(client_id, version)
     click.echo(f"{client_id}: champion is now {ref.name} version {ref.version}"
                + (f" (was version {before.version})" if before else ""))
+
+
+@cli.command("champion-from-run")
+@click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
+@click.option("--dag_id", envvar="AIRFLOW_CTX_DAG_ID", required=True,
+              help="The Airflow DAG of the training (default: $AIRFLOW_CTX_DAG_ID, set in Airflow's tasks).")
+@click.option("--dag_run_id", envvar="AIRFLOW_CTX_DAG_RUN_ID", required=True,
+              help="The Airflow DAG run of the training (default: $AIRFLOW_CTX_DAG_RUN_ID, set in Airflow's tasks).")
+def champion_from_run_command(client_id: str, dag_id: str, dag_run_id: str) -> None:
+    """Exit 0 if this Airflow DAG run's training promoted the client's champion, else 99.
+
+    The training DAG's publish_champion task runs it: 99 skips the task, so a model that lost the
+    gate (or was replaced since) emits no asset event and starts no prediction.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from categories_classification import registry
+
+    validate_client_id(client_id)
+    registry.configure_tracking()
+    champion = registry.champion_version(client_id)
+    if champion is None:
+        click.echo(f"{client_id}: no champion: nothing to publish")
+        raise SystemExit(NOT_CHAMPION_EXIT_CODE)
+    with registry.tracking_errors(client_id):
+        tags = MlflowClient().get_run(champion.run_id).data.tags
+    source = f"{tags.get(DAG_ID_TAG) or '(not Airflow)'} run {tags.get(DAG_RUN_ID_TAG) or '-'}"
+    if (tags.get(DAG_ID_TAG), tags.get(DAG_RUN_ID_TAG), tags.get("promotion_decision")) != (dag_id, dag_run_id, "promoted"):
+        click.echo(f"{client_id}: champion is {champion.name} version {champion.version}, from {source}, not promoted "
+                   f"by {dag_id} run {dag_run_id}: nothing to publish")
+        raise SystemExit(NOT_CHAMPION_EXIT_CODE)
+    click.echo(f"{client_id}: {champion.name} version {champion.version} was promoted by {source}: publishing it")
 
 
 @cli.command("list-models")

@@ -4,15 +4,18 @@ import os
 from datetime import datetime, timedelta, timezone
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Asset
 
 # The project root (Pipfile, CLI): CATEGORIES_PROJECT_DIR, else the folder above dags/.
 PROJECT_DIR = os.environ.get("CATEGORIES_PROJECT_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The client's champion model: the training DAG emits an event of it when one of its runs
+# promoted a new champion, and the prediction DAG runs on that event.
+CHAMPION = Asset(name='client_9_model@champion', uri='x-categories://models/client_9_model/champion')
 
 with DAG(
     dag_id='client_9-training',
     description='Training of client client_9',
-    doc_md="### Training of client `client_9`\n\nTrains the client's model on `train/client_id=client_9/data_train.csv.gz`, registers a new version of `client_9_model` in MLflow (experiment `categories_client_9`) and makes it the `champion` if it passes the promotion gate.\n\n- features: `f0, f1, f2, f3, f4`\n- model params: `project defaults`\n\nGenerated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.",
+    doc_md='### Training of client `client_9`\n\nTrains the client\'s model on `train/client_id=client_9/data_train.csv.gz`, registers a new version of `client_9_model` in MLflow (experiment `categories_client_9`) and makes it the `champion` if it passes the promotion gate; then `publish_champion` emits the asset `client_9_model@champion` only if this run\'s model became champion, which starts the client\'s prediction. Trigger with conf `{"model_params": {...}}` to train once with other parameters (the gate still decides).\n\n- features: `f0, f1, f2, f3, f4`\n- model params: `project defaults`\n\nGenerated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.',
     schedule=timedelta(days=30),
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
@@ -21,10 +24,22 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     tags=['training', 'client_9'],
 ):
-    BashOperator(
+    task = BashOperator(
         task_id="train_model",
-        bash_command='pipenv run python categories_classification_cli.py trainer --client_id=client_9 --features=\'["f0", "f1", "f2", "f3", "f4"]\' --model_params=\'{}\' --training_date=\'{{ (dag_run.logical_date or dag_run.run_after) | ts }}\'',
+        bash_command='pipenv run python categories_classification_cli.py trainer --client_id=client_9 --features=\'["f0", "f1", "f2", "f3", "f4"]\' --model_params=\'{}\' --training_date=\'{{ (dag_run.logical_date or dag_run.run_after) | ts }}\' ${CATEGORIES_CONF_MODEL_PARAMS:+"--model_params=$CATEGORIES_CONF_MODEL_PARAMS"}',
         cwd=PROJECT_DIR,
+        # Rendered by Airflow per run (the MLflow run's tags: this DAG run; the run's conf); added to the environment.
+        env={'MLFLOW_RUN_CONTEXT': "{{ {'airflow_dag_id': dag_run.dag_id, 'airflow_dag_run_id': dag_run.run_id} | tojson }}", 'CATEGORIES_CONF_MODEL_PARAMS': '{{ dag_run.conf["model_params"] | tojson if "model_params" in (dag_run.conf or {}) else "" }}'},
+        append_env=True,
         # Exit codes are the CLI's own (1 data/model, 2 config): none of them means "skipped".
         skip_on_exit_code=None,
+    )
+    task >> BashOperator(
+        task_id="publish_champion",
+        bash_command='pipenv run python categories_classification_cli.py champion-from-run --client_id=client_9',
+        cwd=PROJECT_DIR,
+        outlets=[CHAMPION],
+        # Exit 99: this run's model is not the champion (it lost the gate). The task is
+        # then skipped, and a skipped task emits no asset event: no prediction follows.
+        skip_on_exit_code=99,
     )

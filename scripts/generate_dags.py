@@ -12,12 +12,13 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import jinja2
 
 from categories_classification.config import ClientConfig, ClientsConfig, config_file, load_config
 from categories_classification.errors import ConfigError
+from categories_classification_cli import DAG_ID_TAG, DAG_RUN_ID_TAG, NOT_CHAMPION_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "dags_templates"
@@ -35,6 +36,8 @@ class _Kind:
     date_option: str
     what: str  # doc_md's description; ``{c}`` is the client id
     options: Callable[[ClientConfig], list[str]]  # the command's options taken from the client's config
+    env: Mapping[str, str]  # the task's extra environment, Jinja rendered by Airflow at run time
+    conf_option: str = ""  # a word taken from the run's conf, through `env`: the shell never parses conf
 
 
 def _training_options(client: ClientConfig) -> list[str]:
@@ -53,17 +56,29 @@ def _training_options(client: ClientConfig) -> list[str]:
 # {{ ds }}: fall back to the moment the run was due. Prediction uses the date only, so its output
 # folder (date=YYYY-MM-DD) is safe on every filesystem and an Airflow retry rewrites the same one.
 _RUN_MOMENT = "(dag_run.logical_date or dag_run.run_after)"
+# MLflow adds the JSON object of $MLFLOW_RUN_CONTEXT to the tags of the runs that mlflow.start_run
+# opens: a training's run names the DAG run it belongs to (what champion-from-run checks).
+_RUN_CONTEXT = {"MLFLOW_RUN_CONTEXT": "{{ {%r: dag_run.dag_id, %r: dag_run.run_id} | tojson }}" % (DAG_ID_TAG, DAG_RUN_ID_TAG)}
+# A training run triggered with conf {"model_params": {...}} uses those parameters instead of the
+# config's (the last --model_params wins). The conf reaches the CLI as one word through the
+# environment: "$VAR" is never re-parsed by the shell, and the trainer validates the parameters.
+CONF_PARAMS_VARIABLE = "CATEGORIES_CONF_MODEL_PARAMS"
+_CONF_PARAMS = '{{ dag_run.conf["model_params"] | tojson if "model_params" in (dag_run.conf or {}) else "" }}'
 KINDS = (
     _Kind("training", "training_dag.py.j2", "trainer", f"--training_date='{{{{ {_RUN_MOMENT} | ts }}}}'",
           "Trains the client's model on `train/client_id={c}/data_train.csv.gz`, registers a new version of "
           "`{c}_model` in MLflow (experiment `categories_{c}`) and makes it the `champion` if it passes the "
-          "promotion gate.",
-          _training_options),
+          "promotion gate; then `publish_champion` emits the asset `{c}_model@champion` only if this run's "
+          "model became champion, which starts the client's prediction. Trigger with conf "
+          '`{{"model_params": {{...}}}}` to train once with other parameters (the gate still decides).',
+          _training_options, {**_RUN_CONTEXT, CONF_PARAMS_VARIABLE: _CONF_PARAMS},
+          f'${{{CONF_PARAMS_VARIABLE}:+"--model_params=${CONF_PARAMS_VARIABLE}"}}'),
     _Kind("prediction", "prediction_dag.py.j2", "predictor", f"--inference_date='{{{{ {_RUN_MOMENT} | ds }}}}'",
           "Scores `prediction/client_id={c}/data_predict.csv.gz` with `{c}_model@champion` (the version that "
           "passed the promotion gate) and writes the top-5 categories per product to "
-          "`products_categories/client_id={c}/date=<ds>/` (parquet).",
-          lambda client: []),
+          "`products_categories/client_id={c}/date=<ds>/` (parquet). Runs daily, and as soon as a training "
+          "promotes a new champion (the asset `{c}_model@champion`; such a run writes today's date).",
+          lambda client: [], {}),
 )
 
 
@@ -79,6 +94,7 @@ def render_dags(config: ClientsConfig) -> dict[str, str]:
     source = _display_path(config.path)
     files = {}
     for client in config:  # ClientsConfig iterates in sorted client-id order
+        asset_name, asset_uri = champion_asset(client.client_id)
         for kind in KINDS:
             files[f"{client.client_id}_{kind.name}.py"] = environment.get_template(kind.template).render(
                 header=f"{GENERATED_MARKER} from {kind.template} and {source}: do not edit, run `make generate-dags`.",
@@ -88,14 +104,27 @@ def render_dags(config: ClientsConfig) -> dict[str, str]:
                 description=f"{kind.name.capitalize()} of client {client.client_id}",
                 doc_md=_doc(client, kind),
                 bash_command=bash_command(client, kind),
+                env=dict(kind.env),
+                asset_name=asset_name,
+                asset_uri=asset_uri,
+                publish_command=f"{CLI} champion-from-run --client_id={_literal(client.client_id)}",
+                not_champion_exit_code=NOT_CHAMPION_EXIT_CODE,
             )
     return files
+
+
+def champion_asset(client_id: str) -> tuple[str, str]:
+    """Name and URI of the Airflow asset standing for a client's champion model (from its validated id).
+
+    An ``x-`` URI scheme is Airflow's "no provider": the URI is taken as is, nothing is looked up at parse time.
+    """
+    return f"{client_id}_model@champion", f"x-categories://models/{client_id}_model/champion"
 
 
 def bash_command(client: ClientConfig, kind: _Kind) -> str:
     """The CLI call of a DAG's task; every configured value is shell-quoted and Jinja-inert."""
     return " ".join([CLI, kind.command, f"--client_id={_literal(client.client_id)}", *kind.options(client),
-                     kind.date_option])
+                     kind.date_option, *([kind.conf_option] if kind.conf_option else [])])
 
 
 def write_dags(files: dict[str, str], output_dir: Path) -> tuple[list[str], list[str]]:

@@ -22,11 +22,14 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from categories_classification_cli import DAG_RUN_ID_TAG
 from scripts import spark_connect
 from scripts.airflow_parsing import parsing_settings
 from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
@@ -173,27 +176,164 @@ def stop(stack: Optional[Stack] = None) -> None:
 
 
 def e2e(stack: Optional[Stack] = None) -> None:
-    """What a user does: start, switch client_0's DAGs on, wait for success, check, stop."""
+    """What a user does: start, run client_0's DAGs through the REST API, check, stop.
+
+    The prediction runs because a training promoted a new champion (:func:`prove_prediction_follows_promotion`).
+    """
     stack = stack or Stack.from_env()
     start(stack)
     try:
-        token = api_token(stack)
-        run_id = run_dag(stack, "client_0-training", token)
-        print(f"client_0-training run {run_id} succeeded")
-        run_id = run_dag(stack, "client_0-prediction", token)
-        print(f"client_0-prediction run {run_id} succeeded")
-        data = Path(os.environ.get("DATA_PREFIX") or ROOT / "data")
-        outputs = sorted((data / "products_categories/client_id=client_0").glob("date=*"),
-                         key=lambda folder: folder.stat().st_mtime)
-        if not outputs or not list(outputs[-1].glob("*.parquet")):
-            raise SystemExit("e2e: no parquet output for client_0")
-        manifest = json.loads((outputs[-1] / "_manifest.json").read_text(encoding="utf-8"))
+        proof = prove_prediction_follows_promotion(stack, api_token(stack), "client_0",
+                                                   Path(os.environ.get("DATA_PREFIX") or ROOT / "data"))
+        manifest = json.loads((Path(proof["output"]) / "_manifest.json").read_text(encoding="utf-8"))
         if manifest.get("spark") != stack.spark_remote:
             raise SystemExit(f"e2e: the prediction ran on {manifest.get('spark')!r}, not on the stack's shared "
                              f"Spark service {stack.spark_remote}")
-        print(f"e2e ok: output in {outputs[-1]}, scored on the shared Spark service {stack.spark_remote}")
+        print(f"e2e ok: output in {proof['output']}, scored on the shared Spark service {stack.spark_remote}")
     finally:
         stop(stack)
+
+
+# A retraining that must lose the promotion gate whatever the data: one stump instead of a forest.
+WEAK_MODEL_PARAMS = {"n_estimators": 1, "max_depth": 1}
+# How long a training that emitted no asset event is watched for a prediction run all the same.
+# The scheduler turns an event into a run within one loop (seconds); this is several loops.
+NO_RUN_GRACE_SECONDS = 30.0
+
+
+def prove_prediction_follows_promotion(stack: Stack, token: str, client_id: str, data: Path,
+                                       timeout: float = 900) -> dict[str, str]:
+    """Issue #13, through the REST API: a promotion starts the client's prediction, a lost gate does not.
+
+    1. The prediction DAG off, a training gives the client a champion. 2. The prediction DAG on;
+    its daily run, if one is due, ends. 3. A training that promotes: its ``publish_champion``
+    emits the champion asset, whose event creates an ``asset_triggered`` prediction run that
+    writes with the new version (the output's manifest and MLflow's tags say so). 4. A weak
+    retraining (conf ``model_params``) loses the gate: ``publish_champion`` is skipped, no event,
+    no new prediction run. Raises SystemExit on any failure; returns what it saw.
+    """
+    training, prediction = f"{client_id}-training", f"{client_id}-prediction"
+    for dag_id in (training, prediction):
+        wait_for_dag(stack, dag_id, token, timeout)
+    _set_paused(stack, prediction, token, True)
+    first = run_dag(stack, training, token, timeout)
+    print(f"{training} run {first} succeeded: {client_id} has a champion")
+    _wait_until_idle(stack, training, token, timeout)  # switched on, it may owe a scheduled run
+    _set_paused(stack, prediction, token, False)
+    _wait_until_idle(stack, prediction, token, timeout)
+    proof = _promotion_starts_prediction(stack, token, client_id, data, timeout)
+    proof["weak"] = _lost_gate_starts_nothing(stack, token, client_id, proof, timeout)
+    return proof
+
+
+def _promotion_starts_prediction(stack: Stack, token: str, client_id: str, data: Path, timeout: float) -> dict[str, str]:
+    """A promoting training's asset event creates a prediction run, which writes with the new version."""
+    training, prediction = f"{client_id}-training", f"{client_id}-prediction"
+    promoted = run_dag(stack, training, token, timeout)
+    _expect_task(stack, training, promoted, "publish_champion", "success", token)
+    champion = _champion(stack, client_id)
+    if champion["tags"].get(DAG_RUN_ID_TAG) != promoted:
+        raise SystemExit(f"e2e: the champion (version {champion['version']}) is not the model of {training} run {promoted}")
+    predicted = _run_created_by_event(stack, token, training, promoted, timeout)
+    wait_for_run(stack, prediction, predicted, token, timeout)
+    run = api_request(stack, "GET", f"/api/v2/dags/{prediction}/dagRuns/{predicted}", token)
+    output = data / f"products_categories/client_id={client_id}/date={run['run_after'][:10]}"
+    manifest = json.loads((output / "_manifest.json").read_text(encoding="utf-8"))
+    # The MLflow run that wrote the output started during this DAG run's task (one run at a time per client).
+    task = api_request(stack, "GET", f"/api/v2/dags/{prediction}/dagRuns/{predicted}/taskInstances/predict_categories",
+                       token)
+    started = _mlflow_request(stack, "/api/2.0/mlflow/runs/get",
+                              run_id=manifest["prediction_run_id"])["run"]["info"]["start_time"] / 1000
+    during = (datetime.fromisoformat(task["start_date"]).timestamp() <= started
+              <= datetime.fromisoformat(task["end_date"]).timestamp())
+    if not during or str(manifest["model_version"]) != champion["version"]:
+        raise SystemExit(f"e2e: {output} was written with version {manifest['model_version']} by MLflow run "
+                         f"{manifest['prediction_run_id']}, expected version {champion['version']} by {predicted}")
+    print(f"{training} run {promoted} promoted version {champion['version']}: {prediction} run {predicted} "
+          f"({run['run_type']}) wrote {output} with it")
+    return {"promoted": promoted, "version": champion["version"], "predicted": predicted, "output": str(output),
+            "predicted_after": run["run_after"]}
+
+
+def _lost_gate_starts_nothing(stack: Stack, token: str, client_id: str, proof: dict[str, str], timeout: float) -> str:
+    """A weak retraining loses the gate: publish_champion skipped, no event, no new prediction run; its run id."""
+    training, prediction = f"{client_id}-training", f"{client_id}-prediction"
+    weak = run_dag(stack, training, token, timeout, conf={"model_params": WEAK_MODEL_PARAMS})
+    _expect_task(stack, training, weak, "publish_champion", "skipped", token)
+    if _champion(stack, client_id)["version"] != proof["version"]:
+        raise SystemExit(f"e2e: the weak retraining {weak} moved the champion")
+    if _asset_events(stack, token, training, weak):
+        raise SystemExit(f"e2e: the weak retraining {weak} emitted an asset event")
+    time.sleep(NO_RUN_GRACE_SECONDS)
+    # Since the promotion's prediction run (an AIRFLOW_HOME that is kept holds older ones).
+    query = urllib.parse.urlencode({"run_type": "asset_triggered", "run_after_gte": proof["predicted_after"]})
+    triggered = [item["dag_run_id"] for item in api_request(
+        stack, "GET", f"/api/v2/dags/{prediction}/dagRuns?{query}", token)["dag_runs"]]
+    if triggered != [proof["predicted"]]:
+        raise SystemExit(f"e2e: asset-triggered runs of {prediction}: {triggered}, expected only {proof['predicted']}")
+    print(f"{training} run {weak} lost the gate: publish_champion skipped, no asset event, no prediction run "
+          f"within {NO_RUN_GRACE_SECONDS:.0f}s")
+    return weak
+
+
+def _set_paused(stack: Stack, dag_id: str, token: str, paused: bool) -> None:
+    api_request(stack, "PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": paused})
+
+
+def _wait_until_idle(stack: Stack, dag_id: str, token: str, timeout: float) -> None:
+    """Wait until the run a DAG switched on owes (its latest daily time, if none ran) is created and over."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        due = api_request(stack, "GET", f"/api/v2/dags/{dag_id}", token)["next_dagrun_run_after"]
+        active = api_request(stack, "GET", f"/api/v2/dags/{dag_id}/dagRuns?state=queued&state=running", token)
+        if due and datetime.fromisoformat(due) > datetime.now(timezone.utc) and not active["total_entries"]:
+            return
+        time.sleep(2)
+    raise SystemExit(f"e2e: {dag_id} still had a run due or active after {timeout:.0f}s")
+
+
+def _expect_task(stack: Stack, dag_id: str, run_id: str, task_id: str, state: str, token: str) -> None:
+    found = api_request(stack, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", token)["state"]
+    if found != state:
+        raise SystemExit(f"e2e: {dag_id} run {run_id}: {task_id} is {found}, expected {state}")
+
+
+def _asset_events(stack: Stack, token: str, dag_id: str, run_id: str) -> list[dict]:
+    query = urllib.parse.urlencode({"source_dag_id": dag_id, "source_run_id": run_id})
+    return api_request(stack, "GET", f"/api/v2/assets/events?{query}", token)["asset_events"]
+
+
+def _run_created_by_event(stack: Stack, token: str, dag_id: str, run_id: str, timeout: float) -> str:
+    """The run that the asset event of ``dag_id``'s run ``run_id`` created (the scheduler's next loop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        created = [run["run_id"] for event in _asset_events(stack, token, dag_id, run_id)
+                   for run in event["created_dagruns"]]
+        if len(created) > 1:
+            raise SystemExit(f"e2e: the asset event of {dag_id} run {run_id} created {created}, expected one run")
+        if created:
+            return created[0]
+        time.sleep(2)
+    raise SystemExit(f"e2e: no run created by an asset event of {dag_id} run {run_id} within {timeout:.0f}s")
+
+
+def _mlflow_request(stack: Stack, path: str, **query: str) -> Any:
+    """One GET to the stack's MLflow REST API."""
+    url = f"{stack.mlflow_url}{path}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as response:  # nosec: loopback only
+        return json.loads(response.read())
+
+
+def _tags(run: dict) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
+
+
+def _champion(stack: Stack, client_id: str) -> dict[str, Any]:
+    """The client's champion version and the tags of the run that trained it."""
+    found = _mlflow_request(stack, "/api/2.0/mlflow/registered-models/alias", name=f"{client_id}_model",
+                            alias="champion")["model_version"]
+    run = _mlflow_request(stack, "/api/2.0/mlflow/runs/get", run_id=found["run_id"])["run"]
+    return {"version": str(found["version"]), "tags": _tags(run)}
 
 
 def _spawn(stack: Stack, name: str, command: list[str], env: dict[str, str]) -> None:
@@ -257,23 +397,30 @@ def wait_for_dag(stack: Stack, dag_id: str, token: str, timeout: float) -> None:
         time.sleep(1)
 
 
-def trigger_dag(stack: Stack, dag_id: str, token: str) -> str:
-    """Switch ``dag_id`` on and start a run of it now; return the run id."""
-    api_request(stack, "PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})
+def trigger_dag(stack: Stack, dag_id: str, token: str, conf: Optional[dict] = None) -> str:
+    """Switch ``dag_id`` on and start a run of it now (with ``conf``, if given); return the run id."""
+    _set_paused(stack, dag_id, token, False)
     # Switching the DAG on may also schedule its latest interval; an explicit run of our own is
     # the one we wait for, so that an old successful run can never pass for this one.
-    return api_request(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", token, {"logical_date": None})["dag_run_id"]
+    body = {"logical_date": None, **({"conf": conf} if conf is not None else {})}
+    return api_request(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", token, body)["dag_run_id"]
 
 
-def run_dag(stack: Stack, dag_id: str, token: str, timeout: float = 900) -> str:
-    """Wait for ``dag_id``, trigger it and wait for its run to succeed; return the run id."""
-    deadline = time.monotonic() + timeout
+def run_dag(stack: Stack, dag_id: str, token: str, timeout: float = 900, conf: Optional[dict] = None) -> str:
+    """Wait for ``dag_id``, trigger it (with ``conf``) and wait for its run to succeed; return the run id."""
     wait_for_dag(stack, dag_id, token, timeout)  # parsed a few seconds after start
-    run_id = trigger_dag(stack, dag_id, token)
+    run_id = trigger_dag(stack, dag_id, token, conf)
+    wait_for_run(stack, dag_id, run_id, token, timeout)
+    return run_id
+
+
+def wait_for_run(stack: Stack, dag_id: str, run_id: str, token: str, timeout: float = 900) -> None:
+    """Wait until a run of ``dag_id`` succeeds (SystemExit if it fails or takes over ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = api_request(stack, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", token)["state"]
         if state == "success":
-            return run_id
+            return
         if state == "failed":
             raise SystemExit(f"e2e: {dag_id} run {run_id} failed: see the task log in {stack.airflow_home / 'logs'}")
         time.sleep(3)

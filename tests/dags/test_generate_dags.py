@@ -10,7 +10,7 @@ import jinja2
 import pytest
 
 from categories_classification.config import load_config
-from scripts.generate_dags import GENERATED_MARKER, main, render_dags
+from scripts.generate_dags import CONF_PARAMS_VARIABLE, GENERATED_MARKER, main, render_dags
 from tests.helpers import ROOT
 
 GOOD = "zeta:\n  features: [a, b]\nalpha:\n  features: [x]\n  params: {n_estimators: 7, max_depth: 3}\n"
@@ -109,3 +109,27 @@ def test_clients_are_rendered_in_sorted_order(tmp_path):
 def test_promotion_tolerance_is_passed_to_the_trainer(tmp_path):
     _, out = _generate(tmp_path, "ok:\n  features: [x]\n  promotion_tolerance: 0.05\n")
     assert "--promotion_tolerance=0.05 --training_date=" in (out / "ok_training.py").read_text(encoding="utf-8")
+
+
+def test_both_dags_of_a_client_name_its_champion_asset_from_its_validated_id(tmp_path):
+    _, out = _generate(tmp_path, GOOD)
+    asset = "CHAMPION = Asset(name='alpha_model@champion', uri='x-categories://models/alpha_model/champion')\n"
+    assert asset in (out / "alpha_training.py").read_text(encoding="utf-8")
+    prediction = (out / "alpha_prediction.py").read_text(encoding="utf-8")
+    assert asset in prediction and "assets=CHAMPION)" in prediction
+
+
+@pytest.mark.parametrize("conf_params", ["", '{"n_estimators": 1}', "x'; touch pwned; echo '$(id)`id` *"])
+def test_a_runs_conf_params_reach_the_trainer_as_one_word_last(tmp_path, conf_params):
+    _, out = _generate(tmp_path, GOOD)
+    command = ast.literal_eval(next(line.split("bash_command=", 1)[1].rstrip(",")
+                                    for line in (out / "alpha_training.py").read_text(encoding="utf-8").splitlines()
+                                    if "bash_command=" in line and "trainer" in line))
+    # What bash makes of the command (its Jinja part aside), with the variable the task's env sets.
+    command = command.replace("pipenv run python categories_classification_cli.py", "printf '%s\\0'", 1)
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, check=True,
+                            env={"PATH": "/usr/bin:/bin", CONF_PARAMS_VARIABLE: conf_params})
+    words = result.stdout.decode().split("\0")[:-1]
+    assert words[:2] == ["trainer", "--client_id=alpha"] and words[3] == '--model_params={"max_depth": 3, "n_estimators": 7}'
+    assert words[5:] == ([f"--model_params={conf_params}"] if conf_params else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clients.yaml", "dags"]  # nothing ran

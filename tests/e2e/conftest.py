@@ -1,10 +1,11 @@
 """Throwaway Airflows: `airflow dags test` runs, and local stacks with their own folders and ports."""
 import contextlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import pytest
 
@@ -42,10 +43,11 @@ def make_airflow_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
     return build
 
 
-def dags_test(env: dict[str, str], dag_id: str) -> str:
-    """`airflow dags test <dag_id> 2026-11-23`; asserts success, returns the log."""
-    result = subprocess.run([AIRFLOW, "dags", "test", dag_id, "2026-11-23"], env=env, capture_output=True,
-                            text=True, timeout=600, check=False)
+def dags_test(env: dict[str, str], dag_id: str, conf: Optional[dict] = None) -> str:
+    """`airflow dags test <dag_id> 2026-11-23` (with the run's ``conf``); asserts success, returns the log."""
+    result = subprocess.run([AIRFLOW, "dags", "test", dag_id, "2026-11-23",
+                             *(["--conf", json.dumps(conf)] if conf is not None else [])],
+                            env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "state=success" in result.stdout + result.stderr
     return result.stdout + result.stderr

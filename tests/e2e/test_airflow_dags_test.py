@@ -30,8 +30,12 @@ def test_training_then_prediction_dag_run_the_cli(airflow_env):
     env, tmp_path = airflow_env
     log = dags_test(env, "e2e_client-training")
     assert "e2e_client: registered e2e_client_model version 1" in log
-    versions = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions("name = 'e2e_client_model'")
-    assert [int(v.version) for v in versions] == [1]
+    # The first version is promoted: publish_champion succeeds, its asset event would start the prediction.
+    assert "e2e_client_model version 1 was promoted by e2e_client-training run" in log
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (version,) = client.search_model_versions("name = 'e2e_client_model'")
+    assert int(version.version) == 1
+    assert client.get_run(version.run_id).data.tags["airflow_dag_id"] == "e2e_client-training"
 
     log = dags_test(env, "e2e_client-prediction")
     assert "with e2e_client_model version 1" in log

@@ -1,8 +1,9 @@
 """A hostile config rendered into DAGs and *run* by Airflow executes nothing: values arrive verbatim.
 
 Client ids and feature names are validated (letters, digits, '_'); the only free text that reaches
-a DAG's bash command is a RandomForest parameter value, here ``class_weight`` keys. A stand-in
-``pipenv`` first on PATH records the arguments the BashOperator passes, instead of training.
+a DAG's bash command is a RandomForest parameter value, here ``class_weight`` keys, and a run's
+conf ``model_params`` (through the task's environment). A stand-in ``pipenv`` first on PATH
+records the arguments the BashOperators pass, and the MLflow run context, instead of running.
 """
 import json
 import os
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 _RECORDER = """#!{python}
 import json, os, sys
 with open(os.environ["ARGV_LOG"], "a", encoding="utf-8") as log:
-    log.write(json.dumps(sys.argv[1:]) + "\\n")
+    log.write(json.dumps([sys.argv[1:], os.environ.get("MLFLOW_RUN_CONTEXT")]) + "\\n")
 """
 
 
@@ -47,13 +48,19 @@ def test_hostile_parameter_values_reach_the_cli_verbatim_and_run_nothing(make_ai
     env = make_airflow_env(yaml.safe_dump(config), str(bin_dir), ARGV_LOG=str(argv_log),
                            CATEGORIES_PROJECT_DIR=str(project))
 
-    dags_test(env, "hostile-training")
+    conf_params = {"class_weight": {key.replace("quote", "conf_quote"): 2.0 for key in hostile}, "max_depth": 1}
+    dags_test(env, "hostile-training", conf={"model_params": conf_params})
 
-    (argv,) = [json.loads(line) for line in argv_log.read_text(encoding="utf-8").splitlines()]
-    assert argv[:4] == ["run", "python", "categories_classification_cli.py", "trainer"]
-    options = dict(word[2:].split("=", 1) for word in argv[4:])
+    (train, context), (publish, _) = [json.loads(line) for line in argv_log.read_text(encoding="utf-8").splitlines()]
+    assert train[:4] == ["run", "python", "categories_classification_cli.py", "trainer"]
+    words = [word[2:].split("=", 1) for word in train[4:]]
+    options = dict(words)
     assert options["client_id"] == "hostile"
     assert json.loads(options["features"]) == ["f0", "f1"]
-    assert json.loads(options["model_params"]) == config["hostile"]["params"]  # every key byte for byte
+    # The config's parameters, then the run's conf: the last one wins, every key byte for byte.
+    assert [json.loads(value) for key, value in words if key == "model_params"] == [config["hostile"]["params"], conf_params]
     assert options["training_date"].startswith("2026-11-23T00:00:00")
+    context = json.loads(context)  # what MLflow tags the training's run with
+    assert sorted(context) == ["airflow_dag_id", "airflow_dag_run_id"] and context["airflow_dag_id"] == "hostile-training"
+    assert publish == ["run", "python", "categories_classification_cli.py", "champion-from-run", "--client_id=hostile"]
     assert os.listdir(marks) == [] and os.listdir(project) == []
