@@ -2,7 +2,7 @@
 
     python -m scripts.local_stack start --profile celery    # or: make start-airflow PROFILE=celery
     python -m scripts.local_stack stop --profile celery
-    python -m scripts.local_stack e2e --profile celery
+    python -m scripts.local_stack e2e --profile celery    # the e2e proof lives in local_stack (both profiles)
 
 Runs Airflow's API server (127.0.0.1:8080), scheduler, DAG processor, triggerer and two Celery
 workers, an MLflow server (127.0.0.1:5000) whose backend store is PostgreSQL, a Spark Connect
@@ -416,33 +416,3 @@ def start() -> None:
 def stop() -> None:
     """Stop exactly what ``start`` started."""
     CeleryStack().stop()
-
-
-def e2e() -> None:
-    """Start, run client_0's training then prediction DAG on the Celery workers via REST, check, stop."""
-    stack = CeleryStack()
-    try:
-        start()
-        client = stack.client()
-        for dag_id in ("client_0-training", "client_0-prediction"):
-            run_id = client.trigger(dag_id)
-            state = client.wait(dag_id, run_id)
-            if state != "success":
-                raise SystemExit(f"e2e (celery): {dag_id} run {run_id} {state}: see the task log in "
-                                 f"{stack.settings.airflow_home / 'logs'}")
-            workers = stack.workers_of(dag_id, run_id)
-            if not workers:
-                raise SystemExit(f"e2e (celery): {dag_id} run {run_id} succeeded, but no Celery worker's log "
-                                 f"shows it: see {stack.run_dir}/worker-*.log")
-            print(f"{dag_id} run {run_id} succeeded on Celery {', '.join(sorted(set(workers.values())))}")
-        outputs = sorted((stack.settings.data / "products_categories/client_id=client_0").glob("date=*"),
-                         key=lambda folder: folder.stat().st_mtime)
-        if not outputs or not list(outputs[-1].glob("*.parquet")):
-            raise SystemExit(f"e2e (celery): no parquet output for client_0 in {stack.settings.data}")
-        manifest = json.loads((outputs[-1] / "_manifest.json").read_text(encoding="utf-8"))
-        if manifest.get("spark") != stack.settings.spark_remote:
-            raise SystemExit(f"e2e (celery): the prediction ran on {manifest.get('spark')!r}, not on the "
-                             f"profile's shared Spark service {stack.settings.spark_remote}")
-        print(f"e2e (celery) ok: output in {outputs[-1]}, scored on {stack.settings.spark_remote}")
-    finally:
-        stack.stop()

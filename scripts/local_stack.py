@@ -185,13 +185,40 @@ def e2e(stack: Optional[Stack] = None) -> None:
     try:
         proof = prove_prediction_follows_promotion(stack, api_token(stack), "client_0",
                                                    Path(os.environ.get("DATA_PREFIX") or ROOT / "data"))
-        manifest = json.loads((Path(proof["output"]) / "_manifest.json").read_text(encoding="utf-8"))
-        if manifest.get("spark") != stack.spark_remote:
-            raise SystemExit(f"e2e: the prediction ran on {manifest.get('spark')!r}, not on the stack's shared "
-                             f"Spark service {stack.spark_remote}")
+        _expect_shared_spark(stack, Path(proof["output"]))
         print(f"e2e ok: output in {proof['output']}, scored on the shared Spark service {stack.spark_remote}")
     finally:
         stop(stack)
+
+
+def e2e_celery() -> None:
+    """The same proof on the Celery profile (scripts/celery_stack.py): every task run by a Celery worker."""
+    from scripts import celery_stack  # pylint: disable=import-outside-toplevel  # the standalone profile needs none of it
+
+    celery = celery_stack.CeleryStack()
+    try:
+        celery_stack.start()
+        settings = celery.settings
+        stack = Stack(settings.airflow_home, settings.dags_folder, celery.run_dir, celery.run_dir,
+                      settings.airflow_port, settings.mlflow_port, settings.spark_connect_port)
+        proof = prove_prediction_follows_promotion(stack, api_token(stack), "client_0", settings.data)
+        for dag_id, run_id in (("client_0-training", proof["promoted"]), ("client_0-prediction", proof["predicted"])):
+            workers = celery.workers_of(dag_id, run_id)
+            if not workers:
+                raise SystemExit(f"e2e (celery): {dag_id} run {run_id} succeeded, but no Celery worker's log shows "
+                                 f"it: see {celery.run_dir}/worker-*.log")
+            print(f"{dag_id} run {run_id} ran on Celery {', '.join(sorted(set(workers.values())))}")
+        _expect_shared_spark(stack, Path(proof["output"]))
+        print(f"e2e (celery) ok: output in {proof['output']}, scored on {stack.spark_remote}")
+    finally:
+        celery.stop()
+
+
+def _expect_shared_spark(stack: Stack, output: Path) -> None:
+    manifest = json.loads((output / "_manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("spark") != stack.spark_remote:
+        raise SystemExit(f"e2e: the prediction ran on {manifest.get('spark')!r}, not on the stack's shared "
+                         f"Spark service {stack.spark_remote}")
 
 
 # A retraining that must lose the promotion gate whatever the data: one stump instead of a forest.
@@ -437,7 +464,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.profile == "celery":
         from scripts import celery_stack  # pylint: disable=import-outside-toplevel
         actions = {"init": celery_stack.start, "start": celery_stack.start, "stop": celery_stack.stop,
-                   "e2e": celery_stack.e2e}
+                   "e2e": e2e_celery}
     else:
         actions = {"init": init, "start": start, "stop": stop, "e2e": e2e}
     actions[args.action]()
