@@ -32,7 +32,13 @@ from categories_classification.serialization import dump_model
 from categories_classification.training.calibration import expected_calibration_error
 from categories_classification.training.data import load_training_data
 from categories_classification.training.evaluation import top_k_accuracy
-from categories_classification.training.fitting import FAMILY_ORDER, fit_forest, fit_model
+from categories_classification.training.fitting import (
+    CANDIDATE_FIT_ROWS,
+    CANDIDATE_TREES,
+    FAMILY_ORDER,
+    fit_forest,
+    fit_model,
+)
 from categories_classification.training.sizing import model_memory_bytes
 from categories_classification.training.trainer import TEST_SIZE
 
@@ -64,9 +70,10 @@ def run(ctx: BenchContext) -> Section:
         "validation split and the calibration use the training split only.",
         "Design = sklearn's defaults + the config's params (fully grown RandomForest). Sized forest = the project's "
         "defaults before this issue (RandomForest at the automatic max_leaf_nodes). Chosen = train_model's path: "
-        f"candidates {', '.join(FAMILY_ORDER)} scored on a validation split of the training split, the smallest "
-        "within 1 standard error of the best validation top-5, refitted on the training split and calibrated by "
-        "temperature on the validation rows.",
+        f"candidates {', '.join(FAMILY_ORDER)} fitted on a sample (at most {CANDIDATE_FIT_ROWS:,} rows; forests of "
+        f"{CANDIDATE_TREES} trees at their automatic leaf count) of a validation split of the training split and "
+        "scored on its validation rows, the smallest within 1 standard error of the best validation top-5; only "
+        "that family sized and fitted on the training split, and calibrated by temperature on the validation rows.",
         "Sizes in MB of 10^6 bytes: in memory = pickled size; stored = deflated skops, as the registry keeps it. "
         "ECE = expected calibration error of the top-1 score (15 bins) on the test split.",
         "Families chosen (all splits): " + "; ".join(
