@@ -177,13 +177,18 @@ class FittedModel:
     model: TemperatureScaledClassifier
     family: str
     params: Mapping[str, Any]  # what the family's estimator got
-    pinned: bool  # True when the config pinned the family (then no candidates)
+    pin: Optional[str]  # why the family was not chosen (the config pinned it; then no candidates), None if chosen
     candidates: tuple[Candidate, ...]
     choice: Optional[Choice]
     forest: Optional[FittedForest]  # the size decision, for the forest families
     calibration: Calibration
     budget_bytes: float
     seconds: tuple[float, float]  # (search: candidates and sizes, fit of the final model)
+
+    @property
+    def pinned(self) -> bool:
+        """True when the config decided the family."""
+        return self.pin is not None
 
     @property
     def memory_bytes(self) -> int:
@@ -207,7 +212,7 @@ class FittedModel:
     def describe(self) -> dict[str, str]:
         """Why this family: the choice's reason, or the pin."""
         return {"model_family": self.family,
-                "family_choice": ("pinned by the config" if self.pinned or self.choice is None else self.choice.reason)}
+                "family_choice": self.pin or (self.choice.reason if self.choice is not None else "")}
 
 
 def fit_model(x_train: Any, y_train: Any, model_params: Optional[Mapping[str, Any]] = None,
@@ -215,10 +220,16 @@ def fit_model(x_train: Any, y_train: Any, model_params: Optional[Mapping[str, An
     """The client's calibrated model on ``(x_train, y_train)``: ``family`` if pinned, else the chosen one.
 
     Without ``family``, ``model_params`` are RandomForest parameters (as they always were): they
-    configure the RandomForest candidate, and the ExtraTrees one shares :data:`SHARED_FOREST_PARAMS`.
-    With ``family``, ``model_params`` are that family's and win over its defaults.
+    configure the RandomForest candidate, and the ExtraTrees one shares :data:`SHARED_FOREST_PARAMS`;
+    params beyond those (``max_depth``, ``criterion``, ...) describe the client's forest, so they
+    pin RandomForest: explicit settings always win over the choice. With ``family``, ``model_params``
+    are that family's and win over its defaults.
     """
     explicit = dict(model_params or {})
+    pin = "pinned by the config" if family is not None else None
+    own = sorted(set(explicit) - set(SHARED_FOREST_PARAMS))
+    if family is None and own:
+        family, pin = DEFAULT_FAMILY, f"the config's params set RandomForest parameter(s) {', '.join(own)}"
     features, labels = np.asarray(x_train, dtype=np.float32), np.asarray(y_train)
     split = validation_split(features, labels, SEED)
     started = time.perf_counter()
@@ -235,7 +246,7 @@ def fit_model(x_train: Any, y_train: Any, model_params: Optional[Mapping[str, An
     final = _fit_plan(plan, x_train, y_train, max_model_mb)  # as given: a DataFrame keeps its feature names
     calibration = _calibrate(plan.val_proba, split[2], split[3])
     return FittedModel(TemperatureScaledClassifier(final.model, calibration.temperature), plan.candidate.family,
-                       final.params, family is not None, candidates, choice, final.forest, calibration,
+                       final.params, pin, candidates, choice, final.forest, calibration,
                        _budget_bytes(max_model_mb), (search_seconds, final.final_seconds))
 
 

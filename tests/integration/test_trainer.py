@@ -170,3 +170,13 @@ def test_a_pinned_family_in_the_config_wins(small_data, family, params, check):
     model, _ = load_model(resolve_model("small_a"))
     assert type(model.estimator).__name__ == {"extra_trees": "ExtraTreesClassifier",
                                               "hist_gradient_boosting": "HistGradientBoostingClassifier"}[family]
+
+
+@pytest.mark.usefixtures("tracking_store")
+def test_random_forest_params_beyond_the_shared_ones_keep_the_clients_forest(small_data):
+    result = train_model("small_a", FEATURES, {"n_estimators": 3, "max_depth": 2}, "2026-11-23",
+                         data_prefix=str(small_data))
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["model_family"] == "random_forest" and run.data.params["family_rule"] == "pinned"
+    assert run.data.tags["family_choice"] == "the config's params set RandomForest parameter(s) max_depth"
+    assert run.data.params["max_depth"] == "2"  # the config's forest, exactly: no other family can take its place
