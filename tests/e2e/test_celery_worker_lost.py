@@ -31,7 +31,7 @@ def celery_profile(tmp_path, monkeypatch):
         pytest.skip("needs the PostgreSQL 15 server binaries, redis-server and pipenv (see the README)")
     data, dags = tmp_path / "data", tmp_path / "dags"
     write_client(ClientSpec("small_a", 101, n_train=900, n_predict=400, n_categories=12), data)
-    config = write_config(tmp_path / "clients.yaml", {"small_a": client_entry(n_estimators=300)})
+    config = write_config(tmp_path / "clients.yaml", {"small_a": client_entry(n_estimators=300, family="random_forest")})
     assert generate_dags(["--config", str(config), "--output-dir", str(dags)]) == 0
     # Manual runs only, and the DAGs' retry 5 minutes after a failure comes 5 seconds after it: the
     # same flow, in a test's time.
@@ -103,7 +103,7 @@ def test_a_worker_lost_mid_training_is_retried_on_the_other_worker_and_nothing_h
     assert champion is not None and champion.run_id == finished[0].info.run_id
     assert finished[0].data.tags["promotion_decision"] == "promoted"
     model, features = registry.load_model(champion)  # its file is whole: it matches its digest
-    assert features == FEATURES and len(model.estimators_) == 300
+    assert features == FEATURES and len(model.estimator.estimators_) == 300
 
     prediction = airflow.trigger("small_a-prediction")
     assert airflow.wait("small_a-prediction", prediction, timeout=420) == "success"
