@@ -317,7 +317,7 @@ def _candidate(family: str, sample: tuple, params: Mapping[str, Any], max_model_
         size_bytes = estimate_forest_bytes(trees, leaves, len(columns))
     else:
         with _one_openmp_thread():
-            model = estimator_class(family)(**params).fit(x_fit, y_fit)
+            model = estimator_class(family)(**_early_stopping_fits(params, y_fit)).fit(x_fit, y_fit)
             hits = top_k_hits(y_val, _aligned(model.predict_proba(x_val), model.classes_, columns), columns)
         size_bytes = model_memory_bytes(model)
     return Candidate(family, hits, int(size_bytes), time.perf_counter() - started,
@@ -338,7 +338,7 @@ def _plan(family: str, features: np.ndarray, labels: np.ndarray, split: tuple, p
         proba, size_bytes = size.validation_proba, size.estimated_bytes
     else:  # fitted on the fit rows as given (its size there stands for its size on the whole split)
         with _one_openmp_thread():
-            model = estimator(**params).fit(x_fit, y_fit)
+            model = estimator(**_early_stopping_fits(params, y_fit)).fit(x_fit, y_fit)
             proba = _aligned(model.predict_proba(x_val), model.classes_, columns)
         size_bytes = model_memory_bytes(model)
         if family not in FOREST_FAMILIES and params.get("early_stopping"):
@@ -360,6 +360,24 @@ def _fit_plan(plan: _Plan, features: Any, labels: Any, max_model_mb: Optional[fl
     with _one_openmp_thread():
         model = estimator(**plan.params).fit(features, labels)
     return _Final(model, dict(plan.params), None, time.perf_counter() - started)
+
+
+def _early_stopping_fits(params: Mapping[str, Any], labels: np.ndarray) -> dict[str, Any]:
+    """``params`` whose early stopping (HistGradientBoosting's own stratified slice of the rows) can split.
+
+    The slice needs a row of every category: with few rows and many categories it is made as
+    large as that takes, or early stopping is switched off when even half the rows would not do.
+    """
+    params = dict(params)
+    if not params.get("early_stopping"):
+        return params
+    rows, needed = len(labels), 2 * len(np.unique(labels))
+    fraction = params.get("validation_fraction", 0.1)
+    if fraction is None or (isinstance(fraction, float) and rows * fraction >= needed):
+        return params
+    if needed <= rows // 2:
+        return {**params, "validation_fraction": needed}
+    return {**params, "early_stopping": False}
 
 
 def _one_openmp_thread() -> Any:

@@ -52,7 +52,7 @@ def test_gate_alias_pin_rollback_and_lineage(small_data, spark, capsys):
     assert run.data.tags["promotion_decision"] == "rejected" and run.data.tags["champion_version_before"] == "1"
     assert run.data.metrics["promotion_champion_top_5_accuracy"] == pytest.approx(weak.decision.champion_score)
     model, features = registry.load_model(registry.resolve_model("small_a", 2))  # the loser stays loadable
-    assert features == FEATURES and model.n_estimators == 1
+    assert features == FEATURES and model.estimator.n_estimators == 1
 
     strong = train_model("small_a", FEATURES, STRONG, "2026-11-03", data_prefix=prefix)
     assert strong.version == 3 and strong.decision.promote
