@@ -387,6 +387,11 @@ def _wait_for(stack: Stack, url: str, what: str, timeout: float) -> None:
     raise SystemExit(f"{what} did not answer at {url} within {timeout:.0f}s: see {stack.run_dir}")
 
 
+# A read answered 5xx is asked again, this many times, a second apart: on SQLite the API server
+# can fail a read while the scheduler holds the database (e.g. as it creates an asset-triggered run).
+READ_RETRIES = 3
+
+
 def api_request(stack: Stack, method: str, path: str, token: Optional[str] = None,
                 body: Optional[dict] = None) -> Any:
     """One JSON call to the stack's Airflow REST API; HTTP errors raise ``urllib.error.HTTPError``."""
@@ -394,8 +399,16 @@ def api_request(stack: Stack, method: str, path: str, token: Optional[str] = Non
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json",
                                               **({"Authorization": f"Bearer {token}"} if token else {})})
-    with urllib.request.urlopen(request, timeout=30) as response:  # nosec: loopback only
-        return json.loads(response.read() or b"null")
+    failed = 0
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # nosec: loopback only
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            failed += 1
+            if method != "GET" or exc.code < 500 or failed > READ_RETRIES:
+                raise
+            time.sleep(1.0)
 
 
 def api_token(stack: Stack) -> str:

@@ -4,8 +4,10 @@ Issue #18: a new DAG file shows in the running stack at once on the demo config,
 processor's settings scale with the folder. Issue #15: on a non-default AIRFLOW_PORT, tasks
 still reach the execution API (they called :8080 before) and run to success.
 """
+import http.server
 import os
 import shutil
+import threading
 import time
 import urllib.error
 from pathlib import Path
@@ -43,6 +45,37 @@ def test_airflow_env_follows_the_port_and_leaves_the_callers_settings(tmp_path):
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
     assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15000"
     assert env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"] == "7"
+
+
+def test_a_read_answered_500_is_asked_again_and_a_write_is_not(tmp_path):
+    answers = iter([500, 500, 200, 500])
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        """Answers with the next status of ``answers``."""
+
+        def _answer(self) -> None:
+            seen.append(self.command)
+            code = next(answers)
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}' if code == 200 else b"")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        stack = local_stack.Stack.from_env({"AIRFLOW_HOME": str(tmp_path), "AIRFLOW_PORT": str(server.server_port)})
+        assert local_stack.api_request(stack, "GET", "/api/v2/dags") == {"ok": True}
+        with pytest.raises(urllib.error.HTTPError):  # a write may have happened: never sent twice
+            local_stack.api_request(stack, "POST", "/api/v2/dags/x/dagRuns", body={})
+    finally:
+        server.shutdown()
+    assert seen == ["GET", "GET", "GET", "POST"]
 
 
 @pytest.mark.slow
