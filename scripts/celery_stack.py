@@ -32,6 +32,7 @@ from typing import Any, Optional
 from scripts import services, spark_connect
 from scripts.airflow_parsing import parsing_settings
 from scripts.generate_example_data import main as generate_example_data
+from scripts._endpoints import Endpoints
 from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ class StackError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Settings:  # pylint: disable=too-many-instance-attributes  # one field per setting users and tests change
+class Settings(Endpoints):  # pylint: disable=too-many-instance-attributes  # one field per setting users and tests change
     """Where the profile runs: ports, folders, how many workers, extra Airflow settings (tests, benchmarks)."""
 
     run_dir: Path = RUN_DIR
@@ -72,21 +73,6 @@ class Settings:  # pylint: disable=too-many-instance-attributes  # one field per
     def airflow_home(self) -> Path:
         """This profile's own AIRFLOW_HOME (the standalone profile's ``airflow_home/`` stays SQLite's)."""
         return self.run_dir / "airflow_home"
-
-    @property
-    def airflow_url(self) -> str:
-        """The API server (UI, REST API, and the execution API the workers' tasks call)."""
-        return f"http://{HOST}:{self.airflow_port}"
-
-    @property
-    def mlflow_url(self) -> str:
-        """The MLflow server."""
-        return f"http://{HOST}:{self.mlflow_port}"
-
-    @property
-    def spark_remote(self) -> str:
-        """The Spark Connect service the prediction tasks share."""
-        return f"sc://{HOST}:{self.spark_connect_port}"
 
     @property
     def data(self) -> Path:

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Optional
 from categories_classification_cli import DAG_RUN_ID_TAG
 from scripts import spark_connect
 from scripts.airflow_parsing import parsing_settings
+from scripts._endpoints import Endpoints
 from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ BIN = Path(sys.executable).parent  # the pipenv environment's bin/ (airflow, mlf
 
 
 @dataclass(frozen=True)
-class Stack:
+class Stack(Endpoints):
     """Where one local stack keeps its files and which loopback ports it listens on."""
 
     airflow_home: Path
@@ -64,21 +65,6 @@ class Stack:
             mlflow_port=int(env.get("MLFLOW_PORT") or 5000),
             spark_connect_port=int(env.get("SPARK_CONNECT_PORT") or 15002),
         )
-
-    @property
-    def airflow_url(self) -> str:
-        """Base URL of the Airflow API server and UI."""
-        return f"http://{HOST}:{self.airflow_port}"
-
-    @property
-    def mlflow_url(self) -> str:
-        """Base URL of the MLflow server."""
-        return f"http://{HOST}:{self.mlflow_port}"
-
-    @property
-    def spark_remote(self) -> str:
-        """The shared Spark Connect service that prediction tasks use instead of a JVM each."""
-        return f"sc://{HOST}:{self.spark_connect_port}"
 
     def pid(self, name: str) -> Optional[int]:
         """The recorded pid of ``airflow``, ``mlflow`` or ``spark-connect`` (a process group leader), if any."""

@@ -20,7 +20,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 from urllib.parse import urlparse
 
 from scripts._processes import stop_group
@@ -163,12 +163,7 @@ def start_postgres(*, run_dir: Path = RUN_DIR / "postgres", port: int = POSTGRES
     process = _spawn(command, log, owner)
     password = password_file.read_text(encoding="utf-8").strip()
     server = Postgres("PostgreSQL", f"postgresql://{SUPERUSER}:{password}@{HOST}:{port}/postgres", log, process)
-    try:
-        _wait(server, port, timeout, _postgres_ready)
-    except BaseException:
-        server.stop(grace=10)
-        raise
-    return server
+    return _started(server, port, timeout, _postgres_ready)
 
 
 def start_redis(*, run_dir: Path = RUN_DIR / "redis", port: int = REDIS_PORT, timeout: float = 30.0) -> Server:
@@ -188,12 +183,7 @@ def start_redis(*, run_dir: Path = RUN_DIR / "redis", port: int = REDIS_PORT, ti
     log = run_dir / "redis.log"
     process = _spawn(["redis-server", str(config)], log, None)
     server = Server("Redis", f"redis://:{password}@{HOST}:{port}/0", log, process)
-    try:
-        _wait(server, port, timeout, _redis_ready)
-    except BaseException:
-        server.stop(grace=10)
-        raise
-    return server
+    return _started(server, port, timeout, _redis_ready)
 
 
 def existing_postgres(url: str) -> Postgres:
@@ -257,6 +247,19 @@ def _spawn(command: list[str], log: Path, owner: Optional[pwd.struct_passwd]) ->
                                 start_new_session=True, cwd=log.parent,
                                 user=owner.pw_uid if owner else None, group=owner.pw_gid if owner else None,
                                 extra_groups=[] if owner else None)
+
+
+ServerT = TypeVar("ServerT", bound=Server)
+
+
+def _started(server: ServerT, port: int, timeout: float, ready: Callable[[Server], bool]) -> ServerT:
+    """``server`` once it answers and ``ready`` says so; stopped, and the error raised, if it does not."""
+    try:
+        _wait(server, port, timeout, ready)
+    except BaseException:
+        server.stop(grace=10)
+        raise
+    return server
 
 
 def _wait(server: Server, port: int, timeout: float, ready: Callable[[Server], bool]) -> None:
