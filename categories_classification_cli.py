@@ -25,7 +25,14 @@ from typing import Any, Callable, Optional
 
 import click
 
-from categories_classification.config import DEFAULT_DRIFT_THRESHOLD, MODEL_FAMILIES, load_config, validate_client_id
+from categories_classification.config import (
+    DEFAULT_DRIFT_THRESHOLD,
+    ENSEMBLE,
+    MODEL_FAMILIES,
+    load_config,
+    validate_client_id,
+    validate_family,
+)
 from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
@@ -73,6 +80,14 @@ def cli(verbose: bool) -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
+def _family_option(value: Optional[str]) -> Optional[str]:
+    """``--model_family`` checked as the config's ``family`` is (a usage error otherwise)."""
+    try:
+        return validate_family(value)
+    except CategoriesError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
 @cli.command()
 @click.option("--client_id", required=True, help="Client id, as in the config (letters, digits, _).")
 @click.option("--features", required=True, type=_Json(list), help='Feature columns, a JSON list: \'["f0","f1"]\'.')
@@ -86,8 +101,10 @@ def cli(verbose: bool) -> None:
 @click.option("--max_model_mb", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Size budget of the model in memory, in MB (default 64): bounds every candidate family and "
                    "the max_leaf_nodes chosen on the training split; explicit size params in --model_params win.")
-@click.option("--model_family", type=click.Choice(list(MODEL_FAMILIES)), default=None,
-              help="Pin the model family (default: chosen per client on the training split).")
+@click.option("--model_family", default=None, callback=lambda _ctx, _param, value: _family_option(value),
+              help=f"Pin the model family: one of {', '.join(MODEL_FAMILIES)}; {ENSEMBLE!r} (the best ensemble of "
+                   "the candidates); or an ensemble's members joined by '+' (mlp+qda). Default: chosen per client "
+                   "on the training split.")
 def trainer(client_id: str, features: list, model_params: dict, training_date: str,  # pylint: disable=too-many-positional-arguments
             promotion_tolerance: Optional[float], max_model_mb: Optional[float], model_family: Optional[str]) -> None:
     """Train one client's model, register it as a new version, promote it if it passes the gate."""
@@ -100,7 +117,9 @@ def trainer(client_id: str, features: list, model_params: dict, training_date: s
         f"{client_id}: registered {result.model_name} version {result.version} (run {result.run_id}); "
         f"test top-5 accuracy {result.metrics['test_top_5_accuracy']:.3f}, "
         f"accuracy {result.metrics['test_accuracy']:.3f}, model {result.metrics['model_memory_bytes'] / 1e6:.1f} MB "
-        f"({result.params.get('family')}, max_leaf_nodes {result.params.get('max_leaf_nodes')}); "
+        f"({result.params.get('family')}"
+        + (f", max_leaf_nodes {result.params['max_leaf_nodes']}" if "max_leaf_nodes" in result.params else "")
+        + f"); "
         f"{verdict}: {result.decision.reason}"
     )
 

@@ -1,17 +1,18 @@
-"""Issue #16: the per-client model choice and calibration against the design and today's defaults.
+"""Issues #16 and #22: the per-client model choice and calibration against the design.
 
 For every client of ``../shared/seed-data``, over several stratified train/test splits (each with
-its own seed), three configurations are fitted on the training split and scored on the test split:
+its own seed), the configurations are fitted on the training split and scored on the test split:
 
 - **design**: sklearn's defaults plus the seed config's params (fully grown RandomForest);
 - **sized forest**: :func:`fitting.fit_forest`, the RandomForest with the automatic
-  ``max_leaf_nodes`` (the project's defaults before the family choice);
-- **chosen**: :func:`fitting.fit_model`, the code path of ``train_model``: the family chosen on the
-  training split, calibrated by temperature.
+  ``max_leaf_nodes`` (the project's model before the family choice);
+- **chosen**: :func:`fitting.fit_model`, the code path of ``train_model``: the family (or ensemble)
+  chosen on the training split, calibrated by temperature.
 
 Figures per client are means over the splits: held-out top-5 accuracy, in-memory (pickled) and
 stored (deflated skops) size, top-1 expected calibration error before and after calibration,
-training time. The plot shows, per client, each candidate's validation top-5 against its size.
+training time, scoring time per 1,000 products. The plot shows, per client, each candidate's
+validation top-5 against its size.
 
     python -m benchmarks.run --only model_quality [--quick]
 """
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
 
 from benchmarks._common import BenchContext, Row, Section, megabytes, seconds
 from benchmarks.bench_model_size import design_clients
@@ -44,9 +46,10 @@ from categories_classification.training.trainer import TEST_SIZE
 
 SPLIT_SEEDS = (42, 43, 44, 45, 46)
 QUICK_SPLIT_SEEDS = (42, 43)
-TARGET_MEAN_GAIN = 0.01  # chosen - design, mean over the clients
-TARGET_WORST_DROP = -0.005  # no client lower than this (mean over the splits)
-TARGET_SIZE_SHARE = 0.03  # of the design's in-memory size, all clients together
+TARGET_MEAN_GAIN = 0.03  # chosen - design, mean over the clients
+TARGET_WORST_GAIN = 0.01  # every client at least this much above the design (mean over the splits)
+TARGET_SIZE_SHARE = 0.01  # of the design's in-memory size, all clients together
+TARGET_ECE = 0.03  # mean top-1 ECE of the chosen models on the test splits
 PLOT = "model_quality_candidates.png"
 
 
@@ -55,8 +58,8 @@ def run(ctx: BenchContext) -> Section:
     section = Section(
         "Model family and calibration per client",
         "Over several random splits of the design's 10 clients: mean held-out top-5 accuracy of the chosen model at "
-        "least 1 point above the design's configuration, no client more than 0.5 point below it, all models together "
-        "at most 3% of the design's size in memory; calibration error before and after reported.",
+        "least 3 points above the design's configuration, every client at least 1 point above it, all models together "
+        "at most 1% of the design's size in memory, top-1 ECE at most 0.03; training time reported.",
     )
     clients = design_clients(ctx, section, "3 small generated clients, 2 splits")
     if clients is None:
@@ -69,11 +72,12 @@ def run(ctx: BenchContext) -> Section:
         "random_state is the split's seed. Every figure per client is the mean over the splits; the choice, its "
         "validation split and the calibration use the training split only.",
         "Design = sklearn's defaults + the config's params (fully grown RandomForest). Sized forest = the project's "
-        "defaults before this issue (RandomForest at the automatic max_leaf_nodes). Chosen = train_model's path: "
-        f"candidates {', '.join(FAMILY_ORDER)} fitted on a sample (at most {CANDIDATE_FIT_ROWS:,} rows; forests of "
-        f"{CANDIDATE_TREES} trees at their automatic leaf count) of a validation split of the training split and "
-        "scored on its validation rows, the smallest within 1 standard error of the best validation top-5; only "
-        "that family sized and fitted on the training split, and calibrated by temperature on the validation rows.",
+        "model before the family choice (RandomForest at the automatic max_leaf_nodes). Chosen = train_model's path, "
+        f"project defaults: candidates {', '.join(FAMILY_ORDER)} scored on the validation rows of a validation split "
+        f"of the training split (smooth families fitted on all its fit rows, trees on at most {CANDIDATE_FIT_ROWS:,} "
+        f"of them, forests of {CANDIDATE_TREES} trees at their automatic leaf count), then the averages of the best "
+        "two and three (kNN excluded), kept only beyond 1 SE over the best single; the most accurate within the "
+        "budget wins; only it (or its members) refitted on the training split and calibrated by temperature.",
         "Sizes in MB of 10^6 bytes: in memory = pickled size; stored = deflated skops, as the registry keeps it. "
         "ECE = expected calibration error of the top-1 score (15 bins) on the test split.",
         "Families chosen (all splits): " + "; ".join(
@@ -112,6 +116,8 @@ def _one_split(client: ClientConfig, split: tuple, seed: int) -> tuple[dict[str,
     started = time.perf_counter()
     sized = fit_forest(x_train, y_train, explicit, client.max_model_mb).model
     run["sized"] = (top5(sized), model_memory_bytes(sized), time.perf_counter() - started)
+    sized.n_jobs = 1
+    run["sized_score_ms"] = _scoring_ms(sized, x_test)
     del sized
     started = time.perf_counter()
     chosen = fit_model(x_train, y_train, explicit, client.max_model_mb)
@@ -120,7 +126,21 @@ def _one_split(client: ClientConfig, split: tuple, seed: int) -> tuple[dict[str,
     run["ece_before"] = expected_calibration_error(y_test, chosen.model.estimator.predict_proba(x_test),
                                                    chosen.model.classes_)
     run["ece_after"] = expected_calibration_error(y_test, chosen.model.predict_proba(x_test), chosen.model.classes_)
+    run["score_ms"] = _scoring_ms(chosen.model, x_test)
     return run, chosen.family, [(c.family, c.accuracy, c.size_bytes) for c in chosen.candidates]
+
+
+def _scoring_ms(model: Any, rows: Any) -> float:
+    """Milliseconds per 1,000 products of ``predict_proba`` on one thread (the best of 3)."""
+    with threadpool_limits(limits=1):
+        best = min(_timed(model, rows) for _ in range(3))
+    return 1000 * best / len(rows) * 1000
+
+
+def _timed(model: Any, rows: Any) -> float:
+    started = time.perf_counter()
+    model.predict_proba(rows)
+    return time.perf_counter() - started
 
 
 def _mean(result: Mapping[str, Any], key: str, index: int = 0) -> float:
@@ -137,14 +157,15 @@ def _rows(section: Section, results: Mapping[str, Mapping[str, Any]]) -> None:
     stored = sum(_mean(r, "stored", -1) for r in results.values())
     times = {key: sum(_mean(r, key, 2) for r in results.values()) for key in ("design", "sized", "chosen")}
     mean_gain = statistics.mean(gains.values())
+    ece = statistics.mean(_mean(r, 'ece_after', -1) for r in results.values())
     section.rows += [
         Row("mean held-out top-5 accuracy, chosen - design", f"{mean_gain * 100:+.2f} points",
             f"design mean {statistics.mean(_mean(r, 'design') for r in results.values()):.4f}", "",
-            "target >= +1 point", mean_gain >= TARGET_MEAN_GAIN - 1e-12),
+            "target >= +3 points", mean_gain >= TARGET_MEAN_GAIN - 1e-12),
         Row("mean held-out top-5 accuracy, sized forest (defaults before) - design",
             f"{statistics.mean(sized_gains.values()) * 100:+.2f} points"),
         Row("worst client's held-out top-5 accuracy, chosen - design", f"{gains[worst] * 100:+.2f} points", worst, "",
-            "target >= -0.5 point", gains[worst] >= TARGET_WORST_DROP - 1e-12),
+            "target >= +1 point", gains[worst] >= TARGET_WORST_GAIN - 1e-12),
         Row("total size in memory (pickled): chosen vs design", megabytes(chosen_bytes), megabytes(design_bytes),
             f"{chosen_bytes / design_bytes:.2%}", f"target <= {TARGET_SIZE_SHARE:.0%}",
             chosen_bytes <= TARGET_SIZE_SHARE * design_bytes),
@@ -152,9 +173,12 @@ def _rows(section: Section, results: Mapping[str, Mapping[str, Any]]) -> None:
             f"{sized_bytes / design_bytes:.2%}"),
         Row("total size stored (deflated skops): chosen vs design in memory", megabytes(stored),
             megabytes(design_bytes), f"{stored / design_bytes:.2%}"),
-        Row("mean top-1 ECE on the test split: calibrated vs raw scores of the same model",
-            f"{statistics.mean(_mean(r, 'ece_after', -1) for r in results.values()):.4f}",
-            f"{statistics.mean(_mean(r, 'ece_before', -1) for r in results.values()):.4f}"),
+        Row("mean top-1 ECE on the test split: calibrated vs raw scores of the same model", f"{ece:.4f}",
+            f"{statistics.mean(_mean(r, 'ece_before', -1) for r in results.values()):.4f}", "",
+            f"target <= {TARGET_ECE:g}", ece <= TARGET_ECE + 1e-12),
+        Row("scoring time per 1,000 products, one thread (mean over clients): chosen / sized forest",
+            f"{statistics.mean(_mean(r, 'score_ms', -1) for r in results.values()):.1f} ms",
+            f"{statistics.mean(_mean(r, 'sized_score_ms', -1) for r in results.values()):.1f} ms"),
         Row("training time, all clients (mean per split): chosen (search + fit) / sized forest / design",
             seconds(times["chosen"]), f"{seconds(times['sized'])} / {seconds(times['design'])}",
             f"{times['chosen'] / times['sized']:.2f}x the sized forest"),
@@ -167,7 +191,7 @@ def _rows(section: Section, results: Mapping[str, Mapping[str, Any]]) -> None:
             f"design {_mean(r, 'design'):.4f}, {megabytes(_mean(r, 'design', 1))}; sized forest "
             f"{_mean(r, 'sized'):.4f}, {megabytes(_mean(r, 'sized', 1))}",
             f"{_mean(r, 'chosen', 1) / _mean(r, 'design', 1):.2%}",
-            f"top-5 {gains[client] * 100:+.2f} pt (>= -0.5)", gains[client] >= TARGET_WORST_DROP - 1e-12))
+            f"top-5 {gains[client] * 100:+.2f} pt (>= +1)", gains[client] >= TARGET_WORST_GAIN - 1e-12))
 
 
 def _plot(outdir: Path, results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -180,10 +204,11 @@ def _plot(outdir: Path, results: Mapping[str, Mapping[str, Any]]) -> str:
     columns = 5
     rows = int(np.ceil(len(results) / columns))
     figure, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
-    markers = dict(zip(FAMILY_ORDER, ("s", "^", "D")))
+    markers = dict(zip(FAMILY_ORDER, ("v", "x", "P", "o", "s", "^", "D")))
     for axes, (client, r) in zip(grid.ravel(), results.items()):
         for family, accuracy, size in r["candidates"]:
-            axes.scatter([size / 1e6], [accuracy], marker=markers.get(family, "o"), label=f"{family} (validation)")
+            axes.scatter([size / 1e6], [accuracy], marker=markers.get(family, "*"), s=20,
+                         label=f"{family if family in markers else 'ensemble'} (validation)")
         axes.scatter([_mean(r, "design", 1) / 1e6], [_mean(r, "design")], marker="o", color="black",
                      label="design (test)")
         axes.scatter([_mean(r, "chosen", 1) / 1e6], [_mean(r, "chosen")], marker="*", s=120, color="red",
@@ -195,7 +220,8 @@ def _plot(outdir: Path, results: Mapping[str, Mapping[str, Any]]) -> str:
     for axes in grid.ravel()[len(results):]:
         axes.axis("off")
     handles, labels = grid.ravel()[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
+    unique = dict(zip(labels, handles))
+    figure.legend(list(unique.values()), list(unique), loc="lower center", ncol=5, fontsize=8)
     figure.supxlabel("model size in memory (MB, log scale)", fontsize=9, y=0.06)
     figure.supylabel("top-5 accuracy", fontsize=9)
     figure.tight_layout(rect=(0, 0.08, 1, 1))

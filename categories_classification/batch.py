@@ -14,10 +14,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from categories_classification.config import ClientConfig, ClientsConfig
+from categories_classification.config import FOREST_FAMILIES, ClientConfig, ClientsConfig
 from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
 from categories_classification.prediction.predictor import PredictionResult, predict_clients
-from categories_classification.training.fitting import FOREST_FAMILIES
 from categories_classification.training.trainer import TrainingResult, train_model
 
 Step = Callable[[], Union[TrainingResult, PredictionResult]]

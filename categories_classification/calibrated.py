@@ -1,4 +1,4 @@
-"""A classifier whose ``predict_proba`` is temperature-scaled: what the registry stores and Spark loads.
+"""The estimators the registry stores around a fitted model: temperature scaling, and the average of an ensemble.
 
 Shared by training (which fits the temperature) and prediction (which only calls
 ``predict_proba``); light imports (numpy, sklearn.base) because Spark's workers load it with
@@ -58,4 +58,49 @@ class TemperatureScaledClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, x: Any) -> np.ndarray:
         """The most probable category (the underlying estimator's, tempering keeps the order)."""
+        return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+
+
+class AveragedClassifier(ClassifierMixin, BaseEstimator):
+    """The mean of fitted ``estimators``' probabilities: an ensemble that is one estimator object.
+
+    Every member must have been fitted on the same rows' categories (same ``classes_``, same
+    order); each is usually a :class:`TemperatureScaledClassifier`, so that the members' scores are
+    on one scale before they are averaged.
+    """
+
+    def __init__(self, estimators: Any = None) -> None:
+        self.estimators = estimators
+
+    def fit(self, x: Any, y: Any) -> "AveragedClassifier":
+        """Fit every member on the same rows."""
+        for estimator in self.estimators:
+            estimator.fit(x, y)
+        return self
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The members' categories (the first member's order, which every member shares)."""
+        return self.estimators[0].classes_
+
+    @property
+    def n_jobs(self) -> Any:
+        """The first member's threads (None when no member has the setting)."""
+        return next((getattr(member, "n_jobs") for member in self.estimators if hasattr(member, "n_jobs")), None)
+
+    @n_jobs.setter
+    def n_jobs(self, value: Any) -> None:
+        for member in self.estimators:
+            if hasattr(member, "n_jobs"):
+                member.n_jobs = value
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """The members' probabilities averaged, columns in ``classes_`` order."""
+        total = np.asarray(self.estimators[0].predict_proba(x), dtype=np.float64).copy()
+        for member in self.estimators[1:]:
+            total += member.predict_proba(x)
+        return total / len(self.estimators)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """The category of highest mean probability."""
         return self.classes_[np.argmax(self.predict_proba(x), axis=1)]

@@ -47,8 +47,19 @@ MODEL_FAMILIES = {
     "random_forest": "sklearn.ensemble.RandomForestClassifier",
     "extra_trees": "sklearn.ensemble.ExtraTreesClassifier",
     "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "mlp": "sklearn.neural_network.MLPClassifier",
+    "knn": "sklearn.neighbors.KNeighborsClassifier",
+    "qda": "sklearn.discriminant_analysis.QuadraticDiscriminantAnalysis",
+    "logistic": "sklearn.linear_model.LogisticRegression",
 }
+FOREST_FAMILIES = ("random_forest", "extra_trees")
+# Families whose inputs are standardised inside the registered model (a Pipeline with a StandardScaler).
+SMOOTH_FAMILIES = ("logistic", "qda", "knn", "mlp")
 DEFAULT_FAMILY = "random_forest"  # what params mean when no family is pinned
+# ``family: ensemble`` pins an ensemble of the best candidates; ``family: [mlp, knn]`` (or "mlp+knn")
+# pins an ensemble of those members. An ensemble's params are keyed by member family.
+ENSEMBLE = "ensemble"
+MEMBER_SEPARATOR = "+"
 
 
 def config_file(path: Optional[Union[str, Path]] = None) -> Path:
@@ -76,6 +87,15 @@ def validate_model_params(params: Any, client_id: Optional[str] = None, family: 
 def validate_family(value: Any, client_id: Optional[str] = None) -> Optional[str]:
     """Return ``value`` if it names one of :data:`MODEL_FAMILIES`, or None (no family pinned)."""
     return _validated("family", value, client_id)
+
+
+def ensemble_members(family: Optional[str]) -> Optional[tuple[str, ...]]:
+    """The members an (already validated) ``family`` pins: () for ``ensemble`` (the best candidates), None if no ensemble."""
+    if family == ENSEMBLE:
+        return ()
+    if family is not None and MEMBER_SEPARATOR in family:
+        return tuple(family.split(MEMBER_SEPARATOR))
+    return None
 
 
 def estimator_class(family: str) -> type:
@@ -189,7 +209,7 @@ class _ClientModel(BaseModel):
 
     features: list[str] = Field(min_length=1)
     # Declared before params: the params are checked against the family's estimator.
-    family: Optional[str] = None
+    family: Optional[Union[str, list[str]]] = None
     params: dict[str, Any] = Field(default_factory=dict)
     # How much worse (top-5 accuracy, 0..1) a new version may be and still become champion.
     promotion_tolerance: Optional[float] = Field(default=None, ge=0.0, le=1.0)
@@ -213,16 +233,32 @@ class _ClientModel(BaseModel):
 
     @field_validator("family")
     @classmethod
-    def _known_family(cls, family: Optional[str]) -> Optional[str]:
-        if family is not None and family not in MODEL_FAMILIES:
-            raise ValueError(f"unknown model family: expected one of {', '.join(MODEL_FAMILIES)}, found {family!r}")
-        return family
+    def _known_family(cls, family: Optional[Union[str, list[str]]]) -> Optional[str]:
+        if family is None or family == ENSEMBLE:
+            return family
+        members = family.split(MEMBER_SEPARATOR) if isinstance(family, str) else list(family)
+        expected = f"one of {', '.join(MODEL_FAMILIES)}, {ENSEMBLE!r} or a list of two or more of those families"
+        unknown = [member for member in members if member not in MODEL_FAMILIES]
+        if unknown or (isinstance(family, list) and len(members) < 2) or len(set(members)) != len(members):
+            raise ValueError(f"unknown model family: expected {expected}, found {family!r}")
+        return MEMBER_SEPARATOR.join(members)
 
     @field_validator("params")
     @classmethod
     def _estimator_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         family = info.data.get("family") if "family" in info.data else None
-        _check_estimator_params(params, family or DEFAULT_FAMILY)
+        members = ensemble_members(family)
+        if members is None:
+            _check_estimator_params(params, family or DEFAULT_FAMILY)
+            return params
+        allowed = members or tuple(MODEL_FAMILIES)
+        for member, member_params in params.items():
+            if member not in allowed:
+                raise ValueError(f"an ensemble's params are keyed by member family: expected some of "
+                                 f"{', '.join(allowed)}, found {member!r}")
+            if not isinstance(member_params, dict):
+                raise ValueError(f"params of member {member!r}: expected a mapping, found {member_params!r}")
+            _check_estimator_params(member_params, member)
         return params
 
 

@@ -12,12 +12,16 @@ from typing import Any, Optional
 
 
 # skops trusts numpy and the sklearn estimators by default. On top, exactly what the model families
-# need: a forest's trees' Cython state, HistGradientBoosting's tree predictors, and the calibration
-# wrapper every model is registered in. A model file that needs any other type is refused at load
+# need: a forest's trees' Cython state, HistGradientBoosting's tree predictors, a kNN's search tree
+# and its metric, the calibration wrapper every model is registered in and the ensemble's average. A model file that needs any other type is refused at load
 # time, whatever list the artifact itself may claim (MLflow would read that list from the artifact).
 SKOPS_TRUSTED_TYPES = (
+    "categories_classification.calibrated.AveragedClassifier",
     "categories_classification.calibrated.TemperatureScaledClassifier",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.neighbors._kd_tree.KDTree",
     "sklearn.tree._tree.Tree",
 )
 # Zip settings of a deflated model file: level 6 is nearly as small as level 9, and much faster.

@@ -1,34 +1,51 @@
-"""Fit a client's model on its training split: the family (chosen or pinned), its size, its calibration.
+"""Fit a client's model on its training split: the family or ensemble (chosen or pinned), its size, its calibration.
 
 No MLflow here (the trainer logs what this returns). Every choice is made on a validation split
 carved out of the training split (:func:`sizing.validation_split`), never on the test split:
 
-1. each candidate family is fitted on a sample of the validation split's fit rows (at most
-   :data:`CANDIDATE_FIT_ROWS`, forests of at most :data:`CANDIDATE_TREES` fully grown trees,
-   HistGradientBoosting with early stopping) and scored on all its validation rows: the
-   comparison costs about one small fit per family, whatever the client's size;
-2. :func:`selection.choose` keeps the smallest candidate within a standard error of the best;
-3. only the chosen family is sized on the whole training split (forests: the automatic
-   ``max_leaf_nodes`` of :mod:`sizing`, the search a RandomForest always had), fitted, and
-   wrapped with the temperature that calibrates its validation probabilities (:mod:`calibration`).
+1. every candidate family of :data:`families.FAMILY_ORDER` is scored on the validation rows: the
+   smooth families (logistic regression, QDA, kNN, MLP: standardised inputs) fitted on all the fit
+   rows, which costs a second or two; the tree families on a sample of them (at most
+   :data:`CANDIDATE_FIT_ROWS`, forests of at most :data:`CANDIDATE_TREES` trees at their automatic
+   leaf count, HistGradientBoosting with early stopping), which bounds their cost on big clients;
+2. the averages of the best two and best three candidates' calibrated probabilities are scored on
+   the same rows (no fit: the candidates' probabilities are averaged);
+3. :func:`selection.choose` keeps the most accurate within the size budget (ties: the smaller); an
+   ensemble only when it beats the best single candidate by more than the noise;
+4. only the chosen family (or each member) is sized on the whole training split (forests: the
+   automatic ``max_leaf_nodes`` of :mod:`sizing`), refitted on it, and wrapped with the temperature
+   that calibrates its validation probabilities (:mod:`calibration`); an ensemble averages its
+   calibrated members and is calibrated once more as a whole.
 
-So a training costs what it cost before families were compared, plus the small comparison;
-a family pinned by the config skips the comparison.
+A family pinned by the config skips the comparison; ``ensemble`` pins the best ensemble of the
+candidates, a list of families pins an ensemble of those.
 """
+import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 
-from categories_classification.calibrated import TemperatureScaledClassifier, temper
-from categories_classification.config import DEFAULT_FAMILY, estimator_class
+from categories_classification.calibrated import AveragedClassifier, TemperatureScaledClassifier, temper
+from categories_classification.config import DEFAULT_FAMILY, MEMBER_SEPARATOR, ensemble_members, estimator_class
 from categories_classification.training.calibration import expected_calibration_error, fit_temperature
 from categories_classification.training.evaluation import top_k_hits
-from categories_classification.training.selection import Candidate, Choice, choose
+from categories_classification.training.families import (
+    DEFAULT_PARAMS,
+    FAMILY_ORDER,
+    INSTANCE_BASED,
+    SEED,
+    build,
+    compact,
+    final_params,
+    is_forest,
+    params_for,
+)
+from categories_classification.training.selection import Candidate, Choice, choose, ranked
 from categories_classification.training.sizing import (
     MB,
     SIZE_PARAMS,
@@ -41,27 +58,12 @@ from categories_classification.training.sizing import (
     validation_split,
 )
 
-SEED = 42
-# Project defaults, overridden by a client's explicit params. random_state makes a retraining
-# reproducible; n_jobs=-1 uses every core for a single client's fit. The trees' size is not a
-# fixed default: unless the params set one of sizing.SIZE_PARAMS, max_leaf_nodes is chosen per
-# client on its training split (the smallest that loses no validation top-5 accuracy against
-# fully grown trees and is near the best leaf count), within the size budget below.
-DEFAULT_MODEL_PARAMS: Mapping[str, Any] = {
-    "n_estimators": 100,
-    "random_state": SEED,
-    "n_jobs": -1,
-}
-# HistGradientBoosting: small trees, early stopping on its own slice of the rows it is given, so
-# that a candidate costs a few seconds even with 60 categories (one tree per category and round).
-HIST_GRADIENT_BOOSTING_DEFAULTS: Mapping[str, Any] = {
-    "max_iter": 100,
-    "learning_rate": 0.1,
-    "max_leaf_nodes": 15,
-    "early_stopping": True,
-    "n_iter_no_change": 10,
-    "random_state": SEED,
-}
+__all__ = ["DEFAULT_MAX_MODEL_MB", "FAMILY_ORDER", "SEED", "FittedModel", "fit_forest", "fit_model"]
+LOGGER = logging.getLogger(__name__)
+# The RandomForest's defaults (what a client's params are laid over when no family is pinned). The
+# trees' size is not a fixed default: unless the params set one of sizing.SIZE_PARAMS, max_leaf_nodes
+# is chosen per client on its training split, within the size budget below.
+DEFAULT_MODEL_PARAMS: Mapping[str, Any] = DEFAULT_PARAMS[DEFAULT_FAMILY]
 # Forest settings of a client's params that the ExtraTrees candidate shares with the RandomForest one:
 # the same number of trees, threads and seed, so that the families compete at the same cost.
 SHARED_FOREST_PARAMS = ("n_estimators", "n_jobs", "random_state")
@@ -69,12 +71,11 @@ SHARED_FOREST_PARAMS = ("n_estimators", "n_jobs", "random_state")
 # (`max_model_mb:` in the config, `--max_model_mb`): a ceiling, well above what the automatic choice
 # usually picks (see benchmarks/results.md).
 DEFAULT_MAX_MODEL_MB = 64.0
-FAMILY_ORDER = ("random_forest", "extra_trees", "hist_gradient_boosting")  # simpler first: ties go to it
-# The family comparison's sample: enough rows and trees to rank families whose validation scores
-# differ by more than their noise, a fraction of the sized fit's cost on the design's clients.
+# The tree families' comparison sample: enough rows and trees to rank families whose validation
+# scores differ by more than their noise, a fraction of the sized fit's cost on the design's clients.
 CANDIDATE_FIT_ROWS = 6_000
 CANDIDATE_TREES = 50
-FOREST_FAMILIES = ("random_forest", "extra_trees")
+ENSEMBLE_SIZES = (2, 3)  # the ensembles tried: the best two candidates, the best three
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def _fit_sized_forest(x_train: Any, y_train: Any, params: Mapping[str, Any], max
                         time.perf_counter() - started, search_seconds)
 
 
+
 @dataclass(frozen=True)
 class Calibration:
     """The temperature fitted on the validation rows, and the top-1 ECE there before and after."""
@@ -171,24 +173,30 @@ class Calibration:
 
 
 @dataclass(frozen=True)
-class FittedModel:
-    """The client's calibrated model, its family and parameters, and how both were decided."""
+class FittedModel:  # pylint: disable=too-many-instance-attributes  # a record the trainer logs as a whole
+    """The client's calibrated model, its family (or ensemble) and parameters, and how both were decided."""
 
     model: TemperatureScaledClassifier
-    family: str
-    params: Mapping[str, Any]  # what the family's estimator got
-    pin: Optional[str]  # why the family was not chosen (the config pinned it; then no candidates), None if chosen
-    candidates: tuple[Candidate, ...]
+    family: str  # a model family, or an ensemble's members joined by "+"
+    params: Mapping[str, Any]  # what the family's estimator got; an ensemble's: per member
+    pin: Optional[str]  # why the family was not chosen (the config pinned it), None if chosen
+    candidates: tuple[Candidate, ...]  # single families, then the ensembles tried
     choice: Optional[Choice]
-    forest: Optional[FittedForest]  # the size decision, for the forest families
+    forest: Optional[FittedForest]  # the size decision, when the model is one forest
     calibration: Calibration
     budget_bytes: float
     seconds: tuple[float, float]  # (search: candidates and sizes, fit of the final model)
+    skipped: Mapping[str, str] = field(default_factory=dict)  # candidates that could not be fitted, and why
 
     @property
     def pinned(self) -> bool:
         """True when the config decided the family."""
         return self.pin is not None
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The families the model holds (one, or an ensemble's members)."""
+        return tuple(self.family.split(MEMBER_SEPARATOR))
 
     @property
     def memory_bytes(self) -> int:
@@ -209,6 +217,14 @@ class FittedModel:
                             f"candidate_{candidate.family}_fit_seconds": candidate.fit_seconds})
         return metrics
 
+    def estimator_params(self) -> dict[str, str]:
+        """The fitted estimators' full parameters as MLflow params (an ensemble's prefixed ``<member>.``)."""
+        inner = self.model.estimator
+        if len(self.members) == 1:
+            return {key: str(value) for key, value in _final_step(inner).get_params(deep=False).items()}
+        return {f"{family}.{key}": str(value) for family, member in zip(self.members, inner.estimators)
+                for key, value in _final_step(member.estimator).get_params(deep=False).items()}
+
     def describe(self) -> dict[str, str]:
         """Why this family: the choice's reason, or the pin."""
         return {"model_family": self.family,
@@ -223,7 +239,7 @@ def fit_model(x_train: Any, y_train: Any, model_params: Optional[Mapping[str, An
     configure the RandomForest candidate, and the ExtraTrees one shares :data:`SHARED_FOREST_PARAMS`;
     params beyond those (``max_depth``, ``criterion``, ...) describe the client's forest, so they
     pin RandomForest: explicit settings always win over the choice. With ``family``, ``model_params``
-    are that family's and win over its defaults.
+    are that family's and win over its defaults; an ensemble's are keyed by member family.
     """
     explicit = dict(model_params or {})
     pin = "pinned by the config" if family is not None else None
@@ -233,45 +249,66 @@ def fit_model(x_train: Any, y_train: Any, model_params: Optional[Mapping[str, An
     features, labels = np.asarray(x_train, dtype=np.float32), np.asarray(y_train)
     split = validation_split(features, labels, SEED)
     started = time.perf_counter()
-    if family is None:
-        sample = _candidate_sample(split)
-        candidates = tuple(_candidate(name, sample, _family_params(name, explicit), max_model_mb)
-                           for name in FAMILY_ORDER)
-        choice = choose(candidates)
-        plan = _plan(choice.family, features, labels, split, _family_params(choice.family, explicit), max_model_mb)
+    members = ensemble_members(family)
+
+    def params_of(name: str) -> dict[str, Any]:
+        if family is None:
+            return _auto_params(name, explicit)
+        return params_for(name, explicit.get(name, {}) if members is not None else explicit)
+
+    scored: dict[str, _Scored] = {}
+    candidates: tuple[Candidate, ...] = ()
+    choice, skipped = None, {}
+    if family is None or members == ():
+        scored, skipped = _score_candidates(split, params_of, max_model_mb)
+        ensembles = _ensembles(scored, split[3], max_model_mb)
+        singles = tuple(entry.candidate for entry in scored.values())
+        candidates = singles + tuple(ensembles)
+        if family is None:
+            choice = choose(singles, list(ensembles))
+            chosen = tuple(choice.family.split(MEMBER_SEPARATOR))
+        else:  # "ensemble" pinned: the most accurate ensemble of the candidates
+            chosen = tuple(ranked(list(ensembles) or list(singles))[0].family.split(MEMBER_SEPARATOR))
     else:
-        candidates, choice = (), None
-        plan = _plan(family, features, labels, split, _family_params(family, explicit, pinned=True), max_model_mb)
+        chosen = members or (family,)
+    plans = [_plan(name, features, labels, split, params_of(name), max_model_mb, scored.get(name)) for name in chosen]
     search_seconds = time.perf_counter() - started
-    final = _fit_plan(plan, x_train, y_train, max_model_mb)  # as given: a DataFrame keeps its feature names
-    calibration = _calibrate(plan.val_proba, split[2], split[3])
-    return FittedModel(TemperatureScaledClassifier(final.model, calibration.temperature), plan.candidate.family,
-                       final.params, pin, candidates, choice, final.forest, calibration,
-                       _budget_bytes(max_model_mb), (search_seconds, final.final_seconds))
+    finals = [_fit_plan(plan, x_train, y_train, max_model_mb) for plan in plans]  # a DataFrame keeps its names
+    model, calibration = _assemble(plans, finals, split)
+    params = dict(finals[0].params) if len(finals) == 1 else {plan.family: dict(final.params)
+                                                               for plan, final in zip(plans, finals)}
+    return FittedModel(model, MEMBER_SEPARATOR.join(chosen), params, pin, candidates, choice,
+                       finals[0].forest if len(finals) == 1 else None, calibration, _budget_bytes(max_model_mb),
+                       (search_seconds, sum(final.final_seconds for final in finals)), skipped)
 
 
-def _calibrate(val_proba: np.ndarray, y_fit: np.ndarray, y_val: np.ndarray) -> Calibration:
-    """The temperature of the validation probabilities (columns: the fit rows' classes), ECE before and after."""
-    classes = np.unique(y_fit)
-    temperature = fit_temperature(y_val, val_proba, classes)
-    return Calibration(temperature, expected_calibration_error(y_val, val_proba, classes),
-                       expected_calibration_error(y_val, temper(val_proba, temperature), classes))
+@dataclass(frozen=True)
+class _Scored:
+    """A candidate scored on the validation rows, with what an ensemble or a plan reuses."""
+
+    candidate: Candidate
+    val_proba: np.ndarray  # one column per class of the fit rows
+    temperature: float  # calibrates val_proba
+    params: Mapping[str, Any]  # to refit it on the whole training split
+    columns: np.ndarray  # the fit rows' classes: val_proba's columns
+    whole_fit_rows: bool  # fitted on all the fit rows (else on a sample): its plan needs no other fit
 
 
 @dataclass(frozen=True)
 class _Plan:
     """A family scored on the validation rows: how to fit it on the whole training split."""
 
-    candidate: Candidate
+    family: str
     params: Mapping[str, Any]  # for the final fit (HistGradientBoosting: the rounds early stopping found)
     size: Optional[SizeChoice]  # a forest's automatic size
     search_seconds: float
     val_proba: np.ndarray  # on the validation rows, one column per class of the fit rows
+    temperature: float
 
 
 @dataclass(frozen=True)
 class _Final:
-    """The chosen family fitted on the whole training split."""
+    """The planned family fitted on the whole training split."""
 
     model: Any
     params: Mapping[str, Any]
@@ -279,13 +316,30 @@ class _Final:
     final_seconds: float
 
 
-def _family_params(family: str, explicit: Mapping[str, Any], pinned: bool = False) -> dict[str, Any]:
-    """``family``'s parameters: the project's defaults, under the client's params where they apply."""
-    if family not in FOREST_FAMILIES:
-        return {**HIST_GRADIENT_BOOSTING_DEFAULTS, **(explicit if pinned else {})}
-    if pinned or family == DEFAULT_FAMILY:
-        return {**DEFAULT_MODEL_PARAMS, **explicit}
-    return {**DEFAULT_MODEL_PARAMS, **{key: explicit[key] for key in SHARED_FOREST_PARAMS if key in explicit}}
+def _auto_params(family: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """``family``'s parameters when the family is chosen: a client's params are the RandomForest's."""
+    if family == DEFAULT_FAMILY:
+        return params_for(family, explicit)
+    if is_forest(family):
+        return params_for(family, {key: explicit[key] for key in SHARED_FOREST_PARAMS if key in explicit})
+    return params_for(family, {})
+
+
+def _score_candidates(split: tuple, params_of: Any, max_model_mb: Optional[float]
+                      ) -> tuple[dict[str, _Scored], dict[str, str]]:
+    """Every family of :data:`FAMILY_ORDER` scored on the validation rows; those that cannot fit, and why."""
+    sample = _candidate_sample(split)
+    scored, skipped = {}, {}
+    for family in FAMILY_ORDER:
+        try:
+            scored[family] = _score(family, split, sample, params_of(family), max_model_mb)
+        except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. QDA with a category of one row
+            skipped[family] = " ".join(str(exc).split())
+            LOGGER.info("candidate %s left out: %s", family, skipped[family])
+    if not scored:
+        raise ValueError("no model family could be fitted on these rows: "
+                         + "; ".join(f"{family}: {why}" for family, why in skipped.items()))
+    return scored, skipped
 
 
 def _candidate_sample(split: tuple) -> tuple:
@@ -300,90 +354,134 @@ def _candidate_sample(split: tuple) -> tuple:
     return x_fit, x_val, y_fit, y_val
 
 
-def _candidate(family: str, sample: tuple, params: Mapping[str, Any], max_model_mb: Optional[float]) -> Candidate:
-    """``family`` fitted on the sample's fit rows and scored on its validation rows.
+def _score(family: str, split: tuple, sample: tuple, params: Mapping[str, Any],
+           max_model_mb: Optional[float]) -> _Scored:
+    """``family`` fitted (smooth families: on all the fit rows; trees: on the sample) and scored on the validation rows.
 
     A forest is scored at its automatic leaf count on the sample (fully grown trees overfit where
     sized ones do not), with at most :data:`CANDIDATE_TREES` trees; its size is estimated for the
     client's number of trees at that leaf count.
     """
-    x_fit, x_val, y_fit, y_val = sample
-    columns = np.unique(y_fit)
+    columns = np.unique(split[2])
+    rows = split if not (is_forest(family) or family == "hist_gradient_boosting") else sample
+    x_fit, x_val, y_fit, y_val = rows
     started = time.perf_counter()
-    if family in FOREST_FAMILIES and not any(key in SIZE_PARAMS for key in params):
+    if is_forest(family) and not any(key in SIZE_PARAMS for key in params):
         trees = int(params.get("n_estimators", DEFAULT_MODEL_PARAMS["n_estimators"]))
-        hits, leaves = sized_hits(sample, {**params, "n_estimators": min(trees, CANDIDATE_TREES)},
-                                  _budget_bytes(max_model_mb), seed=SEED, estimator=estimator_class(family))
+        _, leaves, proba = sized_hits(rows, {**params, "n_estimators": min(trees, CANDIDATE_TREES)},
+                                      _budget_bytes(max_model_mb), seed=SEED, estimator=estimator_class(family))
+        proba = _aligned(proba, np.unique(y_fit), columns)
         size_bytes = estimate_forest_bytes(trees, leaves, len(columns))
     else:
-        with _one_openmp_thread():
-            model = estimator_class(family)(**_early_stopping_fits(params, y_fit)).fit(x_fit, y_fit)
-            hits = top_k_hits(y_val, _aligned(model.predict_proba(x_val), model.classes_, columns), columns)
-        size_bytes = model_memory_bytes(model)
-    return Candidate(family, hits, int(size_bytes), time.perf_counter() - started,
-                     size_bytes <= _budget_bytes(max_model_mb))
+        with _one_thread():
+            model = build(family, params, y_fit).fit(x_fit, y_fit)
+            proba = _aligned(model.predict_proba(x_val), model.classes_, columns)
+        size_bytes = model_memory_bytes(compact(family, model))
+        params = final_params(family, params, model[-1] if hasattr(model, "steps") else model)
+    candidate = Candidate(family, top_k_hits(y_val, proba, columns), int(size_bytes), time.perf_counter() - started,
+                          size_bytes <= _budget_bytes(max_model_mb))
+    return _Scored(candidate, proba, _temperature(y_val, proba, columns), params, columns, rows is split)
+
+
+def _ensembles(scored: Mapping[str, _Scored], y_val: np.ndarray, max_model_mb: Optional[float]) -> list[Candidate]:
+    """The averages of the best two and best three candidates' calibrated validation probabilities.
+
+    Instance-based families (:data:`families.INSTANCE_BASED`) are not members: see there why.
+    """
+    best = ranked([entry.candidate for family, entry in scored.items() if family not in INSTANCE_BASED])
+    found = []
+    for size in ENSEMBLE_SIZES:
+        if len(best) < size:
+            break
+        members = [scored[candidate.family] for candidate in best[:size]]
+        proba = np.mean([temper(member.val_proba, member.temperature) for member in members], axis=0)
+        size_bytes = sum(member.candidate.size_bytes for member in members)
+        found.append(Candidate(MEMBER_SEPARATOR.join(member.candidate.family for member in members),
+                               top_k_hits(y_val, proba, members[0].columns), int(size_bytes),
+                               sum(member.candidate.fit_seconds for member in members),
+                               size_bytes <= _budget_bytes(max_model_mb)))
+    return found
 
 
 def _plan(family: str, features: np.ndarray, labels: np.ndarray, split: tuple, params: Mapping[str, Any],
-          max_model_mb: Optional[float]) -> _Plan:
-    """Size ``family`` on the training split and score it on the validation rows (forests: the size search)."""
+          max_model_mb: Optional[float], scored: Optional[_Scored]) -> _Plan:
+    """How ``family`` is fitted on the training split, and its probabilities on the validation rows.
+
+    A forest's size is searched on the training split (the search's validation rows are the
+    split's); a candidate already fitted on all the fit rows is reused as it is; any other family
+    is fitted on the fit rows.
+    """
     x_fit, x_val, y_fit, y_val = split
     columns = np.unique(y_fit)
-    estimator = estimator_class(family)
     started = time.perf_counter()
+    if scored is not None and scored.whole_fit_rows:
+        return _Plan(family, scored.params, None, scored.candidate.fit_seconds, scored.val_proba, scored.temperature)
     size = None
-    if family in FOREST_FAMILIES:
-        size, _ = _forest_size(features, labels, params, max_model_mb, estimator)
+    if is_forest(family):
+        size, _ = _forest_size(features, labels, params, max_model_mb, estimator_class(family))
     if size is not None:
-        proba, size_bytes = size.validation_proba, size.estimated_bytes
-    else:  # fitted on the fit rows as given (its size there stands for its size on the whole split)
-        with _one_openmp_thread():
-            model = estimator(**_early_stopping_fits(params, y_fit)).fit(x_fit, y_fit)
+        proba = size.validation_proba
+    else:
+        with _one_thread():
+            model = build(family, params, y_fit).fit(x_fit, y_fit)
             proba = _aligned(model.predict_proba(x_val), model.classes_, columns)
-        size_bytes = model_memory_bytes(model)
-        if family not in FOREST_FAMILIES and params.get("early_stopping"):
-            params = {**params, "early_stopping": False, "max_iter": int(model.n_iter_)}
-    seconds = time.perf_counter() - started
-    candidate = Candidate(family, top_k_hits(y_val, proba, columns), int(size_bytes), seconds,
-                          size_bytes <= _budget_bytes(max_model_mb))
-    return _Plan(candidate, params, size, seconds, proba)
+        params = final_params(family, params, model[-1] if hasattr(model, "steps") else model)
+    return _Plan(family, params, size, time.perf_counter() - started, proba, _temperature(y_val, proba, columns))
 
 
 def _fit_plan(plan: _Plan, features: Any, labels: Any, max_model_mb: Optional[float]) -> _Final:
     """The planned family fitted on the whole training split."""
-    estimator = estimator_class(plan.candidate.family)
-    if plan.candidate.family in FOREST_FAMILIES:
-        forest = _fit_sized_forest(features, labels, plan.params, max_model_mb, estimator, size=plan.size,
-                                   search_seconds=plan.search_seconds if plan.size is not None else 0.0)
+    if is_forest(plan.family):
+        forest = _fit_sized_forest(features, labels, plan.params, max_model_mb, estimator_class(plan.family),
+                                   size=plan.size, search_seconds=plan.search_seconds if plan.size is not None else 0.0)
         return _Final(forest.model, forest.params, forest, forest.fit_seconds)
     started = time.perf_counter()
-    with _one_openmp_thread():
-        model = estimator(**plan.params).fit(features, labels)
+    with _one_thread():
+        model = compact(plan.family, build(plan.family, plan.params, np.asarray(labels)).fit(features, labels))
     return _Final(model, dict(plan.params), None, time.perf_counter() - started)
 
 
-def _early_stopping_fits(params: Mapping[str, Any], labels: np.ndarray) -> dict[str, Any]:
-    """``params`` whose early stopping (HistGradientBoosting's own stratified slice of the rows) can split.
+def _assemble(plans: Sequence[_Plan], finals: Sequence[_Final], split: tuple) -> tuple[TemperatureScaledClassifier,
+                                                                                      Calibration]:
+    """The registered estimator: one calibrated model, or the calibrated average of calibrated members."""
+    y_fit, y_val = split[2], split[3]
+    if len(plans) == 1:
+        proba, inner = plans[0].val_proba, finals[0].model
+    else:
+        proba = np.mean([temper(plan.val_proba, plan.temperature) for plan in plans], axis=0)
+        inner = AveragedClassifier([TemperatureScaledClassifier(final.model, plan.temperature)
+                                    for plan, final in zip(plans, finals)])
+    classes = np.unique(y_fit)
+    temperature = plans[0].temperature if len(plans) == 1 else _temperature(y_val, proba, classes)
+    calibration = Calibration(temperature, expected_calibration_error(y_val, proba, classes),
+                              expected_calibration_error(y_val, temper(proba, temperature), classes))
+    return TemperatureScaledClassifier(inner, temperature), calibration
 
-    The slice needs a row of every category: with few rows and many categories it is made as
-    large as that takes, or early stopping is switched off when even half the rows would not do.
+
+def _temperature(y_val: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
+    """The temperature of ``proba`` on the validation rows, or 1 where it would not lower their top-1 ECE.
+
+    The temperature minimises the log loss; on a model that is already nearly calibrated that can
+    leave the top-1 score (what users threshold) a little worse: then the scores are left as they are.
     """
-    params = dict(params)
-    if not params.get("early_stopping"):
-        return params
-    rows, needed = len(labels), 2 * len(np.unique(labels))
-    fraction = params.get("validation_fraction", 0.1)
-    if fraction is None or (isinstance(fraction, float) and rows * fraction >= needed):
-        return params
-    if needed <= rows // 2:
-        return {**params, "validation_fraction": needed}
-    return {**params, "early_stopping": False}
+    temperature = fit_temperature(y_val, proba, classes)
+    if temperature != 1.0 and (expected_calibration_error(y_val, temper(proba, temperature), classes)
+                               > expected_calibration_error(y_val, proba, classes)):
+        return 1.0
+    return temperature
 
 
-def _one_openmp_thread() -> Any:
-    # HistGradientBoosting's OpenMP threads spin while they wait: on a shared machine, or beside the
-    # other trainings of train-all, they fight for cores and a fit takes many times longer.
-    return threadpool_limits(limits=1, user_api="openmp")
+def _final_step(estimator: Any) -> Any:
+    """The estimator itself, or a Pipeline's last step (the smooth families' model behind its scaler)."""
+    return estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+
+
+def _one_thread() -> Any:
+    # One thread for the non-forest fits: HistGradientBoosting's OpenMP threads spin while they
+    # wait, and the MLP's small matrix products gain nothing from BLAS threads; on a shared machine,
+    # or beside the other trainings of train-all, extra threads fight for cores and a fit takes many
+    # times longer.
+    return threadpool_limits(limits=1)
 
 
 def _aligned(proba: np.ndarray, classes: np.ndarray, columns: np.ndarray) -> np.ndarray:

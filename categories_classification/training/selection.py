@@ -1,7 +1,10 @@
-"""Which model family a client gets: the choice rule among candidates scored on one validation split.
+"""Which model a client gets: the choice rule among candidates scored on one validation split.
 
 Pure: numpy only. Every candidate is scored on the same validation rows (carved out of the
 training split), so two candidates are compared by the paired difference of their top-5 hits.
+Accuracy comes first: the most accurate candidate within the size budget wins, ties go to the
+smaller. An ensemble must earn its place: it is kept only when it beats the best single candidate
+by more than the noise of the validation rows.
 """
 import math
 from dataclasses import dataclass
@@ -9,14 +12,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-# A candidate within this many standard errors of the best one's validation top-5 is as good
-# as the best on rows the validation split did not hold: among those, the smallest wins.
-CHOICE_STANDARD_ERRORS = 1.0
+# An ensemble must beat the best single candidate's validation top-5 by more than this many
+# standard errors of their paired difference: it was assembled from the best candidates on these
+# very rows, so a gain within the noise would not carry over to rows the validation split did not hold.
+ENSEMBLE_STANDARD_ERRORS = 1.0
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One family's fitted candidate: its validation top-5 hits (one bool per row), size and cost."""
+    """One candidate model: its validation top-5 hits (one bool per row), size and cost.
+
+    ``family`` names a model family, or an ensemble's members joined by ``+``.
+    """
 
     family: str
     hits: np.ndarray
@@ -29,14 +36,19 @@ class Candidate:
         """Validation top-5 accuracy."""
         return float(np.mean(self.hits)) if len(self.hits) else 0.0
 
+    @property
+    def correct(self) -> int:
+        """Validation rows whose category is in the top 5 (what ties are decided on: exact)."""
+        return int(np.count_nonzero(self.hits))
+
 
 @dataclass(frozen=True)
 class Choice:
     """The chosen candidate and why."""
 
     family: str
-    best_family: str  # the candidate with the best validation top-5 (within budget)
-    margin: float  # z standard errors of the chosen candidate's paired gap to the best (0 for the best)
+    best_family: str  # the most accurate single candidate (within budget)
+    margin: float  # for an ensemble: its paired gain over the best single, in standard errors (0 otherwise)
     reason: str
 
 
@@ -48,42 +60,55 @@ def paired_gap(best: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     return float(difference.mean()), float(difference.std(ddof=1) / math.sqrt(len(difference)))
 
 
-def choose(candidates: Sequence[Candidate], z: float = CHOICE_STANDARD_ERRORS) -> Choice:
-    """The smallest candidate within ``z`` standard errors (paired) of the best validation top-5.
+def choose(candidates: Sequence[Candidate], ensembles: Sequence[Candidate] = (),
+           z: float = ENSEMBLE_STANDARD_ERRORS) -> Choice:
+    """The most accurate candidate within its size budget (ties: the smaller, then the first listed).
 
-    Candidates over their size budget are left out unless none fits (then the smallest of all
-    wins). Ties in size go to the earlier candidate: list the simpler families first.
+    ``ensembles`` compete only when they beat the best single candidate by more than ``z``
+    standard errors (paired). Candidates over their budget are left out unless none fits (then
+    the smallest single candidate wins).
     """
     if not candidates:
         raise ValueError("choose needs at least one candidate")
-    lengths = {len(candidate.hits) for candidate in candidates}
+    lengths = {len(candidate.hits) for candidate in (*candidates, *ensembles)}
     if len(lengths) != 1:
         raise ValueError(f"candidates must be scored on the same validation rows, found lengths {sorted(lengths)}")
     fitting = [candidate for candidate in candidates if candidate.within_budget]
     if not fitting:
-        smallest = _smallest(candidates)
+        smallest = min(candidates, key=lambda candidate: candidate.size_bytes)  # min keeps the first of equals
         return Choice(smallest.family, smallest.family, 0.0,
                       f"no candidate fits the size budget: the smallest, {smallest.family} "
                       f"({smallest.size_bytes / 1e6:.1f} MB)")
-    best = max(fitting, key=lambda candidate: candidate.accuracy)  # first of equals: the simpler
-    margins = {}
-    for candidate in fitting:
-        gap, error = paired_gap(best.hits, candidate.hits)
-        if gap <= z * error + 1e-12:
-            margins[candidate.family] = z * error
-    equal = [candidate for candidate in fitting if candidate.family in margins]
-    chosen = _smallest(equal)
-    reason = (f"{chosen.family}: validation top-5 {chosen.accuracy:.4f}, "
-              + ("the best" if chosen is best else
-                 f"within {z:g} SE of the best ({best.family} {best.accuracy:.4f})")
-              + f", and the smallest such ({chosen.size_bytes / 1e6:.1f} MB)")
-    return Choice(chosen.family, best.family, margins[chosen.family], reason)
+    best = _most_accurate(fitting)
+    earned = []
+    for ensemble in ensembles:
+        gain, error = paired_gap(ensemble.hits, best.hits)
+        if ensemble.within_budget and gain > z * error + 1e-12:
+            earned.append((ensemble, gain / error if error > 0 else math.inf))
+    if earned:
+        chosen, margin = max(earned, key=lambda pair: (pair[0].correct, -pair[0].size_bytes))
+        return Choice(chosen.family, best.family, margin,
+                      f"ensemble {chosen.family}: validation top-5 {chosen.accuracy:.4f}, above the best single "
+                      f"candidate ({best.family} {best.accuracy:.4f}) by {margin:.1f} SE (more than {z:g} SE), "
+                      f"{chosen.size_bytes / 1e6:.2f} MB")
+    ties = sum(1 for candidate in fitting if candidate.correct == best.correct) - 1
+    return Choice(best.family, best.family, 0.0,
+                  f"{best.family}: the best validation top-5 ({best.accuracy:.4f}) within the size budget, "
+                  f"{best.size_bytes / 1e6:.2f} MB" + (f", the smallest of {ties + 1} equals" if ties else ""))
 
 
-def _smallest(candidates: Sequence[Candidate]) -> Candidate:
-    return min(candidates, key=lambda candidate: candidate.size_bytes)  # min keeps the first of equals
+def _most_accurate(candidates: Sequence[Candidate]) -> Candidate:
+    # max keeps the first of equals: list the simpler families first.
+    return max(candidates, key=lambda candidate: (candidate.correct, -candidate.size_bytes))
 
 
 def by_family(candidates: Sequence[Candidate], family: str) -> Optional[Candidate]:
     """The candidate of ``family``, or None."""
     return next((candidate for candidate in candidates if candidate.family == family), None)
+
+
+def ranked(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates within budget, the most accurate first (ties: the smaller, then the first listed)."""
+    fitting = [candidate for candidate in candidates if candidate.within_budget]
+    order = sorted(range(len(fitting)), key=lambda index: (-fitting[index].correct, fitting[index].size_bytes, index))
+    return [fitting[index] for index in order]

@@ -268,12 +268,12 @@ def choose_max_leaf_nodes(x_train: Any, y_train: Sequence[Any], params: Mapping[
 
 
 def sized_hits(split: tuple[Any, Any, Any, Any], params: Mapping[str, Any], budget_bytes: float,
-               *, seed: int = 42, estimator: type = RandomForestClassifier) -> tuple[np.ndarray, int]:
+               *, seed: int = 42, estimator: type = RandomForestClassifier) -> tuple[np.ndarray, int, np.ndarray]:
     """Validation top-5 hits of a forest of ``params`` at its automatic leaf count on ``split``.
 
     ``split`` is ``(x_fit, x_val, y_fit, y_val)``: the same search as :func:`choose_max_leaf_nodes`,
     on rows the caller gives (so that other models can be compared on the same validation rows);
-    returns the hits and the leaf count.
+    returns the hits, the leaf count and the validation probabilities (columns: the fit rows' classes).
     """
     x_fit, x_val, y_fit, y_val = split
     x_fit, y_fit = np.asarray(x_fit, dtype=np.float32), np.asarray(y_fit)
@@ -283,7 +283,7 @@ def sized_hits(split: tuple[Any, Any, Any, Any], params: Mapping[str, Any], budg
                        max_leaves=budget_leaves)
     search = pick_leaves(curve)
     kept = search.leaves if search.leaves is not None else max(curve.candidates)
-    return curve.candidates[kept], kept
+    return curve.candidates[kept], kept, curve.proba[kept]
 
 
 def _carry_over(search: LeafChoice, budget_leaves: int, search_cap: int, n_fit: int,

@@ -32,6 +32,8 @@ from categories_classification.training.sizing import MB
 
 LOGGER = logging.getLogger(__name__)
 TEST_SIZE = 0.2
+FAMILY_RULE = ("auto: the best validation top-5 within the budget, ties to the smaller; an ensemble only when it "
+               "beats the best single candidate by more than 1 SE")
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,10 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         run_name=f"training_{date}",
         tags={"client_id": client_id, "training_date": date, "stage": "training", "data_path": path},
     ):
-        mlflow.log_params({key: str(value) for key, value in chosen.model.estimator.get_params().items()})
+        mlflow.log_params(chosen.estimator_params())
         mlflow.log_params({"features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
                            "model_family": chosen.family,
-                           "family_rule": "pinned" if chosen.pinned else "auto: smallest candidate within 1 SE of "
-                                                                        "the best validation top-5, within the budget",
+                           "family_rule": "pinned" if chosen.pinned else FAMILY_RULE,
                            **(chosen.forest.size_params() if chosen.forest is not None else
                               {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})})
         mlflow.log_metrics(metrics)
@@ -223,6 +224,7 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
     candidates = [{"family": candidate.family, "val_top_5_accuracy": candidate.accuracy,
                    "size_bytes": candidate.size_bytes, "fit_seconds": candidate.fit_seconds,
                    "within_budget": candidate.within_budget} for candidate in fitted.chosen.candidates]
+    skipped = [{"family": family, "reason": reason} for family, reason in fitted.chosen.skipped.items()]
     # Written side by side and uploaded in one call: one round trip to the store per training.
     with tempfile.TemporaryDirectory(prefix="categories_evaluation_") as folder:
         scratch = Path(folder)
@@ -234,7 +236,7 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
             {"split": "test", "temperature": fitted.chosen.calibration.temperature,
              **{name: value.to_dict() for name, value in bins.items()}}, indent=2), encoding="utf-8")
         (scratch / "model_choice.json").write_text(json.dumps(
-            {**fitted.chosen.describe(), "candidates": candidates}, indent=2), encoding="utf-8")
+            {**fitted.chosen.describe(), "candidates": candidates, "left_out": skipped}, indent=2), encoding="utf-8")
         for figure, name in ((top_k_figure(curves, f"{client_id}: top-k accuracy"), "top_k_accuracy.png"),
                              (per_class_figure(report, f"{client_id}: recall per category (test)"),
                               "per_class_recall.png"),

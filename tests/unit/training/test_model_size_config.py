@@ -62,10 +62,25 @@ def test_a_family_key_pins_the_family_and_its_params_are_that_familys(tmp_path):
     assert config.get("b").family is None  # params only: RandomForest params, family chosen per client
 
 
+def test_every_new_family_and_ensembles_can_be_pinned_with_their_own_params(tmp_path):
+    config = load_config(_write(tmp_path, "a:\n  features: [x]\n  family: mlp\n  params: {hidden_layer_sizes: [64]}\n"
+                                          "b:\n  features: [x]\n  family: [mlp, qda]\n  params: {qda: {reg_param: 0.1}}\n"
+                                          "c:\n  features: [x]\n  family: ensemble\nd:\n  features: [x]\n  family: knn\n"
+                                          "e:\n  features: [x]\n  family: logistic\n  params: {C: 0.5}\n"))
+    assert config.get("a").params == {"hidden_layer_sizes": [64]}
+    assert config.get("b").family == "mlp+qda" and config.get("b").params == {"qda": {"reg_param": 0.1}}
+    assert [config.get(name).family for name in "cde"] == ["ensemble", "knn", "logistic"]
+
+
 @pytest.mark.parametrize("text, pattern", [
     ("  family: xgboost\n", r"key 'family': unknown model family: expected one of random_forest, extra_trees, "
-                            r"hist_gradient_boosting, found 'xgboost'"),
-    ("  family: [extra_trees]\n", r"key 'family': .*valid string"),
+                            r"hist_gradient_boosting, mlp, knn, qda, logistic, 'ensemble' or a list of two or more "
+                            r"of those families, found 'xgboost'"),
+    ("  family: [extra_trees]\n", r"key 'family': unknown model family: .*found \['extra_trees'\]"),
+    ("  family: [mlp, mlp]\n", r"key 'family': unknown model family: .*found \['mlp', 'mlp'\]"),
+    ("  family: [mlp, qda]\n  params: {knn: {n_neighbors: 3}}\n",
+     r"key 'params': an ensemble's params are keyed by member family: expected some of mlp, qda, found 'knn'"),
+    ("  family: ensemble\n  params: {mlp: {hidden: 3}}\n", r"key 'params': unknown MLPClassifier parameter\(s\) 'hidden'"),
     ("  family: hist_gradient_boosting\n  params: {n_estimators: 5}\n",
      r"key 'params': unknown HistGradientBoostingClassifier parameter\(s\) 'n_estimators'"),
     ("  params: {max_iter: 5}\n", r"key 'params': unknown RandomForestClassifier parameter\(s\) 'max_iter'"),
