@@ -13,8 +13,9 @@ from typing import Any, Optional
 
 # skops trusts numpy and the sklearn estimators by default. On top, exactly what the model families
 # need: a forest's trees' Cython state, HistGradientBoosting's tree predictors, a kNN's search tree
-# and its metric, the calibration wrapper every model is registered in and the ensemble's average. A model file that needs any other type is refused at load
-# time, whatever list the artifact itself may claim (MLflow would read that list from the artifact).
+# and its metric, the calibration wrapper every model is registered in and the ensemble's average. A
+# model file that needs any other type is refused at load time, whatever list the artifact itself may
+# claim (MLflow would read that list from the artifact).
 SKOPS_TRUSTED_TYPES = (
     "categories_classification.calibrated.AveragedClassifier",
     "categories_classification.calibrated.TemperatureScaledClassifier",

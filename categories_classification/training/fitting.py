@@ -212,9 +212,13 @@ class FittedModel:  # pylint: disable=too-many-instance-attributes  # a record t
         """Each candidate's validation top-5, size and fit time, for the run."""
         metrics: dict[str, float] = {}
         for candidate in self.candidates:
-            metrics.update({f"candidate_{candidate.family}_val_top_5_accuracy": candidate.accuracy,
-                            f"candidate_{candidate.family}_size_bytes": float(candidate.size_bytes),
-                            f"candidate_{candidate.family}_fit_seconds": candidate.fit_seconds})
+            # An ensemble's members vary from run to run: its metrics are named by its size (the
+            # members are in evaluation/model_choice.json), so that runs compare.
+            members = candidate.family.split(MEMBER_SEPARATOR)
+            name = candidate.family if len(members) == 1 else f"ensemble_of_{len(members)}"
+            metrics.update({f"candidate_{name}_val_top_5_accuracy": candidate.accuracy,
+                            f"candidate_{name}_size_bytes": float(candidate.size_bytes),
+                            f"candidate_{name}_fit_seconds": candidate.fit_seconds})
         return metrics
 
     def estimator_params(self) -> dict[str, str]:
@@ -242,10 +246,7 @@ def fit_model(x_train: Any, y_train: Any, model_params: Optional[Mapping[str, An
     are that family's and win over its defaults; an ensemble's are keyed by member family.
     """
     explicit = dict(model_params or {})
-    pin = "pinned by the config" if family is not None else None
-    own = sorted(set(explicit) - set(SHARED_FOREST_PARAMS))
-    if family is None and own:
-        family, pin = DEFAULT_FAMILY, f"the config's params set RandomForest parameter(s) {', '.join(own)}"
+    family, pin = _pinned(family, explicit)
     features, labels = np.asarray(x_train, dtype=np.float32), np.asarray(y_train)
     split = validation_split(features, labels, SEED)
     started = time.perf_counter()
@@ -256,30 +257,59 @@ def fit_model(x_train: Any, y_train: Any, model_params: Optional[Mapping[str, An
             return _auto_params(name, explicit)
         return params_for(name, explicit.get(name, {}) if members is not None else explicit)
 
-    scored: dict[str, _Scored] = {}
-    candidates: tuple[Candidate, ...] = ()
-    choice, skipped = None, {}
     if family is None or members == ():
-        scored, skipped = _score_candidates(split, params_of, max_model_mb)
-        ensembles = _ensembles(scored, split[3], max_model_mb)
-        singles = tuple(entry.candidate for entry in scored.values())
-        candidates = singles + tuple(ensembles)
-        if family is None:
-            choice = choose(singles, list(ensembles))
-            chosen = tuple(choice.family.split(MEMBER_SEPARATOR))
-        else:  # "ensemble" pinned: the most accurate ensemble of the candidates
-            chosen = tuple(ranked(list(ensembles) or list(singles))[0].family.split(MEMBER_SEPARATOR))
+        compared = _compare(split, params_of, max_model_mb, pinned_ensemble=family is not None)
     else:
-        chosen = members or (family,)
-    plans = [_plan(name, features, labels, split, params_of(name), max_model_mb, scored.get(name)) for name in chosen]
+        compared = _Compared(members or (family,), {}, (), None, {})
+    plans = [_plan(name, features, labels, split, params_of(name), max_model_mb, scored=compared.scored.get(name))
+             for name in compared.chosen]
     search_seconds = time.perf_counter() - started
     finals = [_fit_plan(plan, x_train, y_train, max_model_mb) for plan in plans]  # a DataFrame keeps its names
     model, calibration = _assemble(plans, finals, split)
     params = dict(finals[0].params) if len(finals) == 1 else {plan.family: dict(final.params)
                                                                for plan, final in zip(plans, finals)}
-    return FittedModel(model, MEMBER_SEPARATOR.join(chosen), params, pin, candidates, choice,
-                       finals[0].forest if len(finals) == 1 else None, calibration, _budget_bytes(max_model_mb),
-                       (search_seconds, sum(final.final_seconds for final in finals)), skipped)
+    return FittedModel(model, MEMBER_SEPARATOR.join(compared.chosen), params, pin, compared.candidates,
+                       compared.choice, finals[0].forest if len(finals) == 1 else None, calibration,
+                       _budget_bytes(max_model_mb), (search_seconds, sum(final.final_seconds for final in finals)),
+                       compared.skipped)
+
+
+def _pinned(family: Optional[str], explicit: Mapping[str, Any]) -> tuple[Optional[str], Optional[str]]:
+    """The family the config decides (None: chosen) and why: pinned, or RandomForest-only params given."""
+    if family is not None:
+        return family, "pinned by the config"
+    own = sorted(set(explicit) - set(SHARED_FOREST_PARAMS))
+    if own:
+        return DEFAULT_FAMILY, f"the config's params set RandomForest parameter(s) {', '.join(own)}"
+    return None, None
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """The comparison's outcome: the families chosen (one, or an ensemble's members) and what it saw."""
+
+    chosen: tuple[str, ...]
+    scored: Mapping[str, "_Scored"]
+    candidates: tuple[Candidate, ...]
+    choice: Optional[Choice]
+    skipped: Mapping[str, str]
+
+
+def _compare(split: tuple, params_of: Any, max_model_mb: Optional[float], *, pinned_ensemble: bool) -> _Compared:
+    """Every candidate and the ensembles scored on the validation rows, and the choice among them.
+
+    With ``pinned_ensemble`` (``family: ensemble``), the most accurate ensemble is taken, whatever
+    the best single candidate scores.
+    """
+    scored, skipped = _score_candidates(split, params_of, max_model_mb)
+    ensembles = _ensembles(scored, split[3], max_model_mb)
+    singles = tuple(entry.candidate for entry in scored.values())
+    if pinned_ensemble:
+        best, choice = ranked(list(ensembles) or list(singles))[0].family, None
+    else:
+        choice = choose(singles, list(ensembles))
+        best = choice.family
+    return _Compared(tuple(best.split(MEMBER_SEPARATOR)), scored, singles + tuple(ensembles), choice, skipped)
 
 
 @dataclass(frozen=True)
@@ -404,7 +434,7 @@ def _ensembles(scored: Mapping[str, _Scored], y_val: np.ndarray, max_model_mb: O
 
 
 def _plan(family: str, features: np.ndarray, labels: np.ndarray, split: tuple, params: Mapping[str, Any],
-          max_model_mb: Optional[float], scored: Optional[_Scored]) -> _Plan:
+          max_model_mb: Optional[float], *, scored: Optional[_Scored]) -> _Plan:
     """How ``family`` is fitted on the training split, and its probabilities on the validation rows.
 
     A forest's size is searched on the training split (the search's validation rows are the

@@ -130,14 +130,16 @@ def test_the_run_logs_the_choice_every_candidate_and_the_calibration(small_data)
     result = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-23", data_prefix=str(small_data))
     run = MlflowClient().get_run(result.run_id)
     family = run.data.params["model_family"]
-    assert family in FAMILY_ORDER and run.data.params["family_rule"].startswith("auto:")
+    assert set(family.split("+")) <= set(FAMILY_ORDER) and run.data.params["family_rule"].startswith("auto:")
     assert run.data.tags["model_family"] == family and family in run.data.tags["family_choice"]
-    for candidate in FAMILY_ORDER:
+    for candidate in (*FAMILY_ORDER, "ensemble_of_2", "ensemble_of_3"):
         assert 0 < run.data.metrics[f"candidate_{candidate}_val_top_5_accuracy"] <= 1
         assert run.data.metrics[f"candidate_{candidate}_size_bytes"] > 0
         assert run.data.metrics[f"candidate_{candidate}_fit_seconds"] > 0
     choice = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/evaluation/model_choice.json")
-    assert [entry["family"] for entry in choice["candidates"]] == list(FAMILY_ORDER)
+    names = [entry["family"] for entry in choice["candidates"]]
+    assert names[:len(FAMILY_ORDER)] == list(FAMILY_ORDER) and [len(name.split("+")) for name in names[-2:]] == [2, 3]
+    assert choice["model_family"] == family and choice["left_out"] == []
     # Calibration: ECE before and after, on the validation rows it was fitted on and on the test split.
     assert run.data.metrics["calibration_temperature"] > 0
     assert run.data.metrics["val_ece"] <= run.data.metrics["val_ece_before_calibration"] + 1e-9
@@ -160,6 +162,11 @@ def test_the_run_logs_the_choice_every_candidate_and_the_calibration(small_data)
 @pytest.mark.parametrize("family, params, check", [
     ("extra_trees", {"n_estimators": 7}, ("n_estimators", "7")),
     ("hist_gradient_boosting", {"max_iter": 5, "early_stopping": False}, ("max_iter", "5")),
+    ("mlp", {"hidden_layer_sizes": [32]}, ("hidden_layer_sizes", "[32]")),
+    ("knn", {"n_neighbors": 9}, ("n_neighbors", "9")),
+    ("qda", {"reg_param": 0.2}, ("reg_param", "0.2")),
+    ("logistic", {"C": 0.5}, ("C", "0.5")),
+    ("mlp+qda", {"qda": {"reg_param": 0.3}}, ("qda.reg_param", "0.3")),
 ])
 def test_a_pinned_family_in_the_config_wins(small_data, family, params, check):
     result = train_model("small_a", FEATURES, params, "2026-11-23", data_prefix=str(small_data), family=family)
@@ -168,8 +175,11 @@ def test_a_pinned_family_in_the_config_wins(small_data, family, params, check):
     assert run.data.params[check[0]] == check[1]
     assert not any(key.startswith("candidate_") for key in run.data.metrics)
     model, _ = load_model(resolve_model("small_a"))
-    assert type(model.estimator).__name__ == {"extra_trees": "ExtraTreesClassifier",
-                                              "hist_gradient_boosting": "HistGradientBoostingClassifier"}[family]
+    inner = [member.estimator for member in model.estimator.estimators] if "+" in family else [model.estimator]
+    assert [type(getattr(estimator, "steps", [[None, estimator]])[-1][1]).__name__ for estimator in inner] == {
+        "extra_trees": ["ExtraTreesClassifier"], "hist_gradient_boosting": ["HistGradientBoostingClassifier"],
+        "mlp": ["MLPClassifier"], "knn": ["KNeighborsClassifier"], "qda": ["QuadraticDiscriminantAnalysis"],
+        "logistic": ["LogisticRegression"], "mlp+qda": ["MLPClassifier", "QuadraticDiscriminantAnalysis"]}[family]
 
 
 @pytest.mark.usefixtures("tracking_store")

@@ -44,3 +44,7 @@ def test_notebook_runs_and_draws_its_plots(small_data, spark, monkeypatch):
     assert "drift (PSI, max over features): 0." in text and "threshold 0.2: no drift" in text
     html = "".join(output.get("data", {}).get("text/html", "") for output in outputs)
     assert "PSI" in html and all(feature in html for feature in FEATURES)  # the per-feature scores
+    # Which family, why, and the validation table of every candidate (the chosen one marked).
+    assert "model family: " in text and "why: " in text and "no model choice recorded" not in text
+    assert all(family in html for family in ("mlp", "knn", "qda", "logistic", "random_forest"))
+    assert "val_top_5_accuracy" in html

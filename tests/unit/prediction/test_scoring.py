@@ -7,14 +7,17 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from sklearn.ensemble import RandomForestClassifier
+from threadpoolctl import threadpool_limits
 
 from categories_classification.prediction.scoring import (
-    CLIENT, FEATURES as FEATURES_COLUMN, HASH, MALFORMED, MODELS_KEPT, STATS, ClientModel, Scorer, _in_background, read_stats,
-    repeated_values, score_batch)
+    CLIENT, FEATURES as FEATURES_COLUMN, HASH, MALFORMED, MIN_ROWS_PER_THREAD, MODELS_KEPT, STATS, ClientModel, Scorer,
+    _in_background, predict_proba, read_stats, repeated_values, score_batch)
 from categories_classification.serialization import dump_model
+from categories_classification.training.fitting import fit_model
 from tests.helpers import reference_top_k
 
 FEATURES = ("f0", "f1")
+FIVE = [f"f{i}" for i in range(5)]
 
 
 def _model(seed: int = 0) -> RandomForestClassifier:
@@ -144,3 +147,20 @@ def test_scorer_counts_each_clients_rows_per_drift_bin_in_the_same_pass():
     # a: f0 0.1, 0.3, 0.5 (the malformed row is not counted); f1 0.2, 0.9 (a missing value is not counted).
     assert stats["a"][0]["drift_counts"] == [[1, 1, 1], [1, 1]]
     assert stats["b"][0]["drift_counts"] == []  # no reference: nothing counted
+
+
+@pytest.mark.parametrize("family", ["mlp", "knn", "qda", "logistic", "hist_gradient_boosting", "mlp+qda+random_forest"])
+def test_every_family_scores_the_same_to_the_last_bit_whatever_the_threads(family):
+    rng = np.random.default_rng(3)
+    labels = rng.choice([f"c{i}" for i in range(12)], 1500)
+    features = rng.normal(size=(1500, 5)) + np.array([int(label[1:]) for label in labels])[:, None] % 7
+    params = {"max_iter": 20} if family == "hist_gradient_boosting" else {}
+    if "+" in family:
+        params = {"random_forest": {"n_estimators": 10}}
+    model = fit_model(pd.DataFrame(features, columns=FIVE), labels, params, family=family).model
+    rows = pd.DataFrame(rng.normal(size=(4 * MIN_ROWS_PER_THREAD, 5)) * 3, columns=FIVE)
+    alone = predict_proba(model, rows, threads=1)
+    with threadpool_limits(limits=1):  # the BLAS's own threads do not change a score either
+        assert np.array_equal(predict_proba(model, rows, threads=1), alone)
+    for threads in (2, 3):
+        assert np.array_equal(predict_proba(model, rows, threads=threads), alone)
