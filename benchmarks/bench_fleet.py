@@ -7,7 +7,7 @@ For N generated clients of 5,000 prediction rows each, side by side in one run:
   top-5, write parquet (:func:`limit_side`, run as its own command like the CLI);
 - one client's `predictor` command in a fresh process, against a running Spark Connect
   service and with no service (its own JVM), against that client's work inside the limit;
-- `train-all` for the fleet against fitting the same clients' forests alone.
+- `train-all` for the fleet against fitting the same clients' models alone (the same choice and fit, no MLflow).
 """
 import argparse
 import json
@@ -47,7 +47,7 @@ def run(ctx: BenchContext) -> Section:
         f"Fleet scale: {largest} clients x {ROWS:,} products",
         f"`predict-all` <= {PREDICT_TARGET:g}x a single-process fleet limit; one client's `predictor` command with "
         f"the shared Spark service pays <= {OVERHEAD_TARGET:g} s of fixed overhead; `train-all` <= {TRAIN_TARGET:g}x "
-        "fitting the same forests alone.",
+        "fitting the same models alone.",
     )
     data = ctx.scratch("data")
     specs = [ClientSpec(f"fleet_{i:04d}", 5000 + i, n_train=1000, n_predict=ROWS, n_categories=10) for i in range(largest)]
@@ -68,7 +68,7 @@ def run(ctx: BenchContext) -> Section:
     _rows(section, sizes, fleet, limits, alone, specs[0].client_id)
     section.rows.append(Row(
         f"`train-all`, {largest} clients (2 workers: fit, evaluate, log, register, gate)", seconds(trained.seconds),
-        f"{seconds(fit_alone)}: fitting the same forests alone (2 processes)",
+        f"{seconds(fit_alone)}: fitting the same models alone (2 processes)",
         ratio(trained.seconds, fit_alone), f"<= {TRAIN_TARGET:g}x", trained.seconds / fit_alone <= TRAIN_TARGET))
     section.notes += [
         f"Clients: {specs[0].n_train} training rows, {specs[0].n_categories} categories, {ROWS:,} prediction rows each "

@@ -13,7 +13,7 @@ import pandas as pd
 
 from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
 from categories_classification.paths import train_path
-from categories_classification.training.fitting import fit_forest
+from categories_classification.training.fitting import fit_model
 from scripts.generate_example_data import ClientSpec, write_client
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
@@ -85,14 +85,14 @@ def run(ctx: BenchContext) -> Section:
 
 
 def _fit_one(path: str) -> int:
-    """Fit one client's forest as training does (size search + fit, project defaults), on one thread, no MLflow."""
+    """Fit one client's model as training does (candidates, choice, final fit; project defaults), one thread, no MLflow."""
     frame = pd.read_csv(path)
-    fit_forest(frame[FEATURES], frame["category_id"], {"n_jobs": 1})
+    fit_model(frame[FEATURES], frame["category_id"], {"n_jobs": 1})
     return len(frame)
 
 
 def fit_with_pool(data: Path, client_ids: list[str]) -> float:
-    """Seconds to fit every client's forest (size search + fit, no MLflow) in a pool of one process per core."""
+    """Seconds to fit every client's model (the choice and the final fit, no MLflow) in a pool of one process per core."""
     paths = [train_path(client_id, str(data)) for client_id in client_ids]
     workers = os.cpu_count() or 1
     # Forked from this process, which has the trainer imported: warm workers, as Spark's are after its first job.
@@ -114,9 +114,9 @@ def _fit_with_spark(data: Path) -> float:
     try:
         frame = spark.read.csv(str(data / "train"), header=True, inferSchema=True)  # client_id from the folders
 
-        # Pickled by value (the workers need no benchmarks/); fit_forest goes by reference to its module.
+        # Pickled by value (the workers need no benchmarks/); fit_model goes by reference to its module.
         def fit(group: pd.DataFrame) -> pd.DataFrame:
-            fit_forest(group[FEATURES], group["category_id"], {"n_jobs": 1})  # as _fit_one
+            fit_model(group[FEATURES], group["category_id"], {"n_jobs": 1})  # as _fit_one
             return pd.DataFrame({"client_id": [group["client_id"].iloc[0]], "rows": [len(group)]})
 
         frame = frame.cache()

@@ -16,6 +16,7 @@ validation top-5 against its size.
 
     python -m benchmarks.run --only model_quality [--quick]
 """
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
+from benchmarks import bench_demo
 from benchmarks._common import BenchContext, Row, Section, megabytes, seconds
 from benchmarks.bench_model_size import design_clients
 from categories_classification.config import ClientConfig
@@ -85,6 +87,9 @@ def run(ctx: BenchContext) -> Section:
             for client, r in results.items()),
     ]
     section.plots.append(_plot(ctx.outdir, results))
+    if not ctx.quick:  # the other side of the trade: the demo trains the 10 example clients with these defaults
+        demo = bench_demo.run(dataclasses.replace(ctx, workdir=ctx.scratch("demo")))
+        section.rows += [row for row in demo.rows if row.figure.startswith("`make demo`")]
     return section
 
 

@@ -412,7 +412,8 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
         # at once collide on PostgreSQL (a unique-key violation). One at a time, under the client's lock.
         with promotion_lock(client_id):
             if not client.get_registered_model(name).description:
-                client.update_registered_model(name, f"Product categoriser of client {client_id} (RandomForest, top-5).")
+                client.update_registered_model(name, f"Product categoriser of client {client_id} (top-5 categories; "
+                                                     "the model family is chosen at each training).")
             client.set_registered_model_tag(name, "client_id", client_id)
         client.set_model_version_tag(name, str(version), "client_id", client_id)
     return ModelRef(client_id, name, int(version), run_id, flavor.digest, tuple(sorted(flavor.companion_digests.items())))

@@ -92,10 +92,12 @@ def test_bad_family_or_params_for_it_are_rejected_on_one_line(tmp_path, text, pa
 
 
 def test_the_training_dag_passes_a_pinned_family_only_when_configured(tmp_path):
-    config = load_config(_write(tmp_path, "a:\n  features: [x]\n  family: extra_trees\nb:\n  features: [x]\n"))
+    config = load_config(_write(tmp_path, "a:\n  features: [x]\n  family: extra_trees\nb:\n  features: [x]\n"
+                                          "c:\n  features: [x]\n  family: [mlp, qda]\n"))
     training = next(kind for kind in KINDS if kind.name == "training")
     assert "--model_family=extra_trees" in bash_command(config.get("a"), training)
     assert "--model_family" not in bash_command(config.get("b"), training)
+    assert "--model_family=mlp+qda" in bash_command(config.get("c"), training)  # what the trainer's option reads
 
 
 def test_bad_trainer_family_option(capsys):
