@@ -11,7 +11,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tracking_store")]
 
 def test_parallel_training_keeps_client_order_and_contains_failures(small_data, tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_PREFIX", str(small_data))
-    config_path = write_config(tmp_path / "clients.yaml", {"small_b": client_entry(10), "small_a": client_entry(10),
+    # small_a pins a forest: its thread count is what train-all decides (the other families fit on one thread).
+    config_path = write_config(tmp_path / "clients.yaml", {"small_b": client_entry(10),
+                                                           "small_a": client_entry(10, family="random_forest"),
                                                            "absent": client_entry()})
     seen = []
 
