@@ -23,8 +23,8 @@ FAMILIES = {"fam_mlp": "mlp", "fam_knn": "knn", "fam_qda": "qda", "fam_logistic"
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """Generated clients, one per family (pinned in the config), and the CLI's environment on a fresh store."""
+def fleet(tmp_path_factory: pytest.TempPathFactory, module_tracking_store: Path) -> tuple[Path, dict[str, str]]:
+    """Generated clients, one per family (pinned in the config), and the CLI's environment on the module's store."""
     root = tmp_path_factory.mktemp("families")
     for index, client_id in enumerate(FAMILIES):
         write_client(ClientSpec(client_id, 300 + index, n_train=700, n_predict=400, n_categories=9), root / "data")
@@ -32,14 +32,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     config = write_config(root / "clients.yaml", {
         client_id: {**client_entry(), "family": family, **({"params": params[client_id]} if client_id in params else {})}
         for client_id, family in FAMILIES.items()})
-    env = {**os.environ, "DATA_PREFIX": str(root / "data"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "SPARK_MASTER": "local[2]", "CONFIG_FILE": str(config)}
+    env = {**os.environ, "DATA_PREFIX": str(root / "data"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{module_tracking_store / 'mlflow.db'}", "SPARK_MASTER": "local[2]",
+           "CONFIG_FILE": str(config)}
     return root / "data", env
 
 
-def _assert_own_top5(prefix: Path, client_id: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def _assert_own_top5(prefix: Path, client_id: str) -> None:
     """The output is the champion's own top 5 for every product of the prediction file."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     model, features = load_model(resolve_model(client_id))
     rows = pd.read_csv(prefix / "prediction" / f"client_id={client_id}" / "data_predict.csv.gz")
     expected = reference_top_k(rows["product_id"], model.predict_proba(rows[features]), model.classes_)
@@ -50,11 +50,10 @@ def _assert_own_top5(prefix: Path, client_id: str, env: dict[str, str], monkeypa
     assert np.allclose(output["pred_score"], expected["pred_score"], rtol=0, atol=1e-12)
 
 
-def test_every_family_trains_and_scores_in_one_fleet_job(fleet, monkeypatch):
+def test_every_family_trains_and_scores_in_one_fleet_job(fleet):
     prefix, env = fleet
     trained = run_cli(["train-all", f"--training_date={DATE}"], env, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     client = MlflowClient()
     for client_id, family in FAMILIES.items():
         run = client.get_run(resolve_model(client_id).run_id)
@@ -64,10 +63,10 @@ def test_every_family_trains_and_scores_in_one_fleet_job(fleet, monkeypatch):
     predicted = run_cli(["predict-all", f"--inference_date={DATE}"], env, timeout=600)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     for client_id in FAMILIES:
-        _assert_own_top5(prefix, client_id, env, monkeypatch)
+        _assert_own_top5(prefix, client_id)
 
 
-def test_the_chosen_family_goes_through_trainer_and_predictor(fleet, monkeypatch):
+def test_the_chosen_family_goes_through_trainer_and_predictor(fleet):
     prefix, env = fleet
     env = {**env, "CONFIG_FILE": ""}  # the DAG's path: the CLI's own options
     trained = run_cli([*train_args("fam_mlp", FEATURES, "{}", DATE), "--model_family=mlp+logistic"], env)
@@ -75,7 +74,7 @@ def test_the_chosen_family_goes_through_trainer_and_predictor(fleet, monkeypatch
     assert "(mlp+logistic)" in trained.stdout
     predicted = run_cli(["predictor", "--client_id=fam_mlp", f"--inference_date={DATE}"], env)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    _assert_own_top5(prefix, "fam_mlp", env, monkeypatch)
+    _assert_own_top5(prefix, "fam_mlp")
 
 
 def test_a_bad_pinned_family_is_a_usage_error_naming_what_is_accepted(fleet):
