@@ -11,6 +11,7 @@ from categories_classification.calibrated import TemperatureScaledClassifier
 from categories_classification.registry import serving_signature
 from categories_classification.serialization import DIGEST_TAG, dump_model, sha256_hex
 from categories_classification.serving import CLIENT_KEY, TopKCategories, _load_pyfunc
+from categories_classification.training.fitting import fit_model
 from tests.helpers import exploded, ranked
 
 FEATURES = ["f0", "f1", "f2"]
@@ -34,7 +35,8 @@ def test_each_product_gets_the_batch_top_k_and_keeps_its_id():
     served = TopKCategories(model, FEATURES).predict(products)
     assert list(served.columns) == ["product_id", "pred_label", "pred_score", "rank"] and len(served) == len(products)
     batch = ranked(products["product_id"], model.predict_proba(products[FEATURES]), model.classes_)
-    pd.testing.assert_frame_equal(exploded(served), batch.sort_values(["product_id", "rank"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(exploded(served), batch.sort_values(["product_id", "rank"]).reset_index(drop=True),
+                                  check_exact=True)
 
 
 def test_k_is_a_request_parameter_and_must_be_positive():
@@ -50,6 +52,18 @@ def test_a_product_with_a_missing_feature_gets_no_categories_and_ids_are_optiona
     served = TopKCategories(_model(), FEATURES).predict(products)
     assert served["product_id"].tolist() == [None, None, None]
     assert [len(labels) for labels in served["pred_label"]] == [3, 0, 3]  # 3 categories: fewer than k
+
+
+def test_a_product_alone_gets_the_scores_it_gets_among_others():
+    # A smooth family: numpy computes a lone row's matrix product another way (see row_stable_proba).
+    rng = np.random.default_rng(0)
+    columns = [f"g{i}" for i in range(5)]
+    x = pd.DataFrame(rng.normal(size=(2000, 5)), columns=columns)
+    model = fit_model(x, rng.choice([f"c{i}" for i in range(12)], 2000), family="logistic").model
+    products = pd.DataFrame(rng.normal(size=(300, 5)), columns=columns).assign(product_id=[f"p{i}" for i in range(300)])
+    served = TopKCategories(model, columns)
+    alone = pd.concat([served.predict(products.iloc[[i]]) for i in range(len(products))])
+    pd.testing.assert_frame_equal(exploded(alone), exploded(served.predict(products)), check_exact=True)
 
 
 def _saved(folder: Path, digest: str) -> Path:
