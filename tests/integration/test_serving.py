@@ -2,6 +2,7 @@
 virtualenv built from the model's own requirements, away from the project; both give the batch's top-5."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -50,9 +51,11 @@ def _products(prefix: Path) -> pd.DataFrame:
 def test_spark_udf_with_its_defaults_gives_the_batch_top_5(served: Path, spark):
     products = _products(served)
     udf = mlflow.pyfunc.spark_udf(spark, URI, env_manager="local")  # result type from the declared outputs
-    frame = spark.createDataFrame(products).select(udf(F.struct(*products.columns)).alias("top"))
-    result = frame.select("top.*").toPandas()
-    pd.testing.assert_frame_equal(exploded(result), read_output(served, CLIENT))
+    rows = spark.createDataFrame(products).select(udf(F.struct(*products.columns)).alias("top")).select("top.*")
+    # The README's way back to the batch's rows.
+    result = rows.select("product_id", F.inline(F.arrays_zip("pred_label", "pred_score", "rank"))).toPandas()
+    pd.testing.assert_frame_equal(result.sort_values(["product_id", "rank"]).reset_index(drop=True),
+                                  read_output(served, CLIENT), check_exact=True)
 
 
 _PLAIN_PYTHON = """
@@ -83,7 +86,7 @@ def test_an_ensemble_of_pipelines_and_a_forest_loads_in_a_plain_python_elsewhere
     assert not Path(answer["code"]).is_relative_to(ROOT) and "/artifacts/code/categories_classification/" in answer["code"]
     loaded = pd.DataFrame(answer["rows"])
     expected = TopKCategories(model, FEATURES).predict(products)
-    pd.testing.assert_frame_equal(exploded(loaded), exploded(expected))
+    pd.testing.assert_frame_equal(exploded(loaded), exploded(expected), check_exact=True)
 
 
 def _post(url: str, body: dict) -> pd.DataFrame:
@@ -96,30 +99,38 @@ def test_a_fresh_venv_from_the_models_requirements_serves_the_batch_top_5(served
     elsewhere = tmp_path / "elsewhere"  # no project here, nor on the new venv's path
     elsewhere.mkdir()
     venv = tmp_path / "venv"
+    try:
+        _serve_from_fresh_venv(served, venv, elsewhere)
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)  # most of a GB: not left in pytest's kept temp folders
+
+
+def _serve_from_fresh_venv(prefix: Path, venv: Path, elsewhere: Path) -> None:
     requirements = mlflow.pyfunc.get_model_dependencies(URI)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     # pip's own configuration (index, cache) as the user has it: only the model's recorded requirements.
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", requirements], check=True, timeout=PIP_SECONDS,
-                   cwd=elsewhere, capture_output=True)
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", requirements], cwd=elsewhere,
+                               capture_output=True, text=True, timeout=PIP_SECONDS, check=False)
+    assert installed.returncode == 0, installed.stderr[-2000:]
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     isolated = subprocess.run([str(python), "-c", "import categories_classification"], cwd=elsewhere, env=env,
                               capture_output=True, text=True, timeout=60, check=False)
     assert "No module named 'categories_classification'" in isolated.stderr
 
-    port = free_port()
+    port, log = free_port(), elsewhere / "serve.log"
     server = spawn_detached([str(venv / "bin" / "mlflow"), "models", "serve", "-m", URI, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], tmp_path / "serve.log", env, elsewhere)
+                             "-h", "127.0.0.1", "-p", str(port)], log, env, elsewhere)
     try:
         def running() -> None:
             if server.poll() is not None:
-                raise AssertionError(f"mlflow models serve exited: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+                raise AssertionError(f"mlflow models serve exited: {log.read_text()[-2000:]}")
 
         assert wait_for_http(f"http://127.0.0.1:{port}/ping", SERVER_SECONDS, running), "no answer on /ping"
-        products = _products(served)
+        products = _products(prefix)
         top = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": products.to_dict(orient="split")})
-        pd.testing.assert_frame_equal(exploded(top), read_output(served, CLIENT))
+        pd.testing.assert_frame_equal(exploded(top), read_output(prefix, CLIENT), check_exact=True)
         three = _post(f"http://127.0.0.1:{port}/invocations",
                       {"dataframe_records": products.head(2).to_dict(orient="records"), "params": {"k": 3}})
         assert three["rank"].tolist() == [[0, 1, 2], [0, 1, 2]]
