@@ -28,9 +28,9 @@ from urllib.parse import unquote, urlparse
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from categories_classification import serving
 from categories_classification.errors import (

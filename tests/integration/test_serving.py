@@ -110,7 +110,9 @@ def _serve_from_fresh_venv(prefix: Path, venv: Path, elsewhere: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     # pip's own configuration (index, cache) as the user has it: only the model's recorded requirements.
-    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", requirements], cwd=elsewhere,
+    # --no-compile: Python compiles what it imports anyway; compiling every installed file costs seconds.
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-compile", "-r", requirements],
+                               cwd=elsewhere,
                                capture_output=True, text=True, timeout=PIP_SECONDS, check=False)
     assert installed.returncode == 0, installed.stderr[-2000:]
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
