@@ -24,6 +24,20 @@ def temper(proba: np.ndarray, temperature: float) -> np.ndarray:
     return scaled / scaled.sum(axis=1, keepdims=True)
 
 
+def row_stable_proba(estimator: Any, x: Any) -> np.ndarray:
+    """``estimator.predict_proba(x)``; a single row is scored as the first of two copies of itself.
+
+    numpy multiplies a one-row matrix by another routine (a matrix-vector product) whose sums may
+    differ in the last bit from the same row's among others (seen with logistic, MLP, QDA and
+    gradient boosting): a product scored alone, an online request, would not get the batch's
+    scores. From two rows on, a row's scores do not depend on the others.
+    """
+    if len(x) != 1:
+        return estimator.predict_proba(x)
+    twice = x.iloc[[0, 0]] if hasattr(x, "iloc") else np.asarray(x)[[0, 0]]
+    return estimator.predict_proba(twice)[:1]
+
+
 class TemperatureScaledClassifier(ClassifierMixin, BaseEstimator):
     """``estimator`` (fitted) whose probabilities are tempered by ``temperature`` (> 0; 1 leaves them)."""
 
@@ -53,8 +67,8 @@ class TemperatureScaledClassifier(ClassifierMixin, BaseEstimator):
             self.estimator.n_jobs = value
 
     def predict_proba(self, x: Any) -> np.ndarray:
-        """Calibrated probabilities, columns in ``classes_`` order."""
-        return temper(self.estimator.predict_proba(x), self.temperature)
+        """Calibrated probabilities, columns in ``classes_`` order (a row's alike alone or among others)."""
+        return temper(row_stable_proba(self.estimator, x), self.temperature)
 
     def predict(self, x: Any) -> np.ndarray:
         """The most probable category (the underlying estimator's, tempering keeps the order)."""

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import zipfile
@@ -19,14 +20,19 @@ import zlib
 import time
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from categories_classification import serving
 from categories_classification.errors import (
     ConfigError,
     InfrastructureError,
@@ -36,21 +42,25 @@ from categories_classification.errors import (
     describe_os_error,
     one_line,
 )
-from categories_classification.serialization import (
+from categories_classification.serialization import (  # DIGEST_TAG: the version tag checked before every load
+    DIGEST_TAG,
     SKOPS_TRUSTED_TYPES,
+    digest_problem,
     deflate_file,
     load_model_bytes,
     sha256_hex,
     zip_damage,
 )
+from categories_classification.topk import TOP_K
 
 LOGGER = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE.parent
+# The distributions a registered model needs besides MLflow (its requirements.txt, pinned).
+SERVING_DISTRIBUTIONS = ("scikit-learn", "skops", "numpy", "scipy", "pandas", "pyarrow")
 MODEL_ARTIFACT = "model"
 # The registry alias of the version that prediction serves (stages are deprecated since 2.9).
 CHAMPION = "champion"
-# The model-version tag holding the SHA-256 of the stored model file, checked before every load.
-DIGEST_TAG = "model_sha256"
 # A companion file's SHA-256 is the version tag "<file name>.sha256" (e.g. drift_reference.json.sha256).
 COMPANION_DIGEST_SUFFIX = ".sha256"
 # What a damaged file's deserialization raises (zip, deflate, skops' JSON schema and types).
@@ -339,34 +349,73 @@ def ensure_experiment(client_id: str) -> str:
 
 
 class _DeflatedSklearnFlavor:
-    """MLflow's sklearn flavour, with its skops file deflated before upload.
+    """MLflow's sklearn flavour, with its skops file deflated before upload, and a self-contained pyfunc.
 
     A forest's class-probability arrays are mostly zeros: deflate stores them 5-7x smaller, which
     is what the registry's disk, the upload and every download pay for. The file stays a skops
-    zip, so MLflow's own loader and ours read it unchanged.
+    zip, so MLflow's own loader and ours read it unchanged. The model carries the few project
+    modules it needs (:data:`~categories_classification.serving.SHIPPED_MODULES`, MLflow's
+    ``code_paths``) and its ``python_function`` flavour is :mod:`categories_classification.serving`
+    (top-k rows, digest checked, trusted types only): stock MLflow loads and serves it anywhere.
     """
 
-    def __init__(self, companions: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(self, client_id: str, companions: Optional[Mapping[str, str]] = None) -> None:
         self.__name__ = "mlflow.sklearn"  # what MLflow reports as the flavour
+        self.client_id = client_id
         self.stored_bytes = 0
         self.digest = ""
         self.companions = dict(companions or {})
         self.companion_digests = {name: sha256_hex(text.encode("utf-8")) for name, text in self.companions.items()}
 
     def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
-        """Save with MLflow's sklearn flavour, deflate the model file in place, take its SHA-256.
+        """Save with MLflow's sklearn flavour and the shipped code, deflate the model file, take its SHA-256.
 
         Companion files are written into the model's folder: they are uploaded with it and come
         back with every download of the version, at no extra request.
         """
         kwargs.pop("validate_serving_input", None)  # Model.log's own option, passed on to every flavour
-        mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
-        model_file = Path(path) / mlflow_model.flavors["sklearn"]["pickled_model"]
+        with tempfile.TemporaryDirectory(prefix="categories_code_") as staging:
+            mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, code_paths=[str(_shipped_package(Path(staging)))],
+                                      **kwargs)
+        sklearn_conf = mlflow_model.flavors["sklearn"]
+        model_file = Path(path) / sklearn_conf["pickled_model"]
         self.stored_bytes = deflate_file(model_file)
         # The digest of exactly the bytes that are uploaded: every load checks them against it.
         self.digest = sha256_hex(model_file.read_bytes())
+        # MLflow's sklearn pyfunc would predict the top-1 label only: serve the top-k rows instead.
+        env = mlflow_model.flavors.pop(mlflow.pyfunc.FLAVOR_NAME)[mlflow.pyfunc.ENV]
+        mlflow.pyfunc.add_to_model(mlflow_model, loader_module=serving.__name__, data=sklearn_conf["pickled_model"],
+                                   code=sklearn_conf["code"], conda_env=env["conda"], python_env=env["virtualenv"],
+                                   **{DIGEST_TAG: self.digest, serving.CLIENT_KEY: self.client_id})
+        mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))
         for name, text in self.companions.items():
             (Path(path) / name).write_text(text, encoding="utf-8")
+
+
+def _shipped_package(staging: Path) -> Path:
+    """A copy of the package holding only the modules a registered model needs (its ``code_paths``)."""
+    package = staging / PACKAGE.name
+    package.mkdir()
+    for module in serving.SHIPPED_MODULES:
+        shutil.copy2(PACKAGE / module, package / module)
+    return package
+
+
+def serving_signature(features: Sequence[str]) -> ModelSignature:
+    """A version's signature: the features (doubles) and an optional ``product_id`` in, the top-k rows out.
+
+    The outputs are declared (lists per product, as :class:`~categories_classification.serving.TopKCategories`
+    returns them), so ``spark_udf`` knows its result type; ``k`` is a request parameter.
+    """
+    return ModelSignature(
+        inputs=Schema([*(ColSpec(DataType.double, feature) for feature in features),
+                       ColSpec(DataType.string, serving.PRODUCT, required=False)]),
+        outputs=Schema([ColSpec(DataType.string, serving.PRODUCT, required=False),
+                        ColSpec(Array(DataType.string), serving.LABEL),
+                        ColSpec(Array(DataType.double), serving.SCORE),
+                        ColSpec(Array(DataType.integer), serving.RANK)]),
+        params=ParamSchema([ParamSpec(serving.K_PARAM, DataType.long, TOP_K)]),
+    )
 
 
 def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any,
@@ -379,7 +428,7 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
     """
     name = model_name(client_id)
     chatter = io.StringIO()
-    flavor = _DeflatedSklearnFlavor(companions)
+    flavor = _DeflatedSklearnFlavor(client_id, companions)
     # MLflow prints "Successfully registered model ..." straight to stderr: keep it for debug logs.
     with tracking_errors(client_id), redirect_stderr(chatter):
         info = mlflow.models.Model.log(
@@ -393,8 +442,9 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
             input_example=input_example,
             registered_model_name=name,
             # Explicit requirements: MLflow would otherwise re-load the model in a subprocess to
-            # infer them, which costs seconds per training for a known answer.
-            pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+            # infer them, which costs seconds per training for a known answer. The numeric
+            # libraries are pinned too: a served score is then the batch's to the last bit.
+            pip_requirements=pinned_requirements(),
             # MLflow would load the model back and predict the input example to check it could be
             # served: this project's loaders (the gate, prediction) read it back anyway.
             validate_serving_input=False,
@@ -417,6 +467,11 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
             client.set_registered_model_tag(name, "client_id", client_id)
         client.set_model_version_tag(name, str(version), "client_id", client_id)
     return ModelRef(client_id, name, int(version), run_id, flavor.digest, tuple(sorted(flavor.companion_digests.items())))
+
+
+def pinned_requirements() -> list[str]:
+    """What a registered model needs to load and serve (MLflow adds itself), pinned to this environment's versions."""
+    return [f"{name}=={metadata.version(name)}" for name in SERVING_DISTRIBUTIONS]
 
 
 def resolve_model(client_id: str, version: Optional[int] = None) -> ModelRef:
@@ -584,11 +639,7 @@ def model_file_problem(ref: ModelRef, data: bytes) -> Optional[str]:
     before digests were recorded), a zip that does not read back intact.
     """
     if ref.digest:
-        found = sha256_hex(data)
-        if found != ref.digest:
-            return (f"does not match its digest (expected {DIGEST_TAG} {ref.digest}, found {found}): "
-                    "it was damaged or changed after registration")
-        return None
+        return digest_problem(ref.digest, data)
     damage = zip_damage(data)
     if damage is not None:
         return (f"cannot be read ({damage}): expected an intact skops zip file (the version has no "
@@ -651,7 +702,8 @@ def download_model_file(ref: ModelRef, destination: str) -> tuple[Path, list[str
             ref.client_id,
         )
     inputs = meta.get_input_schema()
-    columns = inputs.input_names() if inputs is not None else []
+    # The features are the required inputs (product_id is an optional input of the served model).
+    columns = inputs.required_input_names() if inputs is not None else []
     return local / flavor["pickled_model"], [str(column) for column in columns]
 
 

@@ -25,6 +25,8 @@ SKOPS_TRUSTED_TYPES = (
     "sklearn.neighbors._kd_tree.KDTree",
     "sklearn.tree._tree.Tree",
 )
+# The model-version tag (and python_function flavour key) holding the SHA-256 of the stored model file.
+DIGEST_TAG = "model_sha256"
 # Zip settings of a deflated model file: level 6 is nearly as small as level 9, and much faster.
 _DEFLATE = {"compression": zipfile.ZIP_DEFLATED, "compresslevel": 6}
 
@@ -54,6 +56,15 @@ def deflate_file(path: Path) -> int:
 def sha256_hex(data: bytes) -> str:
     """The SHA-256 of ``data`` in hex: the digest recorded with each registered model file."""
     return hashlib.sha256(data).hexdigest()
+
+
+def digest_problem(expected: str, data: bytes) -> Optional[str]:
+    """Why ``data`` is not the file registered with the SHA-256 ``expected`` (also when there is none), or None."""
+    found = sha256_hex(data)
+    if found != expected:
+        return (f"does not match its digest (expected {DIGEST_TAG} {expected or '(none)'}, found {found}): "
+                "it was damaged or changed after registration")
+    return None
 
 
 def zip_damage(data: bytes) -> Optional[str]:

@@ -126,6 +126,15 @@ def reference_top_k(product_ids: Sequence[Any], scores: np.ndarray, labels: Sequ
     })
 
 
+def exploded(served: pd.DataFrame) -> pd.DataFrame:
+    """The served model's rows (one per product, lists best first) as the batch's rows (one per category), sorted."""
+    rows = served.explode(["pred_label", "pred_score", "rank"]).dropna(subset=["rank"])
+    return pd.DataFrame({
+        "product_id": rows["product_id"].astype(object), "pred_label": rows["pred_label"].astype(object),
+        "pred_score": rows["pred_score"].astype(np.float64), "rank": rows["rank"].astype(np.int32),
+    }).sort_values(["product_id", "rank"]).reset_index(drop=True)
+
+
 def trained_and_predicted(source: Path, root: Path, clients: Sequence[str]) -> tuple[Path, dict[str, str]]:
     """A private copy of ``source``'s inputs under ``root``, each client trained (8 trees) and predicted for DATE
     through the CLI, with its own SQLite store; returns the data prefix and the CLI's environment."""

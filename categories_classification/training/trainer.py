@@ -9,7 +9,6 @@ from typing import Any, Mapping, Optional, Sequence
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 from sklearn.model_selection import train_test_split
 
 from categories_classification import drift, registry
@@ -105,7 +104,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         mlflow.set_tags(_tags(chosen))
         example = fitted.x_train.head(5)
         ref = registry.log_and_register(
-            client_id, chosen.model, example, infer_signature(example, chosen.model.predict(example)),
+            client_id, chosen.model, example, registry.serving_signature(list(example.columns)),
             companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))},
         )
         _log_evaluation_artifacts(client_id, fitted)

@@ -72,7 +72,7 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     flavor = mlflow.models.get_model_info(f"models:/small_a_model/{first.version}")
     assert flavor.flavors["sklearn"]["serialization_format"] == "skops"
     assert flavor.flavors["sklearn"]["skops_trusted_types"] == list(SKOPS_TRUSTED_TYPES)
-    assert flavor.signature.inputs.input_names() == FEATURES
+    assert flavor.signature.inputs.required_input_names() == FEATURES
     assert flavor.saved_input_example_info is not None
 
     # The registry holds the skops file deflated (forests are mostly zeros); the run records its size,
