@@ -60,7 +60,13 @@ def output_path(client_id: str, inference_date: str, prefix: Optional[str] = Non
 
 def manifest_path(client_id: str, inference_date: str, prefix: Optional[str] = None) -> str:
     """Lineage of an output folder: ``<prefix>/_manifests/client_id=<id>/date=<date>.json``."""
-    return _join(data_prefix(prefix), MANIFESTS_DIR, f"client_id={client_id}", f"date={inference_date}.json")
+    return manifest_of(output_path(client_id, inference_date, prefix))
+
+
+def manifest_of(output_folder: str) -> str:
+    """The manifest of an output folder given by its path (``<prefix>/products_categories/client_id=<id>/date=<d>``)."""
+    prefix, _, client, name = output_folder.rstrip("/").rsplit("/", 3)
+    return _join(prefix, MANIFESTS_DIR, client, f"{name}.json")
 
 
 def staging_root(prefix: Optional[str] = None) -> str:

@@ -3,7 +3,7 @@ import pytest
 
 from categories_classification.errors import ConfigError
 from categories_classification.paths import (
-    data_prefix, manifest_path, normalize_date, output_path, predict_path, staging_root, train_path)
+    data_prefix, manifest_of, manifest_path, normalize_date, output_path, predict_path, staging_root, train_path)
 
 
 def test_default_prefix_is_data(monkeypatch):
@@ -27,6 +27,8 @@ def test_manifests_and_staging_live_beside_the_dataset():
     assert manifest_path("c1", "2026-11-23", "s3a://bucket/root/") == (
         "s3a://bucket/root/_manifests/client_id=c1/date=2026-11-23.json")
     assert staging_root("/srv/data") == "/srv/data/_staging"
+    assert manifest_of("data/products_categories/client_id=c1/date=2026-11-23/") == (
+        "data/_manifests/client_id=c1/date=2026-11-23.json")
 
 
 @pytest.mark.parametrize("value, expected", [
