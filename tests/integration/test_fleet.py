@@ -116,6 +116,8 @@ def test_the_predictor_command_uses_the_shared_spark_service(fleet, spark, conne
         assert read_output(fleet, client_id, "2026-11-25").equals(read_output(fleet, client_id, "2026-11-24")
                                                                  if client_id == "fleet_a" else
                                                                  read_output(fleet, client_id, ALONE))
+        assert not staging_leftovers(fleet, client_id)
+    assert not non_parquet_in_dataset(fleet)  # the service's writes, swapped in by this process
 
 
 def test_a_spark_service_that_is_down_is_one_line(fleet):
