@@ -1,5 +1,7 @@
 """The ``$DATA_PREFIX`` layout: pure functions of (prefix, client_id, date), no I/O.
 
+``products_categories/`` holds parquet files only (a hive-partitioned dataset any reader can scan);
+what describes or prepares it lives beside it, under ``_manifests/`` and ``_staging/``.
 ``DATA_PREFIX`` defaults to ``./data``; it may also be a URI that Spark understands
 (``file:``, ``s3a:``, ``hdfs:``), which the prediction side reads and writes through Hadoop.
 """
@@ -11,6 +13,9 @@ from typing import Optional
 from categories_classification.errors import ConfigError
 
 DEFAULT_DATA_PREFIX = "./data"
+OUTPUT_DIR = "products_categories"
+MANIFESTS_DIR = "_manifests"  # '_': Spark and pyarrow skip it when reading the whole prefix
+STAGING_DIR = "_staging"
 TRAIN_FILE = "data_train.csv.gz"
 PREDICT_FILE = "data_predict.csv.gz"
 
@@ -50,7 +55,23 @@ def predict_path(client_id: str, prefix: Optional[str] = None) -> str:
 
 def output_path(client_id: str, inference_date: str, prefix: Optional[str] = None) -> str:
     """Parquet output folder: ``<prefix>/products_categories/client_id=<id>/date=<date>``."""
-    return _join(data_prefix(prefix), "products_categories", f"client_id={client_id}", f"date={inference_date}")
+    return _join(data_prefix(prefix), OUTPUT_DIR, f"client_id={client_id}", f"date={inference_date}")
+
+
+def manifest_path(client_id: str, inference_date: str, prefix: Optional[str] = None) -> str:
+    """Lineage of an output folder: ``<prefix>/_manifests/client_id=<id>/date=<date>.json``."""
+    return manifest_of(output_path(client_id, inference_date, prefix))
+
+
+def manifest_of(output_folder: str) -> str:
+    """The manifest of an output folder given by its path (``<prefix>/products_categories/client_id=<id>/date=<d>``)."""
+    prefix, _, client, name = output_folder.rstrip("/").rsplit("/", 3)
+    return _join(prefix, MANIFESTS_DIR, client, f"{name}.json")
+
+
+def staging_root(prefix: Optional[str] = None) -> str:
+    """Where outputs are written before they are swapped in: ``<prefix>/_staging`` (same file system)."""
+    return _join(data_prefix(prefix), STAGING_DIR)
 
 
 def normalize_date(value: str, option: str = "inference_date", client_id: Optional[str] = None) -> str:

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from categories_classification.paths import manifest_of
 from categories_classification_cli import DAG_RUN_ID_TAG
 from scripts import spark_connect
 from scripts.airflow_parsing import parsing_settings
@@ -201,7 +202,7 @@ def e2e_celery() -> None:
 
 
 def _expect_shared_spark(stack: Stack, output: Path) -> None:
-    manifest = json.loads((output / "_manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads(Path(manifest_of(str(output))).read_text(encoding="utf-8"))
     if manifest.get("spark") != stack.spark_remote:
         raise SystemExit(f"e2e: the prediction ran on {manifest.get('spark')!r}, not on the stack's shared "
                          f"Spark service {stack.spark_remote}")
@@ -251,7 +252,7 @@ def _promotion_starts_prediction(stack: Stack, token: str, client_id: str, data:
     wait_for_run(stack, prediction, predicted, token, timeout)
     run = api_request(stack, "GET", f"/api/v2/dags/{prediction}/dagRuns/{predicted}", token)
     output = data / f"products_categories/client_id={client_id}/date={run['run_after'][:10]}"
-    manifest = json.loads((output / "_manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads(Path(manifest_of(str(output))).read_text(encoding="utf-8"))
     # The MLflow run that wrote the output started during this DAG run's task (one run at a time per client).
     task = api_request(stack, "GET", f"/api/v2/dags/{prediction}/dagRuns/{predicted}/taskInstances/predict_categories",
                        token)

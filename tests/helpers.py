@@ -20,7 +20,7 @@ import pyarrow as pa
 import yaml
 from mlflow.tracking import MlflowClient
 
-from categories_classification.paths import output_path
+from categories_classification.paths import manifest_path, output_path, staging_root
 from categories_classification.registry import model_name
 from categories_classification.topk import top_k_arrow
 
@@ -100,6 +100,24 @@ def output_folder(prefix: Union[str, Path], client_id: str, date: str = DATE) ->
     return Path(output_path(client_id, date, str(prefix)))
 
 
+def read_manifest(prefix: Union[str, Path], client_id: str, date: str = DATE) -> dict[str, Any]:
+    """The lineage record of a client's output for a date (``_manifests/client_id=<id>/date=<date>.json``)."""
+    return json.loads(Path(manifest_path(client_id, date, str(prefix))).read_text(encoding="utf-8"))
+
+
+def staging_leftovers(prefix: Union[str, Path], client_id: str) -> list[str]:
+    """What is left in a client's staging folder (``_staging/client_id=<id>``): nothing once a run is over."""
+    folder = Path(staging_root(str(prefix))) / f"client_id={client_id}"
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+def non_parquet_in_dataset(prefix: Union[str, Path]) -> list[str]:
+    """Anything under ``products_categories/`` that is not a parquet file in a ``client_id=/date=`` folder."""
+    root = Path(prefix) / "products_categories"
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*")
+                  if path.name.startswith(("_", ".")) or (path.is_file() and path.suffix != ".parquet"))
+
+
 def read_output(prefix: Union[str, Path], client_id: str, date: str = DATE) -> pd.DataFrame:
     """The parquet rows a prediction wrote, sorted by product and rank."""
     frame = pd.read_parquet(output_folder(prefix, client_id, date))
@@ -168,7 +186,7 @@ def shift_prediction_feature(prefix: Path, client_id: str, feature: str, standar
 
 def snapshot(data: Path, store_uri: str, clients: Sequence[str]) -> dict:
     """Everything a failed command must leave as it was: each client's registered versions and aliases, and every
-    file (name and SHA-256) under its output folder, staging folders included."""
+    file (name and SHA-256) under its output folder, its manifests and its staging folder."""
 
     client = MlflowClient(store_uri)
     state: dict[str, Any] = {}
@@ -177,8 +195,10 @@ def snapshot(data: Path, store_uri: str, clients: Sequence[str]) -> dict:
         state[name] = (sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")),
                        dict(client.get_registered_model(name).aliases))
         folder = output_folder(data, client_id).parent
-        state[str(folder)] = {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-                              for path in sorted(folder.rglob("*")) if path.is_file()}
+        for tree in (folder, Path(manifest_path(client_id, DATE, str(data))).parent,
+                     Path(staging_root(str(data))) / f"client_id={client_id}"):
+            state[str(tree)] = {str(path.relative_to(tree)): hashlib.sha256(path.read_bytes()).hexdigest()
+                                for path in sorted(tree.rglob("*")) if path.is_file()}
         state[f"{folder} entries"] = sorted(path.name for path in folder.iterdir())
     return state
 

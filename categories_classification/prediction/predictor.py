@@ -34,7 +34,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from categories_classification import drift, registry
 from categories_classification.config import DEFAULT_DRIFT_THRESHOLD, validate_client_id
 from categories_classification.errors import CategoriesError, ConfigError, InputDataError, ModelNotFoundError, one_line
-from categories_classification.paths import absolute, is_uri, normalize_date, output_path, predict_path
+from categories_classification.paths import absolute, is_uri, normalize_date, predict_path
 from categories_classification.paths import data_prefix as resolve_prefix
 from categories_classification.prediction import output
 from categories_classification.prediction.failures import NOTHING_WRITTEN, spark_failure
@@ -46,7 +46,7 @@ from categories_classification.topk import TOP_K
 
 LOGGER = logging.getLogger(__name__)
 SPARK_OUTPUT_SCHEMA = from_arrow_schema(OUTPUT_SCHEMA)  # client_id, product_id, pred_label, pred_score, rank, _stats
-STAGING_COLUMN = "_staging-date"  # fleet writes: client_id=<id>/_staging-date=<date>-<token>/, beside date=<date>
+STAGING_COLUMN = "date"  # fleet writes: _staging/client_id=<id>/date=<date>-<token>/ (output.Placement.staging)
 DUPLICATE_EXAMPLES = 3
 
 
@@ -79,11 +79,12 @@ def predict_categories(client_id: str, inference_date: str, *, model_version: Op
                        drift_threshold: Optional[float] = None, fail_on_drift: bool = False) -> PredictionResult:
     """Score the client's prediction file with its champion (or ``model_version``); write top-5 parquet.
 
-    The output folder gets a ``_manifest.json`` (model name, version, training run, prediction
-    run, time, drift scores) written with the parquet files and swapped in with them; the
-    prediction itself is an MLflow run ``prediction_<date>`` in the client's experiment. Input
-    drift over ``drift_threshold`` (default ``config.DEFAULT_DRIFT_THRESHOLD``) is warned about,
-    or with ``fail_on_drift`` is a :class:`DriftError` that writes nothing.
+    The output folder holds parquet files only; its lineage (model name, version, training run,
+    prediction run, time, drift scores) goes to ``_manifests/client_id=<id>/date=<date>.json``
+    once the files are swapped in (``paths.manifest_path``); the prediction itself is an MLflow
+    run ``prediction_<date>`` in the client's experiment. Input drift over ``drift_threshold``
+    (default ``config.DEFAULT_DRIFT_THRESHOLD``) is warned about, or with ``fail_on_drift`` is a
+    :class:`DriftError` that writes nothing.
     """
     client_id = validate_client_id(client_id)
     thresholds = {client_id: drift_threshold} if drift_threshold is not None else {}
@@ -180,7 +181,7 @@ class _ClientJob:  # pylint: disable=too-many-instance-attributes  # one client'
     client_id: str
     date: str
     source: str
-    target: str
+    place: output.Placement
     ref: registry.ModelRef
     selector: str
     model_file: Path
@@ -188,6 +189,11 @@ class _ClientJob:  # pylint: disable=too-many-instance-attributes  # one client'
     header: list[str]
     drift: _DriftCheck
     state: _Progress = field(default_factory=_Progress)
+
+    @property
+    def target(self) -> str:
+        """The client's output folder for the date."""
+        return self.place.target
 
     @property
     def model(self) -> ClientModel:
@@ -210,7 +216,7 @@ class _ClientJob:  # pylint: disable=too-many-instance-attributes  # one client'
 
 def _prepare(client_id: str, date: str, prefix: str, version: Optional[int], check: _DriftCheck) -> _ClientJob:
     """Everything that can be checked before the Spark job: the model, its file, its drift reference, the header."""
-    source, target = predict_path(client_id, prefix), output_path(client_id, date, prefix)
+    source, place = predict_path(client_id, prefix), output.placement(client_id, date, prefix)
     ref = registry.resolve_model(client_id, version)
     model_file, features, stored = _model_file(ref)
     check = _with_reference(check, ref, features, stored)
@@ -221,7 +227,7 @@ def _prepare(client_id: str, date: str, prefix: str, version: Optional[int], che
             f"file {source}: missing column(s) {', '.join(map(repr, missing))} that the model needs: "
             f"expected product_id, {', '.join(features)}, found {', '.join(header)}", client_id)
     selector = "pinned" if version is not None else registry.CHAMPION
-    return _ClientJob(client_id, date, source, target, ref, selector, model_file, features, header, check)
+    return _ClientJob(client_id, date, source, place, ref, selector, model_file, features, header, check)
 
 
 def _with_reference(check: _DriftCheck, ref: registry.ModelRef, features: list[str], stored: Optional[str]) -> _DriftCheck:
@@ -337,7 +343,7 @@ def _score(spark: SparkSession, files: output.Files, jobs: list[_ClientJob], dat
 def _score_together(spark: SparkSession, files: output.Files, jobs: list[_ClientJob], date: str) -> None:
     """One Spark job: read every job's file, score each row with its client's model, write staging folders."""
     for job in jobs:
-        output.recover_interrupted_swap(files, job.target)
+        output.recover_interrupted_swap(files, job.place)
         ship_file(spark, job.model_file)
     scorer = Scorer({job.client_id: job.model for job in jobs}, TOP_K, n_jobs=max(1, _cores(spark) // len(jobs)),
                     hash_ids=True)
@@ -348,15 +354,14 @@ def _score_together(spark: SparkSession, files: output.Files, jobs: list[_Client
     token = uuid.uuid4().hex[:12]
     try:
         if len(jobs) == 1:
-            jobs[0].state.staging = output.staging_path(jobs[0].target, token)
+            jobs[0].state.token, jobs[0].state.staging = token, jobs[0].place.staging(token)
             scored.drop(CLIENT).write.mode("overwrite").parquet(jobs[0].state.staging)
         else:
-            # Each client's rows land in its own staging folder beside its date= folder.
-            root = jobs[0].target.rsplit("/", 2)[0]
+            # Each client's rows land in its own staging folder, outside the dataset.
             for job in jobs:
-                job.state.staging = output.staging_path(job.target, f"{token}")
+                job.state.token, job.state.staging = token, job.place.staging(token)
             (scored.withColumn(STAGING_COLUMN, F.lit(f"{date}-{token}"))
-             .write.mode("append").partitionBy(CLIENT, STAGING_COLUMN).parquet(root))
+             .write.mode("append").partitionBy(CLIENT, STAGING_COLUMN).parquet(jobs[0].place.staging_root))
         stats = read_stats(observed.get["stats"])
     except Exception:
         for job in jobs:
@@ -406,7 +411,7 @@ def _finish(spark: SparkSession, files: output.Files, job: _ClientJob, started: 
         try:
             _check(spark, job)
             _check_drift(job)
-            output.swap_in(files, job.state.staging, job.target, _manifest(job), job.state.token)
+            output.swap_in(files, job.place, job.state.token, _manifest(job))
         except CategoriesError as exc:
             job.state.error = exc
     drift_metrics = job.state.drift_report.metrics() if job.state.drift_report is not None else {}

@@ -39,8 +39,11 @@ DEFAULT_CONF = {
     "spark.ui.enabled": "false",
     # Python workers are reused across tasks, so each keeps its loaded model (see scoring.py).
     "spark.python.worker.reuse": "true",
-    # Only whole files are written: no _SUCCESS marker needed by our atomic swap.
+    # The output tree holds parquet files only (readers such as Polars take every file of a folder):
+    # no _SUCCESS marker (the atomic swap is the completion signal), and no .crc file beside each
+    # parquet file (the checksummed local file system writes them; parquet has its own checksums).
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
     # Quiet JVM logs (warnings, one line each) instead of Spark's INFO banner and stack traces.
     "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={(Path(__file__).with_name('log4j2.properties')).as_uri()}",
 }

@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
@@ -18,7 +17,7 @@ from scripts import services
 from scripts.celery_stack import CeleryStack, Settings, manual_runs_only
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.helpers import FEATURES, client_entry, write_config
+from tests.helpers import FEATURES, client_entry, read_manifest, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -108,5 +107,5 @@ def test_a_worker_lost_mid_training_is_retried_on_the_other_worker_and_nothing_h
     prediction = airflow.trigger("small_a-prediction")
     assert airflow.wait("small_a-prediction", prediction, timeout=420) == "success"
     dates = sorted((data / "products_categories/client_id=small_a").glob("date=*"))
-    manifest = pd.read_json(dates[-1] / "_manifest.json", typ="series")
+    manifest = read_manifest(data, "small_a", dates[-1].name[len("date="):])
     assert int(manifest["model_version"]) == champion.version and manifest["training_run_id"] == champion.run_id

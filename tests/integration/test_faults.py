@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from categories_classification import registry
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.helpers import DATE, FEATURES, output_folder, start_cli, train_args
+from tests.helpers import DATE, FEATURES, output_folder, read_manifest, staging_leftovers, start_cli, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -34,25 +34,25 @@ def test_predictor_killed_mid_write_keeps_previous_output_and_next_run_replaces_
     first = _predictor(env)
     assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
     previous = _sorted(pd.read_parquet(folder / f"date={DATE}"))
-    manifest = (folder / f"date={DATE}" / "_manifest.json").read_bytes()
+    manifest = read_manifest(prefix, "big")
 
     victim = _predictor(env)
     deadline = time.monotonic() + 300
-    while not list(folder.glob("_staging-*")) and time.monotonic() < deadline and victim.poll() is None:
+    while not staging_leftovers(prefix, "big") and time.monotonic() < deadline and victim.poll() is None:
         time.sleep(0.05)
     assert victim.poll() is None, "the predictor finished before it could be killed mid-write"
     os.killpg(victim.pid, signal.SIGKILL)  # the driver and its JVM and Python workers
     victim.wait(timeout=60)
 
     pd.testing.assert_frame_equal(_sorted(pd.read_parquet(folder / f"date={DATE}")), previous)
-    assert (folder / f"date={DATE}" / "_manifest.json").read_bytes() == manifest
+    assert read_manifest(prefix, "big") == manifest
 
     retry = _predictor(env)
     assert retry.wait(timeout=600) == 0, retry.stderr.read()[-2000:]
-    assert sorted(path.name for path in folder.iterdir()) == [f"date={DATE}"]  # no staging left over
+    assert sorted(path.name for path in folder.iterdir()) == [f"date={DATE}"] and not staging_leftovers(prefix, "big")
     output = pd.read_parquet(folder / f"date={DATE}")
     assert len(output) == 5 * 150_000 and (output.groupby("product_id").size() == 5).all()
-    assert (folder / f"date={DATE}" / "_manifest.json").read_bytes() != manifest  # replaced whole
+    assert read_manifest(prefix, "big")["prediction_run_id"] != manifest["prediction_run_id"]  # replaced whole
 
 
 def _trainer(env, client_id="small_a", date=DATE, n_estimators=60):

@@ -5,7 +5,6 @@ process) against a real service gives the same output, and a service that is dow
 """
 import gzip
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +18,8 @@ from categories_classification.prediction.predictor import predict_categories, p
 from scripts.generate_example_data import ClientSpec
 from scripts.spark_cluster import free_ports
 from scripts.spark_connect import Service, start_service
-from tests.helpers import client_entry, output_folder, read_output, run_cli, write_config, write_and_train
+from tests.helpers import (client_entry, non_parquet_in_dataset, output_folder, read_manifest, read_output, run_cli,
+                           staging_leftovers, write_config, write_and_train)
 
 pytestmark = pytest.mark.slow
 ALONE, TOGETHER = "2026-11-21", "2026-11-22"
@@ -57,13 +57,15 @@ def test_one_job_for_the_fleet_writes_the_same_rows_as_one_client_at_a_time(flee
         assert not isinstance(result, Exception), result
         assert (result.rows_written, result.model_version) == (alone[client_id].rows_written, 1)
         assert read_output(fleet, client_id, TOGETHER).equals(read_output(fleet, client_id, ALONE))
-        manifest = json.loads((output_folder(fleet, client_id, TOGETHER) / "_manifest.json").read_text())
+        manifest = read_manifest(fleet, client_id, TOGETHER)
         assert manifest["rows_written"] == result.rows_written and manifest["prediction_run_id"] == result.prediction_run_id
         run = MlflowClient().get_run(result.prediction_run_id)
         assert run.info.status == "FINISHED" and run.data.metrics["rows_out"] == result.rows_written
-        # Nothing but the date folders: no staging left beside them.
+        # Nothing but the date folders, and no staging left.
         assert sorted(path.name for path in output_folder(fleet, client_id).parent.iterdir()) == [
             f"date={ALONE}", f"date={TOGETHER}"]
+        assert not staging_leftovers(fleet, client_id)
+    assert not non_parquet_in_dataset(fleet)
 
 
 def _break(prefix: Path, client_id: str, how: str) -> None:
@@ -114,6 +116,8 @@ def test_the_predictor_command_uses_the_shared_spark_service(fleet, spark, conne
         assert read_output(fleet, client_id, "2026-11-25").equals(read_output(fleet, client_id, "2026-11-24")
                                                                  if client_id == "fleet_a" else
                                                                  read_output(fleet, client_id, ALONE))
+        assert not staging_leftovers(fleet, client_id)
+    assert not non_parquet_in_dataset(fleet)  # the service's writes, swapped in by this process
 
 
 def test_a_spark_service_that_is_down_is_one_line(fleet):

@@ -3,7 +3,6 @@
 Runs the same flow against a real `mlflow server` process (on SQLite, and on PostgreSQL as in the Celery
 profile) and against the embedded SQLite store.
 """
-import json
 from pathlib import Path
 
 import mlflow
@@ -12,11 +11,10 @@ from mlflow.tracking import MlflowClient
 
 from categories_classification import registry
 from categories_classification.errors import ModelNotFoundError
-from categories_classification.prediction.output import MANIFEST
 from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
 from categories_classification_cli import main
-from tests.helpers import FEATURES, output_folder, read_output
+from tests.helpers import FEATURES, non_parquet_in_dataset, read_manifest
 
 pytestmark = pytest.mark.slow
 WEAK = {"n_estimators": 1, "max_depth": 1}
@@ -33,7 +31,7 @@ def store(request):
 
 
 def _manifest(prefix: Path, date: str) -> dict:
-    return json.loads((output_folder(prefix, "small_a", date) / MANIFEST).read_text())
+    return read_manifest(prefix, "small_a", date)
 
 
 @pytest.mark.usefixtures("store")
@@ -68,7 +66,7 @@ def test_gate_alias_pin_rollback_and_lineage(small_data, spark, capsys):
     assert prediction_run.data.tags["model_version"] == "3" and prediction_run.data.tags["client_id"] == "small_a"
     assert prediction_run.data.metrics["rows_out"] == manifest["rows_written"] == 5 * 400
     assert MlflowClient().get_run(manifest["training_run_id"]).info.run_name == "training_2026-11-03"
-    assert "_manifest.json" not in read_output(small_data, "small_a").columns
+    assert not non_parquet_in_dataset(small_data)  # the lineage is beside the dataset, not in it
     # Lineage means the same from anywhere: an absolute input path.
     assert Path(manifest["input_path"]).is_absolute() and Path(manifest["input_path"]).is_file()
 

@@ -9,7 +9,7 @@ import pytest
 from categories_classification.errors import InputDataError, ModelNotFoundError
 from categories_classification.prediction.predictor import _raise_on_duplicates, predict_categories
 from categories_classification.training.trainer import train_model
-from tests.helpers import DATE, FEATURES, output_folder
+from tests.helpers import DATE, FEATURES, non_parquet_in_dataset, output_folder, staging_leftovers
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +57,7 @@ def test_rerun_replaces_the_output_whole(trained, spark):
     assert not (folder / "part-stale.parquet").exists()
     assert len(_output(trained, "small_a", "2026-11-25")) == 5 * 400
     assert not [p.name for p in folder.parent.iterdir() if p.name.startswith("_")]
+    assert not staging_leftovers(trained, "small_a") and not non_parquet_in_dataset(trained)
 
 
 def test_rows_with_a_missing_feature_are_skipped_and_counted(trained, spark, tmp_path):
@@ -113,16 +114,27 @@ def test_client_without_a_model(trained, spark):
         predict_categories("small_c", DATE, data_prefix=str(trained), spark=spark)
 
 
-def test_leftovers_of_a_killed_run_are_recovered(trained, spark):
+# Where a run killed between the two renames of its swap left the old output and its staging folder.
+KILLED_MID_SWAP = {
+    "staging-tree": ("_staging/client_id=small_a/_previous-date=2026-11-27-deadbeef",
+                     "_staging/client_id=small_a/date=2026-11-27-cafebabe"),
+    "earlier-version-in-dataset": ("products_categories/client_id=small_a/_previous-date=2026-11-27-deadbeef",
+                                   "products_categories/client_id=small_a/_staging-date=2026-11-27-cafebabe"),
+}
+
+
+@pytest.mark.parametrize("previous, staging", KILLED_MID_SWAP.values(), ids=KILLED_MID_SWAP.keys())
+def test_leftovers_of_a_killed_run_are_recovered(trained, spark, previous, staging):
     folder = output_folder(trained, "small_a").parent
     predict_categories("small_a", "2026-11-27", data_prefix=str(trained), spark=spark)
     before = _output(trained, "small_a", "2026-11-27")
-    # A run killed between the two renames of the swap: old output renamed away, staging left.
-    (folder / "date=2026-11-27").rename(folder / "_previous-date=2026-11-27-deadbeef")
-    (folder / "_staging-date=2026-11-27-cafebabe").mkdir()
-    (folder / "_staging-date=2026-11-27-cafebabe" / "part-0.parquet").write_bytes(b"half written")
+    (trained / previous).parent.mkdir(parents=True, exist_ok=True)
+    (folder / "date=2026-11-27").rename(trained / previous)
+    (trained / staging).mkdir()
+    (trained / staging / "part-0.parquet").write_bytes(b"half written")
     predict_categories("small_a", "2026-11-27", data_prefix=str(trained), spark=spark)
     assert sorted(p.name for p in folder.iterdir() if "2026-11-27" in p.name) == ["date=2026-11-27"]
+    assert not staging_leftovers(trained, "small_a") and not non_parquet_in_dataset(trained)
     pd.testing.assert_frame_equal(
         before.sort_values(["product_id", "rank"]).reset_index(drop=True),
         _output(trained, "small_a", "2026-11-27").sort_values(["product_id", "rank"]).reset_index(drop=True))
@@ -143,7 +155,8 @@ def test_duplicate_product_ids_fail_clearly_and_keep_previous_output(trained, sp
     assert "\n" not in message
     _assert_previous_output_kept(trained, prefix)
     folder = output_folder(prefix, "small_a").parent
-    assert not [path.name for path in folder.iterdir() if path.name.startswith("_")]  # staging removed
+    assert not [path.name for path in folder.iterdir() if path.name.startswith("_")]
+    assert not staging_leftovers(prefix, "small_a")  # staging removed
 
 
 def test_duplicate_check_is_exact_across_partitions(spark):

@@ -18,7 +18,8 @@ import pytest
 from categories_classification.prediction.predictor import predict_categories
 from scripts.generate_example_data import ClientSpec
 from scripts.spark_cluster import Cluster, free_ports, start_cluster
-from tests.helpers import client_entry, output_folder, read_output, run_cli, start_cli, write_config, write_and_train
+from tests.helpers import (client_entry, non_parquet_in_dataset, output_folder, read_manifest, read_output, run_cli,
+                           staging_leftovers, start_cli, write_config, write_and_train)
 
 pytestmark = pytest.mark.slow
 LOCAL_DATE, CLUSTER_DATE, FLEET_DATE = "2026-11-22", "2026-11-23", "2026-11-24"
@@ -92,20 +93,21 @@ def _assert_same_output(prefix: Path, client_id: str) -> None:
     cluster_output, local_output = read_output(prefix, client_id, CLUSTER_DATE), read_output(prefix, client_id, LOCAL_DATE)
     pd.testing.assert_frame_equal(cluster_output, local_output, check_exact=False, rtol=1e-9, atol=1e-12)
     folder = output_folder(prefix, client_id).parent
-    manifests = [json.loads((folder / f"date={date}" / "_manifest.json").read_text()) for date in (CLUSTER_DATE, LOCAL_DATE)]
+    manifests = [read_manifest(prefix, client_id, date) for date in (CLUSTER_DATE, LOCAL_DATE)]
     assert {(m["model_version"], m["training_run_id"], m["rows_written"]) for m in manifests} == {
         (1, manifests[1]["training_run_id"], len(local_output))}
     assert sorted(path.name for path in folder.iterdir()) == [f"date={LOCAL_DATE}", f"date={CLUSTER_DATE}"]
+    assert not staging_leftovers(prefix, client_id) and not non_parquet_in_dataset(prefix)
 
 
-def _scoring_worker(cluster: Cluster, folder: Path) -> Optional[tuple[subprocess.Popen, list[int]]]:
+def _scoring_worker(cluster: Cluster, staging: Path) -> Optional[tuple[subprocess.Popen, list[int]]]:
     """The worker whose executor is scoring right now, with its Python daemons' process groups.
 
     A write task is in progress while its attempt folder exists (it goes at commit), and only
     scoring starts Python workers on an executor: a ``pyspark.daemon``, child of the executor
     JVM (which is in its worker's process group), leading a process group of its own.
     """
-    if not list(folder.glob("_staging-*/_temporary/0/_temporary/attempt_*")):
+    if not list(staging.glob("date=*/_temporary/0/_temporary/attempt_*")):
         return None
     processes = {}  # pid -> (parent pid, process group, command line)
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -157,13 +159,13 @@ def test_worker_lost_mid_scoring_is_retried_on_the_other_worker(cluster, prefix,
     state = cluster.state()
     assert state["aliveworkers"] == 2
     before = {app["id"] for app in state["completedapps"]}
-    folder = output_folder(prefix, BIG.client_id).parent
+    staging = prefix / "_staging" / f"client_id={BIG.client_id}"
 
     run = predict_on(BIG.client_id)
     # Not a fixed sleep: wait until a worker's executor is scoring, however many tasks the job has.
     deadline, scoring = time.monotonic() + 300, None
     while scoring is None and run.poll() is None and time.monotonic() < deadline:
-        scoring = _scoring_worker(cluster, folder)
+        scoring = _scoring_worker(cluster, staging)
         time.sleep(0.05)
     assert scoring is not None and run.poll() is None, "the scoring job was not caught running"
     # A lost machine: the Worker daemon, its executor JVM and their Python workers, all at once.

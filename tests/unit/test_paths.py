@@ -2,7 +2,8 @@
 import pytest
 
 from categories_classification.errors import ConfigError
-from categories_classification.paths import data_prefix, normalize_date, output_path, predict_path, train_path
+from categories_classification.paths import (
+    data_prefix, manifest_of, manifest_path, normalize_date, output_path, predict_path, staging_root, train_path)
 
 
 def test_default_prefix_is_data(monkeypatch):
@@ -20,6 +21,14 @@ def test_uri_prefix_is_kept_intact():
     assert output_path("c1", "2026-11-23", "s3a://bucket/root") == (
         "s3a://bucket/root/products_categories/client_id=c1/date=2026-11-23"
     )
+
+
+def test_manifests_and_staging_live_beside_the_dataset():
+    assert manifest_path("c1", "2026-11-23", "s3a://bucket/root/") == (
+        "s3a://bucket/root/_manifests/client_id=c1/date=2026-11-23.json")
+    assert staging_root("/srv/data") == "/srv/data/_staging"
+    assert manifest_of("data/products_categories/client_id=c1/date=2026-11-23/") == (
+        "data/_manifests/client_id=c1/date=2026-11-23.json")
 
 
 @pytest.mark.parametrize("value, expected", [
