@@ -107,6 +107,6 @@ lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc
 	$(RUN) pylint --rcfile=.pylintrc categories_classification categories_classification_cli.py scripts tests benchmarks
 
 clean: ## Remove generated data, outputs, the local MLflow store and caches (keeps .venv and airflow_home)
-	rm -rf data/train data/prediction data/products_categories mlflow.db mlruns mlartifacts spark-warehouse reports .run
+	rm -rf data/train data/prediction data/products_categories mlflow.db .mlflow.db.locks mlruns mlartifacts spark-warehouse reports .run
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 	rm -rf .pytest_cache .hypothesis
