@@ -52,6 +52,11 @@ def _training_options(client: ClientConfig) -> list[str]:
     return words
 
 
+def _prediction_options(client: ClientConfig) -> list[str]:
+    # What predict-all takes from the config per client (batch.predict_all): a DAG run must score alike.
+    return [f"--drift_threshold={_literal(repr(float(client.drift_threshold)))}"]
+
+
 # Airflow 3 runs triggered without a logical date (REST API, "run now") have no {{ ts }} or
 # {{ ds }}: fall back to the moment the run was due. Prediction uses the date only, so its output
 # folder (date=YYYY-MM-DD) is safe on every filesystem and an Airflow retry rewrites the same one.
@@ -78,7 +83,7 @@ KINDS = (
           "passed the promotion gate) and writes the top-5 categories per product to "
           "`products_categories/client_id={c}/date=<ds>/` (parquet). Runs daily, and as soon as a training "
           "promotes a new champion (the asset `{c}_model@champion`; such a run writes today's date).",
-          lambda client: [], {}),
+          _prediction_options, {}),
 )
 
 
