@@ -103,8 +103,9 @@ bench: $(VENV_STAMP) ## Run every benchmark at full size (about 2.5 hours on 2 c
 bench-quick: $(VENV_STAMP) ## Run the benchmarks at small sizes (about 18 min) into benchmarks/quick/ (CI keeps the harness green)
 	$(RUN) python -m benchmarks.run --quick
 
-lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc
+lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc; ruff's Airflow rules (AIR) on the generated DAGs
 	$(RUN) pylint --rcfile=.pylintrc categories_classification categories_classification_cli.py scripts tests benchmarks
+	$(RUN) ruff check --select AIR dags
 
 clean: ## Remove generated data, outputs, the local MLflow store and caches (keeps .venv and airflow_home)
 	rm -rf data/train data/prediction data/products_categories mlflow.db .mlflow.db.locks mlruns mlartifacts spark-warehouse reports .run

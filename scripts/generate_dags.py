@@ -32,6 +32,7 @@ class _Kind:
 
     name: str
     template: str
+    task_id: str  # its task's id, and the task's variable in the DAG file
     command: str  # the CLI command its task runs
     date_option: str
     what: str  # doc_md's description; ``{c}`` is the client id
@@ -70,7 +71,7 @@ _RUN_CONTEXT = {"MLFLOW_RUN_CONTEXT": "{{ {%r: dag_run.dag_id, %r: dag_run.run_i
 CONF_PARAMS_VARIABLE = "CATEGORIES_CONF_MODEL_PARAMS"
 _CONF_PARAMS = '{{ dag_run.conf["model_params"] | tojson if "model_params" in (dag_run.conf or {}) else "" }}'
 KINDS = (
-    _Kind("training", "training_dag.py.j2", "trainer", f"--training_date='{{{{ {_RUN_MOMENT} | ts }}}}'",
+    _Kind("training", "training_dag.py.j2", "train_model", "trainer", f"--training_date='{{{{ {_RUN_MOMENT} | ts }}}}'",
           "Trains the client's model on `train/client_id={c}/data_train.csv.gz`, registers a new version of "
           "`{c}_model` in MLflow (experiment `categories_{c}`) and makes it the `champion` if it passes the "
           "promotion gate; then `publish_champion` emits the asset `{c}_model@champion` only if this run's "
@@ -78,7 +79,7 @@ KINDS = (
           '`{{"model_params": {{...}}}}` to train once with other parameters (the gate still decides).',
           _training_options, {**_RUN_CONTEXT, CONF_PARAMS_VARIABLE: _CONF_PARAMS},
           f'${{{CONF_PARAMS_VARIABLE}:+"--model_params=${CONF_PARAMS_VARIABLE}"}}'),
-    _Kind("prediction", "prediction_dag.py.j2", "predictor", f"--inference_date='{{{{ {_RUN_MOMENT} | ds }}}}'",
+    _Kind("prediction", "prediction_dag.py.j2", "predict_categories", "predictor", f"--inference_date='{{{{ {_RUN_MOMENT} | ds }}}}'",
           "Scores `prediction/client_id={c}/data_predict.csv.gz` with `{c}_model@champion` (the version that "
           "passed the promotion gate) and writes the top-5 categories per product to "
           "`products_categories/client_id={c}/date=<ds>/` (parquet). Runs daily, and as soon as a training "
@@ -106,6 +107,7 @@ def render_dags(config: ClientsConfig) -> dict[str, str]:
                 client_id=client.client_id,
                 kind=kind.name,
                 dag_id=f"{client.client_id}-{kind.name}",
+                task_id=kind.task_id,
                 description=f"{kind.name.capitalize()} of client {client.client_id}",
                 doc_md=_doc(client, kind),
                 bash_command=bash_command(client, kind),

@@ -93,6 +93,13 @@ def test_hostile_param_strings_are_inert_shell_words_and_jinja_literals(tmp_path
     assert f"--model_params={{\"class_weight\": {{\"{hostile}\": 1}}}}" in words
 
 
+def test_generated_dags_pass_ruffs_airflow_rules(tmp_path):
+    _, out = _generate(tmp_path, GOOD)
+    result = subprocess.run([str(Path(sys.executable).with_name("ruff")), "check", "--no-cache", "--select", "AIR",
+                             str(out)], capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_committed_dags_are_the_generators_output(tmp_path):
     out = tmp_path / "dags"
     result = subprocess.run([sys.executable, "-m", "scripts.generate_dags", "--config", "conf/clients_config.yaml",
