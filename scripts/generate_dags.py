@@ -109,7 +109,7 @@ def render_dags(config: ClientsConfig) -> dict[str, str]:
                 dag_id=f"{client.client_id}-{kind.name}",
                 task_id=kind.task_id,
                 description=f"{kind.name.capitalize()} of client {client.client_id}",
-                doc_md=_doc(client, kind),
+                doc_md=_doc(client, kind, source),
                 bash_command=bash_command(client, kind),
                 env=dict(kind.env),
                 asset_name=asset_name,
@@ -179,11 +179,11 @@ def _literal(value: str) -> str:
     return quoted
 
 
-def _doc(client: ClientConfig, kind: _Kind) -> str:
+def _doc(client: ClientConfig, kind: _Kind, source: str) -> str:
     params = json.dumps(dict(client.params), sort_keys=True) if client.params else "project defaults"
     return (f"### {kind.name.capitalize()} of client `{client.client_id}`\n\n{kind.what.format(c=client.client_id)}\n\n"
             f"- features: `{', '.join(client.features)}`\n- model params: `{params}`\n\n"
-            "Generated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.")
+            f"Generated from `{source}`; edit the config and run `make generate-dags`.")
 
 
 def _display_path(path: Path) -> str:

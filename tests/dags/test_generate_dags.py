@@ -100,6 +100,13 @@ def test_generated_dags_pass_ruffs_airflow_rules(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_doc_md_names_the_config_the_dags_came_from(tmp_path):
+    _, out = _generate(tmp_path, GOOD)
+    for path in out.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert "Generated from `clients.yaml`;" in text and "conf/clients_config.yaml" not in text
+
+
 def test_committed_dags_are_the_generators_output(tmp_path):
     out = tmp_path / "dags"
     result = subprocess.run([sys.executable, "-m", "scripts.generate_dags", "--config", "conf/clients_config.yaml",
