@@ -55,7 +55,7 @@ predict-all: $(VENV_STAMP) ## Predict every client of conf/clients_config.yaml f
 generate-dags: $(VENV_STAMP) ## Render dags/ from conf/clients_config.yaml (or CONFIG_FILE) and dags_templates/
 	$(RUN) python -m scripts.generate_dags
 
-init-airflow: $(VENV_STAMP) ## Prepare AIRFLOW_HOME (./airflow_home), migrate its database, DAGs from dags/
+init-airflow: $(VENV_STAMP) ## Prepare AIRFLOW_HOME (./airflow_home): airflow.cfg as the stack runs Airflow (DAGs from dags/), database migrated
 	$(RUN) python -m scripts.local_stack init
 
 start-airflow: $(VENV_STAMP) data ## Start Airflow (http://127.0.0.1:8080) and MLflow (http://127.0.0.1:5000) in the background (PROFILE=celery: CeleryExecutor on PostgreSQL + Redis)

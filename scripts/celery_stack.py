@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from scripts import services, spark_connect
+from scripts import airflow_cfg, services, spark_connect
 from scripts.airflow_parsing import parsing_settings
 from scripts.generate_example_data import main as generate_example_data
 from scripts._endpoints import Endpoints
@@ -229,6 +229,12 @@ class CeleryStack:
 
     def _migrate(self, env: dict[str, str]) -> None:
         self.settings.airflow_home.mkdir(parents=True, exist_ok=True)
+        # airflow.cfg as the profile runs Airflow (its databases, broker, DAGs folder, ports), so that a
+        # plain `airflow ...` with only AIRFLOW_HOME set agrees; only its owner reads it (credentials).
+        try:
+            airflow_cfg.write(env)
+        except airflow_cfg.ConfigWriteError as exc:
+            raise StackError(services.mask(str(exc))) from None
         result = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
                                 timeout=600, check=False)
         if result.returncode != 0:

@@ -1,7 +1,7 @@
 """The local stack without Docker: Airflow standalone (:8080), an MLflow server (:5000) and a shared
 Spark Connect service (:15002) that the prediction tasks use instead of starting a JVM each.
 
-    python -m scripts.local_stack init     # AIRFLOW_HOME in the project, db migrated, dags/ folder
+    python -m scripts.local_stack init     # AIRFLOW_HOME: airflow.cfg as the stack runs Airflow, db migrated
     python -m scripts.local_stack start    # both servers in the background, waits until they answer
     python -m scripts.local_stack stop     # stops exactly the processes `start` started
     python -m scripts.local_stack e2e      # start, run client_0's DAGs through the REST API, stop
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from categories_classification_cli import DAG_RUN_ID_TAG
-from scripts import spark_connect
+from scripts import airflow_cfg, spark_connect
 from scripts.airflow_parsing import parsing_settings
 from scripts._endpoints import Endpoints
 from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
@@ -112,12 +112,20 @@ def mlflow_server_command(stack: Stack) -> list[str]:
 
 
 def init(stack: Optional[Stack] = None) -> None:
-    """Prepare AIRFLOW_HOME and migrate Airflow's metadata database."""
+    """Prepare AIRFLOW_HOME: its airflow.cfg says what the stack runs Airflow with; migrate the database.
+
+    A plain ``airflow ...`` with only ``AIRFLOW_HOME`` set then sees the stack's DAGs folder, no
+    examples and the stack's ports. Both steps are idempotent: `start` runs them every time.
+    """
     stack = stack or Stack.from_env()
     stack.airflow_home.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=airflow_env(stack), check=True,
-                   stdout=subprocess.DEVNULL, timeout=600)
-    print(f"Airflow home: {stack.airflow_home} (DAGs folder: {stack.dags_folder}, examples off)")
+    env = airflow_env(stack)
+    try:
+        config = airflow_cfg.write(env)
+    except airflow_cfg.ConfigWriteError as exc:
+        raise SystemExit(f"init: {exc}") from None
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
+    print(f"Airflow home: {stack.airflow_home} ({config.name}: DAGs folder {stack.dags_folder}, examples off)")
 
 
 def start_mlflow(stack: Optional[Stack] = None) -> None:
@@ -132,8 +140,7 @@ def start(stack: Optional[Stack] = None) -> None:
     """Start MLflow and Airflow in the background and wait until both answer."""
     stack = stack or Stack.from_env()
     stack.run_dir.mkdir(parents=True, exist_ok=True)
-    if not (stack.airflow_home / "airflow.db").exists():
-        init(stack)
+    init(stack)  # settings are read at start: airflow.cfg follows them (ports, DAGs folder)
     _spawn(stack, "mlflow", mlflow_server_command(stack), dict(os.environ))
     _spawn(stack, "spark-connect", spark_connect.server_command(stack.spark_connect_port, spark_connect.MASTER),
            spark_connect.server_env(stack.run_dir / "spark-connect"))

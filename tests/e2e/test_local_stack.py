@@ -2,11 +2,15 @@
 
 Issue #18: a new DAG file shows in the running stack at once on the demo config, and the DAG
 processor's settings scale with the folder. Issue #15: on a non-default AIRFLOW_PORT, tasks
-still reach the execution API (they called :8080 before) and run to success.
+still reach the execution API (they called :8080 before) and run to success. Issue #24: a plain
+`airflow` command in the stack's AIRFLOW_HOME sees the stack's DAGs only.
 """
 import http.server
+import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -18,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from scripts import local_stack
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.e2e.conftest import ROOT, running_stack
+from tests.e2e.conftest import AIRFLOW, ROOT, running_stack
 
 DEMO_CONFIG = ROOT / "conf" / "clients_config.yaml"
 
@@ -121,3 +125,25 @@ def _first_task_outcome(stack: local_stack.Stack, token: str, dag_id: str, timeo
                 return state
         time.sleep(2)
     raise AssertionError(f"no task of {dag_id} finished within {timeout:.0f}s: see {stack.airflow_home / 'logs'}")
+
+
+SMALL_CONFIG = "small_a:\n  features: [f0, f1]\nsmall_b:\n  features: [f0]\n"
+SMALL_DAGS = ["small_a-prediction", "small_a-training", "small_b-prediction", "small_b-training"]
+
+
+@pytest.mark.slow
+def test_a_plain_airflow_command_in_the_stacks_home_sees_exactly_its_dags(stack_env, tmp_path):
+    config = tmp_path / "clients.yaml"
+    config.write_text(SMALL_CONFIG, encoding="utf-8")
+    assert generate_dags(["--config", str(config), "--output-dir", stack_env["DAGS_FOLDER"]]) == 0
+    subprocess.run([sys.executable, "-m", "scripts.local_stack", "init"], env=stack_env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=600)
+    # What a user types in another shell: no AIRFLOW__* variables, only where the home is.
+    plain = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AIRFLOW_HOME": stack_env["AIRFLOW_HOME"]}
+    for command in (["dags", "reserialize"], ["dags", "list", "--output", "json"]):
+        result = subprocess.run([AIRFLOW, *command], env=plain, cwd=tmp_path, capture_output=True, text=True,
+                                timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+    # Airflow logs a warning on stdout too (no graphviz): the listing is the JSON line.
+    listed = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("[")))
+    assert sorted(dag["dag_id"] for dag in listed) == SMALL_DAGS
