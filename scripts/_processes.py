@@ -44,9 +44,13 @@ def stop_group(pid: int, grace: float, reaper: Optional[Callable[[], object]] = 
     return not stop_groups([pid], grace, reaper)
 
 
-def stop_groups(pids: Sequence[int], grace: float, reaper: Optional[Callable[[], object]] = None) -> list[int]:
+def stop_groups(pids: Sequence[int], grace: float, reaper: Optional[Callable[[], object]] = None,
+                leaders_first: float = 0.0) -> list[int]:
     """SIGTERM the process groups led by ``pids`` at once, SIGKILL those still running after ``grace`` s.
 
+    With ``leaders_first`` (s), SIGTERM goes to each leader alone first, and to the rest of its
+    group only if it is still running that much later: a server that stops its own children
+    (Airflow's components) then does so in its order; the group's SIGTERM is the fallback.
     Returns the pids of the groups SIGTERM did not end. A group has ended when none of its
     processes runs (:func:`group_running`): an exited process stays a zombie until its parent
     reaps it, and a server started by an earlier command has a parent elsewhere (init, or
@@ -54,17 +58,22 @@ def stop_groups(pids: Sequence[int], grace: float, reaper: Optional[Callable[[],
     each pid) runs while waiting, to reap our own children.
     """
     reaper = reaper or (lambda: [reap(pid) for pid in pids])
-    survivors = _signal_and_wait(pids, signal.SIGTERM, grace, reaper)
+    running = list(pids)
+    if leaders_first > 0:
+        running = _signal_and_wait(running, signal.SIGTERM, min(leaders_first, grace), reaper, os.kill)
+    survivors = _signal_and_wait(running, signal.SIGTERM, max(0.0, grace - leaders_first), reaper)
     if survivors:
         _signal_and_wait(survivors, signal.SIGKILL, 10.0, reaper)
     return survivors
 
 
-def _signal_and_wait(pids: Sequence[int], sig: int, wait: float, reaper: Callable[[], object]) -> list[int]:
-    """Send ``sig`` to each group, then wait up to ``wait`` s for them to end; the groups still running."""
+def _signal_and_wait(pids: Sequence[int], sig: int, wait: float, reaper: Callable[[], object],
+                     send: Callable[[int, int], None] = os.killpg) -> list[int]:
+    """Send ``sig`` to each group (or, with ``send=os.kill``, its leader), then wait up to ``wait`` s for the
+    groups to end; the groups still running."""
     for pid in pids:
         try:
-            os.killpg(pid, sig)
+            send(pid, sig)
         except ProcessLookupError:  # nothing left of it
             pass
     running = list(pids)
