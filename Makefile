@@ -20,7 +20,7 @@ VENV_STAMP := .venv/.synced
 DATA_STAMP := data/train/client_id=client_9/data_train.csv.gz
 DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
-# The local stack's profile: standalone (Airflow standalone on SQLite) or celery (CeleryExecutor,
+# The local stack's profile: standalone (Airflow on SQLite, LocalExecutor) or celery (CeleryExecutor,
 # PostgreSQL, Redis, two workers: scripts/celery_stack.py).
 PROFILE ?= standalone
 
@@ -61,7 +61,7 @@ init-airflow: $(VENV_STAMP) ## Prepare AIRFLOW_HOME (./airflow_home): airflow.cf
 start-airflow: $(VENV_STAMP) data ## Start Airflow (http://127.0.0.1:8080) and MLflow (http://127.0.0.1:5000) in the background (PROFILE=celery: CeleryExecutor on PostgreSQL + Redis)
 	$(RUN) python -m scripts.local_stack start --profile $(PROFILE)
 
-stop-airflow: ## Stop the processes started by start-airflow (same PROFILE)
+stop-airflow: ## Stop the processes started by start-airflow (same PROFILE): SIGTERM, SIGKILL after 30 s
 	$(RUN) python -m scripts.local_stack stop --profile $(PROFILE)
 
 e2e-airflow: $(VENV_STAMP) data ## Smoke test: start the stack (PROFILE), run client_0's DAGs via the REST API, check output, stop
