@@ -20,7 +20,7 @@ VENV_STAMP := .venv/.synced
 DATA_STAMP := data/train/client_id=client_9/data_train.csv.gz
 DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
-# The local stack's profile: standalone (Airflow standalone on SQLite) or celery (CeleryExecutor,
+# The local stack's profile: standalone (Airflow on SQLite, LocalExecutor) or celery (CeleryExecutor,
 # PostgreSQL, Redis, two workers: scripts/celery_stack.py).
 PROFILE ?= standalone
 
@@ -55,13 +55,13 @@ predict-all: $(VENV_STAMP) ## Predict every client of conf/clients_config.yaml f
 generate-dags: $(VENV_STAMP) ## Render dags/ from conf/clients_config.yaml (or CONFIG_FILE) and dags_templates/
 	$(RUN) python -m scripts.generate_dags
 
-init-airflow: $(VENV_STAMP) ## Prepare AIRFLOW_HOME (./airflow_home), migrate its database, DAGs from dags/
+init-airflow: $(VENV_STAMP) ## Prepare AIRFLOW_HOME (./airflow_home): airflow.cfg as the stack runs Airflow (DAGs from dags/), database migrated
 	$(RUN) python -m scripts.local_stack init
 
 start-airflow: $(VENV_STAMP) data ## Start Airflow (http://127.0.0.1:8080) and MLflow (http://127.0.0.1:5000) in the background (PROFILE=celery: CeleryExecutor on PostgreSQL + Redis)
 	$(RUN) python -m scripts.local_stack start --profile $(PROFILE)
 
-stop-airflow: ## Stop the processes started by start-airflow (same PROFILE)
+stop-airflow: ## Stop the processes started by start-airflow (same PROFILE): SIGTERM, SIGKILL after 30 s
 	$(RUN) python -m scripts.local_stack stop --profile $(PROFILE)
 
 e2e-airflow: $(VENV_STAMP) data ## Smoke test: start the stack (PROFILE), run client_0's DAGs via the REST API, check output, stop
@@ -103,10 +103,11 @@ bench: $(VENV_STAMP) ## Run every benchmark at full size (about 2.5 hours on 2 c
 bench-quick: $(VENV_STAMP) ## Run the benchmarks at small sizes (about 18 min) into benchmarks/quick/ (CI keeps the harness green)
 	$(RUN) python -m benchmarks.run --quick
 
-lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc
+lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc; ruff's Airflow rules (AIR) on the generated DAGs
 	$(RUN) pylint --rcfile=.pylintrc categories_classification categories_classification_cli.py scripts tests benchmarks
+	$(RUN) ruff check --select AIR dags
 
 clean: ## Remove generated data, outputs, the local MLflow store and caches (keeps .venv and airflow_home)
-	rm -rf data/train data/prediction data/products_categories mlflow.db mlruns mlartifacts spark-warehouse reports .run
+	rm -rf data/train data/prediction data/products_categories mlflow.db .mlflow.db.locks mlruns mlartifacts spark-warehouse reports .run
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 	rm -rf .pytest_cache .hypothesis

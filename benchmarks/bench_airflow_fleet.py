@@ -18,7 +18,8 @@ import psutil
 from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
 from scripts import local_stack
 from scripts._processes import free_port
-from scripts.celery_stack import AIRFLOW_PROCESSES, AirflowClient, CeleryStack, Settings
+from scripts.airflow_processes import AIRFLOW_PROCESSES
+from scripts.celery_stack import AirflowClient, CeleryStack, Settings
 from scripts.generate_example_data import ClientSpec, write_client
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
@@ -152,7 +153,8 @@ def _start_standalone(ctx: BenchContext, dags: Path, data: Path) -> _Profile:
     stack = local_stack.Stack.from_env(env)
     run_command([ctx.python, "-m", "scripts.local_stack", "start"], env=env, timeout=900)
     return _Profile(AirflowClient(stack.airflow_url, stack.airflow_home), stack.dags_folder, stack.airflow_home,
-                    lambda: {"airflow": [(None, stack.pid("airflow"))], "mlflow": [(None, stack.pid("mlflow"))]},
+                    lambda: {"airflow": [(name, stack.pid(name)) for name in AIRFLOW_PROCESSES],
+                             "mlflow": [(None, stack.pid("mlflow"))]},
                     lambda: local_stack.stop(stack))
 
 
@@ -225,7 +227,7 @@ def _tree_cpu(members: list[tuple[Optional[str], int]]) -> dict[str, float]:
     """CPU seconds of process trees by component, reaped children included.
 
     A member named by the profile (its own process group) counts under that name; an unnamed one
-    (``airflow standalone`` and all it starts) is split by each process's command line.
+    (e.g. the MLflow server and its workers) is split by each process's command line.
     """
     totals: dict[str, float] = {}
     for named, pid in members:

@@ -24,9 +24,9 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     tags=['prediction', 'client_3'],
 ):
-    task = BashOperator(
-        task_id="predict_categories",
-        bash_command="pipenv run python categories_classification_cli.py predictor --client_id=client_3 --inference_date='{{ (dag_run.logical_date or dag_run.run_after) | ds }}'",
+    predict_categories = BashOperator(
+        task_id='predict_categories',
+        bash_command="pipenv run python categories_classification_cli.py predictor --client_id=client_3 --drift_threshold=0.2 --inference_date='{{ (dag_run.logical_date or dag_run.run_after) | ds }}'",
         cwd=PROJECT_DIR,
         # Exit codes are the CLI's own (1 data/model, 2 config): none of them means "skipped".
         skip_on_exit_code=None,

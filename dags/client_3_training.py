@@ -24,8 +24,8 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     tags=['training', 'client_3'],
 ):
-    task = BashOperator(
-        task_id="train_model",
+    train_model = BashOperator(
+        task_id='train_model',
         bash_command='pipenv run python categories_classification_cli.py trainer --client_id=client_3 --features=\'["f0", "f1", "f2", "f3", "f4"]\' --model_params=\'{}\' --training_date=\'{{ (dag_run.logical_date or dag_run.run_after) | ts }}\' ${CATEGORIES_CONF_MODEL_PARAMS:+"--model_params=$CATEGORIES_CONF_MODEL_PARAMS"}',
         cwd=PROJECT_DIR,
         # Rendered by Airflow per run (the MLflow run's tags: this DAG run; the run's conf); added to the environment.
@@ -34,7 +34,7 @@ with DAG(
         # Exit codes are the CLI's own (1 data/model, 2 config): none of them means "skipped".
         skip_on_exit_code=None,
     )
-    task >> BashOperator(
+    train_model >> BashOperator(
         task_id="publish_champion",
         bash_command='pipenv run python categories_classification_cli.py champion-from-run --client_id=client_3',
         cwd=PROJECT_DIR,

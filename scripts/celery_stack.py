@@ -29,18 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from scripts import services, spark_connect
+from scripts import airflow_cfg, services, spark_connect
 from scripts.airflow_parsing import parsing_settings
+from scripts.airflow_processes import AIRFLOW_PROCESSES, LEADERS_FIRST, STOP_STEPS, commands
 from scripts.generate_example_data import main as generate_example_data
 from scripts._endpoints import Endpoints
-from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
+from scripts._processes import alive, spawn_detached, stop_groups, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "celery"
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent  # the pipenv environment's bin/ (airflow, mlflow)
-# Stopped in this order: what uses the databases first, the databases last.
-AIRFLOW_PROCESSES = ("scheduler", "dag-processor", "triggerer", "api-server")
 
 
 class StackError(RuntimeError):
@@ -109,12 +108,9 @@ class CeleryStack:
                                    "--artifacts-destination", str(self.run_dir / "mlartifacts")],
                         dict(os.environ, MLFLOW_BACKEND_STORE_URI=self._mlflow_db()))
             airflow = str(BIN / "airflow")
-            self._spawn("api-server", [airflow, "api-server", "--host", HOST, "--port",
-                                       str(self.settings.airflow_port)], env)
-            # Log serving is off: every process of this machine writes and reads the same logs/ folder.
-            self._spawn("scheduler", [airflow, "scheduler", "--skip-serve-logs"], env)
-            self._spawn("dag-processor", [airflow, "dag-processor"], env)
-            self._spawn("triggerer", [airflow, "triggerer", "--skip-serve-logs"], env)
+            for name, command in commands(airflow, HOST, self.settings.airflow_port).items():
+                self._spawn(name, command, env)
+            # Log serving is off here too: every process of this machine writes and reads the same logs/ folder.
             for number in range(1, self.settings.workers + 1):
                 self._spawn(f"worker-{number}", [airflow, "celery", "worker", "--celery-hostname",
                                                  f"worker-{number}@%h", "--concurrency",
@@ -229,6 +225,12 @@ class CeleryStack:
 
     def _migrate(self, env: dict[str, str]) -> None:
         self.settings.airflow_home.mkdir(parents=True, exist_ok=True)
+        # airflow.cfg as the profile runs Airflow (its databases, broker, DAGs folder, ports), so that a
+        # plain `airflow ...` with only AIRFLOW_HOME set agrees; only its owner reads it (credentials).
+        try:
+            airflow_cfg.write(env)
+        except airflow_cfg.ConfigWriteError as exc:
+            raise StackError(services.mask(str(exc))) from None
         result = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
                                 timeout=600, check=False)
         if result.returncode != 0:
@@ -255,28 +257,36 @@ class CeleryStack:
 
     # -- stop --------------------------------------------------------------------------------
 
+    def stop_order(self) -> list[tuple[str, ...]]:
+        """Every process this profile starts, in the steps :meth:`stop` ends them (each step's at once):
+        the workers first, Airflow's other processes, the MLflow and Spark servers, the databases last."""
+        return [tuple(f"worker-{n}" for n in range(1, self.settings.workers + 1)), *STOP_STEPS,
+                ("spark-connect", "mlflow"), ("redis", "postgres")]
+
     def process_names(self) -> list[str]:
         """Every process this profile starts, in stopping order."""
-        return [f"worker-{n}" for n in range(1, self.settings.workers + 1)] + list(AIRFLOW_PROCESSES) + [
-            "spark-connect", "mlflow", "redis", "postgres"]
+        return [name for step in self.stop_order() for name in step]
 
     def pid(self, name: str) -> Optional[int]:
         """The recorded pid (process-group leader) of ``name``, or None."""
         pid_file = self.run_dir / f"{name}.pid"
         return int(pid_file.read_text(encoding="utf-8")) if pid_file.exists() else None
 
-    def stop(self, quiet: bool = False) -> None:
-        """Stop the process groups recorded in the run folder (workers first, databases last), nothing else."""
-        for name in self.process_names():
-            pid = self.pid(name)
-            if pid is None:
-                continue
-            if alive(pid):
-                # A worker finishes its running tasks on SIGTERM (warm shutdown): give it time.
-                stopped = stop_group(pid, 60.0 if name.startswith("worker") else 30.0)
+    def stop(self, quiet: bool = False) -> list[str]:
+        """Stop the process groups recorded in the run folder (workers first, databases last), nothing else;
+        the names SIGTERM did not end (SIGKILL did)."""
+        killed = []
+        for step in self.stop_order():
+            pids = {name: pid for name in step if (pid := self.pid(name)) is not None}
+            # A worker finishes its running tasks on SIGTERM (warm shutdown): give it time.
+            survivors = stop_groups(list(pids.values()), 60.0 if step[0].startswith("worker") else 30.0,
+                                    leaders_first=LEADERS_FIRST if set(step) <= set(AIRFLOW_PROCESSES) else 0.0)
+            for name, pid in pids.items():
                 if not quiet:
-                    print(f"{'stopped' if stopped else 'killed'} {name} (pid {pid})")
-            (self.run_dir / f"{name}.pid").unlink()
+                    print(f"{'killed' if pid in survivors else 'stopped'} {name} (pid {pid})")
+                (self.run_dir / f"{name}.pid").unlink()
+            killed += [name for name, pid in pids.items() if pid in survivors]
+        return killed
 
     # -- use ---------------------------------------------------------------------------------
 

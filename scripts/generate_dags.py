@@ -32,6 +32,7 @@ class _Kind:
 
     name: str
     template: str
+    task_id: str  # its task's id, and the task's variable in the DAG file
     command: str  # the CLI command its task runs
     date_option: str
     what: str  # doc_md's description; ``{c}`` is the client id
@@ -52,6 +53,11 @@ def _training_options(client: ClientConfig) -> list[str]:
     return words
 
 
+def _prediction_options(client: ClientConfig) -> list[str]:
+    # What predict-all takes from the config per client (batch.predict_all): a DAG run must score alike.
+    return [f"--drift_threshold={_literal(repr(float(client.drift_threshold)))}"]
+
+
 # Airflow 3 runs triggered without a logical date (REST API, "run now") have no {{ ts }} or
 # {{ ds }}: fall back to the moment the run was due. Prediction uses the date only, so its output
 # folder (date=YYYY-MM-DD) is safe on every filesystem and an Airflow retry rewrites the same one.
@@ -65,7 +71,7 @@ _RUN_CONTEXT = {"MLFLOW_RUN_CONTEXT": "{{ {%r: dag_run.dag_id, %r: dag_run.run_i
 CONF_PARAMS_VARIABLE = "CATEGORIES_CONF_MODEL_PARAMS"
 _CONF_PARAMS = '{{ dag_run.conf["model_params"] | tojson if "model_params" in (dag_run.conf or {}) else "" }}'
 KINDS = (
-    _Kind("training", "training_dag.py.j2", "trainer", f"--training_date='{{{{ {_RUN_MOMENT} | ts }}}}'",
+    _Kind("training", "training_dag.py.j2", "train_model", "trainer", f"--training_date='{{{{ {_RUN_MOMENT} | ts }}}}'",
           "Trains the client's model on `train/client_id={c}/data_train.csv.gz`, registers a new version of "
           "`{c}_model` in MLflow (experiment `categories_{c}`) and makes it the `champion` if it passes the "
           "promotion gate; then `publish_champion` emits the asset `{c}_model@champion` only if this run's "
@@ -73,12 +79,12 @@ KINDS = (
           '`{{"model_params": {{...}}}}` to train once with other parameters (the gate still decides).',
           _training_options, {**_RUN_CONTEXT, CONF_PARAMS_VARIABLE: _CONF_PARAMS},
           f'${{{CONF_PARAMS_VARIABLE}:+"--model_params=${CONF_PARAMS_VARIABLE}"}}'),
-    _Kind("prediction", "prediction_dag.py.j2", "predictor", f"--inference_date='{{{{ {_RUN_MOMENT} | ds }}}}'",
+    _Kind("prediction", "prediction_dag.py.j2", "predict_categories", "predictor", f"--inference_date='{{{{ {_RUN_MOMENT} | ds }}}}'",
           "Scores `prediction/client_id={c}/data_predict.csv.gz` with `{c}_model@champion` (the version that "
           "passed the promotion gate) and writes the top-5 categories per product to "
           "`products_categories/client_id={c}/date=<ds>/` (parquet). Runs daily, and as soon as a training "
           "promotes a new champion (the asset `{c}_model@champion`; such a run writes today's date).",
-          lambda client: [], {}),
+          _prediction_options, {}),
 )
 
 
@@ -101,8 +107,9 @@ def render_dags(config: ClientsConfig) -> dict[str, str]:
                 client_id=client.client_id,
                 kind=kind.name,
                 dag_id=f"{client.client_id}-{kind.name}",
+                task_id=kind.task_id,
                 description=f"{kind.name.capitalize()} of client {client.client_id}",
-                doc_md=_doc(client, kind),
+                doc_md=_doc(client, kind, source),
                 bash_command=bash_command(client, kind),
                 env=dict(kind.env),
                 asset_name=asset_name,
@@ -172,11 +179,11 @@ def _literal(value: str) -> str:
     return quoted
 
 
-def _doc(client: ClientConfig, kind: _Kind) -> str:
+def _doc(client: ClientConfig, kind: _Kind, source: str) -> str:
     params = json.dumps(dict(client.params), sort_keys=True) if client.params else "project defaults"
     return (f"### {kind.name.capitalize()} of client `{client.client_id}`\n\n{kind.what.format(c=client.client_id)}\n\n"
             f"- features: `{', '.join(client.features)}`\n- model params: `{params}`\n\n"
-            "Generated from `conf/clients_config.yaml`; edit the config and run `make generate-dags`.")
+            f"Generated from `{source}`; edit the config and run `make generate-dags`.")
 
 
 def _display_path(path: Path) -> str:

@@ -1,12 +1,14 @@
-"""The local stack without Docker: Airflow standalone (:8080), an MLflow server (:5000) and a shared
-Spark Connect service (:15002) that the prediction tasks use instead of starting a JVM each.
+"""The local stack without Docker: Airflow on SQLite (its API server on :8080, a scheduler with
+LocalExecutor, a DAG processor, a triggerer), an MLflow server (:5000) and a shared Spark Connect
+service (:15002) that the prediction tasks use instead of starting a JVM each.
 
-    python -m scripts.local_stack init     # AIRFLOW_HOME in the project, db migrated, dags/ folder
-    python -m scripts.local_stack start    # both servers in the background, waits until they answer
-    python -m scripts.local_stack stop     # stops exactly the processes `start` started
+    python -m scripts.local_stack init     # AIRFLOW_HOME: airflow.cfg as the stack runs Airflow, db migrated
+    python -m scripts.local_stack start    # everything in the background, waits until the servers answer
+    python -m scripts.local_stack stop     # stops exactly the processes `start` started (SIGTERM)
     python -m scripts.local_stack e2e      # start, run client_0's DAGs through the REST API, stop
 
-Servers bind to 127.0.0.1 only. Pid files and logs are in ``.run/``; the Airflow admin password
+Servers bind to 127.0.0.1 only; Airflow's log servers are not started (``scripts/airflow_processes.py``).
+Each process has its own process group, pid file and log in ``.run/``; the Airflow admin password
 stays in ``$AIRFLOW_HOME`` (git-ignored). Where things are and which ports are used comes from
 the environment (defaults in brackets): ``AIRFLOW_HOME`` [airflow_home/], ``AIRFLOW_PORT``
 [8080], ``MLFLOW_PORT`` [5000], ``SPARK_CONNECT_PORT`` [15002], ``DAGS_FOLDER`` [dags/], ``STACK_RUN_DIR`` [.run/],
@@ -31,14 +33,20 @@ from typing import Any, Mapping, Optional
 
 from categories_classification.paths import manifest_of
 from categories_classification_cli import DAG_RUN_ID_TAG
-from scripts import spark_connect
+from scripts import airflow_cfg, spark_connect
 from scripts.airflow_parsing import parsing_settings
+from scripts.airflow_processes import AIRFLOW_PROCESSES, LEADERS_FIRST, STOP_STEPS, commands
 from scripts._endpoints import Endpoints
-from scripts._processes import alive, spawn_detached, stop_group, wait_for_http
+from scripts._processes import alive, spawn_detached, stop_groups, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent  # the pipenv environment's bin/ (airflow, mlflow)
+# What `start` runs, in the steps `stop` ends them (each step's processes at once): Airflow's
+# processes (which use the others) first. "airflow" is the `airflow standalone` group that stacks
+# started before this layout ran: `stop` still ends it.
+STOP_ORDER = (("airflow", *STOP_STEPS[0]), *STOP_STEPS[1:], ("spark-connect", "mlflow"))
+PROCESSES = tuple(name for step in STOP_ORDER for name in step)
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class Stack(Endpoints):
         )
 
     def pid(self, name: str) -> Optional[int]:
-        """The recorded pid of ``airflow``, ``mlflow`` or ``spark-connect`` (a process group leader), if any."""
+        """The recorded pid of one of :data:`PROCESSES` (a process group leader), if any."""
         pid_file = self.run_dir / f"{name}.pid"
         return int(pid_file.read_text(encoding="utf-8")) if pid_file.exists() else None
 
@@ -83,6 +91,7 @@ def airflow_env(stack: Stack, base: Optional[Mapping[str, str]] = None) -> dict[
         AIRFLOW_HOME=str(stack.airflow_home),
         AIRFLOW__CORE__DAGS_FOLDER=str(stack.dags_folder),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__API__HOST=HOST,
         AIRFLOW__API__PORT=str(stack.airflow_port),
         # The task runner reports to the API server: without this it calls :8080 whatever the port.
@@ -92,7 +101,7 @@ def airflow_env(stack: Stack, base: Optional[Mapping[str, str]] = None) -> dict[
         MLFLOW_TRACKING_URI=stack.mlflow_url,
         SPARK_REMOTE=stack.spark_remote,
         CATEGORIES_PROJECT_DIR=str(ROOT),
-        # `airflow standalone` starts its components as `airflow ...` from PATH.
+        # This environment's executables first, for Airflow's processes and the commands their tasks run.
         PATH=os.pathsep.join([str(BIN), env.get("PATH", "")]),
     )
     return env
@@ -113,12 +122,20 @@ def mlflow_server_command(stack: Stack) -> list[str]:
 
 
 def init(stack: Optional[Stack] = None) -> None:
-    """Prepare AIRFLOW_HOME and migrate Airflow's metadata database."""
+    """Prepare AIRFLOW_HOME: its airflow.cfg says what the stack runs Airflow with; migrate the database.
+
+    A plain ``airflow ...`` with only ``AIRFLOW_HOME`` set then sees the stack's DAGs folder, no
+    examples and the stack's ports. Both steps are idempotent: `start` runs them every time.
+    """
     stack = stack or Stack.from_env()
     stack.airflow_home.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=airflow_env(stack), check=True,
-                   stdout=subprocess.DEVNULL, timeout=600)
-    print(f"Airflow home: {stack.airflow_home} (DAGs folder: {stack.dags_folder}, examples off)")
+    env = airflow_env(stack)
+    try:
+        config = airflow_cfg.write(env)
+    except airflow_cfg.ConfigWriteError as exc:
+        raise SystemExit(f"init: {exc}") from None
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
+    print(f"Airflow home: {stack.airflow_home} ({config.name}: DAGs folder {stack.dags_folder}, examples off)")
 
 
 def start_mlflow(stack: Optional[Stack] = None) -> None:
@@ -130,15 +147,18 @@ def start_mlflow(stack: Optional[Stack] = None) -> None:
 
 
 def start(stack: Optional[Stack] = None) -> None:
-    """Start MLflow and Airflow in the background and wait until both answer."""
+    """Start MLflow, Spark Connect and Airflow's processes in the background and wait until they answer."""
     stack = stack or Stack.from_env()
     stack.run_dir.mkdir(parents=True, exist_ok=True)
-    if not (stack.airflow_home / "airflow.db").exists():
-        init(stack)
+    init(stack)  # settings are read at start: airflow.cfg follows them (ports, DAGs folder)
     _spawn(stack, "mlflow", mlflow_server_command(stack), dict(os.environ))
     _spawn(stack, "spark-connect", spark_connect.server_command(stack.spark_connect_port, spark_connect.MASTER),
            spark_connect.server_env(stack.run_dir / "spark-connect"))
-    _spawn(stack, "airflow", [str(BIN / "airflow"), "standalone"], airflow_env(stack))
+    env = airflow_env(stack)
+    # Each in a process group of its own: its SIGTERM reaches it and its children only, and its log
+    # is its own (`airflow standalone` relayed theirs through pipes that broke when it died first).
+    for name, command in commands(str(BIN / "airflow"), HOST, stack.airflow_port).items():
+        _spawn(stack, name, command, env)
     _wait_for(stack, f"{stack.mlflow_url}/health", "MLflow", 120)
     try:
         spark_connect.wait_until_serving(stack.spark_connect_port, None, stack.run_dir / "spark-connect.log", 180)
@@ -151,15 +171,20 @@ def start(stack: Optional[Stack] = None) -> None:
           f"Spark:      {stack.spark_remote} (Spark Connect, shared by the prediction tasks)\nLogs: {stack.run_dir}/*.log")
 
 
-def stop(stack: Optional[Stack] = None) -> None:
-    """Stop the process groups recorded in the run dir's *.pid (and nothing else)."""
+def stop(stack: Optional[Stack] = None, grace: float = 30.0) -> list[str]:
+    """Stop the process groups recorded in the run dir's *.pid (and nothing else), SIGTERM first, SIGKILL
+    after ``grace`` s; the names SIGTERM did not end."""
     stack = stack or Stack.from_env()
-    for name in ("airflow", "spark-connect", "mlflow"):
-        pid = stack.pid(name)
-        if pid is None:
-            continue
-        _stop_group(pid, name)
-        (stack.run_dir / f"{name}.pid").unlink()
+    killed = []
+    for step in STOP_ORDER:
+        pids = {name: pid for name in step if (pid := stack.pid(name)) is not None}
+        airflow = set(step) <= {"airflow", *AIRFLOW_PROCESSES}
+        survivors = stop_groups(list(pids.values()), grace, leaders_first=LEADERS_FIRST if airflow else 0.0)
+        for name, pid in pids.items():
+            print(f"killed {name} (pid {pid}) after {grace:.0f}s" if pid in survivors else f"stopped {name} (pid {pid})")
+            (stack.run_dir / f"{name}.pid").unlink()
+        killed += [name for name, pid in pids.items() if pid in survivors]
+    return killed
 
 
 def e2e(stack: Optional[Stack] = None) -> None:
@@ -358,13 +383,6 @@ def _spawn(stack: Stack, name: str, command: list[str], env: dict[str, str]) -> 
     # The server and all its children form one group that stop() can end.
     process = spawn_detached(command, stack.run_dir / f"{name}.log", env, ROOT)
     (stack.run_dir / f"{name}.pid").write_text(str(process.pid), encoding="utf-8")
-
-
-def _stop_group(pid: int, name: str, grace: float = 30.0) -> None:
-    if stop_group(pid, grace):
-        print(f"stopped {name} (pid {pid})")
-    else:
-        print(f"killed {name} (pid {pid}) after {grace:.0f}s")
 
 
 def _wait_for(stack: Stack, url: str, what: str, timeout: float) -> None:

@@ -1,7 +1,9 @@
 """What several tests need: the project root, the CLI as a subprocess, configs, output paths, a top-k reference,
-a trained-and-predicted stack and a snapshot of what a failed command must leave as it was."""
+a trained-and-predicted stack, a snapshot of what a failed command must leave as it was, and the sockets a
+stack's processes listen on."""
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import shutil
@@ -11,11 +13,12 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import yaml
 from mlflow.tracking import MlflowClient
@@ -264,3 +267,33 @@ def assert_one_gate_at_a_time_per_client(folder: Path) -> None:
         time.sleep(1.0)
         assert blocked.poll() is None and not same.exists()
     assert blocked.wait(timeout=60) == 0 and same.exists()
+
+
+def listening_sockets(pids: Iterable[int]) -> dict[tuple[str, int], str]:
+    """Every TCP socket the process groups led by ``pids`` and their descendants listen on:
+    (address, port) -> the listening process's command."""
+    leaders = set(pids)
+    members = [process for process in psutil.process_iter() if _group_of(process.pid) in leaders]
+    tree = {}
+    for member in members:
+        try:
+            for process in [member, *member.children(recursive=True)]:
+                tree[process.pid] = " ".join(process.cmdline())[:120]
+        except psutil.Error:  # exited since the listing
+            continue
+    return {(connection.laddr.ip, connection.laddr.port): tree[connection.pid]
+            for connection in psutil.net_connections(kind="tcp")
+            if connection.pid in tree and connection.status == psutil.CONN_LISTEN}
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``, how the JVM shows its binds)."""
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def _group_of(pid: int) -> Optional[int]:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None

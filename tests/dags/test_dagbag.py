@@ -58,8 +58,9 @@ def test_prediction_dag(dagbag, client_id):
     assert f"{client_id}_model@champion" in dag.doc_md and "newest" not in dag.doc_md
     (task,) = dag.tasks
     assert task.retries == 2
+    # The client's drift threshold from the config, as predict-all uses it (the committed config sets none: 0.2).
     assert task.bash_command == (f"pipenv run python categories_classification_cli.py predictor --client_id={client_id} "
-                                 "--inference_date='{{ (dag_run.logical_date or dag_run.run_after) | ds }}'")
+                                 "--drift_threshold=0.2 --inference_date='{{ (dag_run.logical_date or dag_run.run_after) | ds }}'")
 
 
 def _champion(client_id: str) -> Asset:

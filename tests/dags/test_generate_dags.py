@@ -1,15 +1,18 @@
 """scripts/generate_dags.py: rendering, order, stale files, bad configs, committed dags/ in sync."""
 import ast
+import dataclasses
 from datetime import datetime
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
 
-from categories_classification.config import load_config
+import categories_classification_cli
+from categories_classification.config import ClientConfig, load_config
 from scripts.generate_dags import CONF_PARAMS_VARIABLE, GENERATED_MARKER, main, render_dags
 from tests.helpers import ROOT
 
@@ -90,6 +93,20 @@ def test_hostile_param_strings_are_inert_shell_words_and_jinja_literals(tmp_path
     assert f"--model_params={{\"class_weight\": {{\"{hostile}\": 1}}}}" in words
 
 
+def test_generated_dags_pass_ruffs_airflow_rules(tmp_path):
+    _, out = _generate(tmp_path, GOOD)
+    result = subprocess.run([str(Path(sys.executable).with_name("ruff")), "check", "--no-cache", "--select", "AIR",
+                             str(out)], capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_doc_md_names_the_config_the_dags_came_from(tmp_path):
+    _, out = _generate(tmp_path, GOOD)
+    for path in out.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert "Generated from `clients.yaml`;" in text and "conf/clients_config.yaml" not in text
+
+
 def test_committed_dags_are_the_generators_output(tmp_path):
     out = tmp_path / "dags"
     result = subprocess.run([sys.executable, "-m", "scripts.generate_dags", "--config", "conf/clients_config.yaml",
@@ -133,3 +150,52 @@ def test_a_runs_conf_params_reach_the_trainer_as_one_word_last(tmp_path, conf_pa
     assert words[:2] == ["trainer", "--client_id=alpha"] and words[3] == '--model_params={"max_depth": 3, "n_estimators": 7}'
     assert words[5:] == ([f"--model_params={conf_params}"] if conf_params else [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clients.yaml", "dags"]  # nothing ran
+
+
+# Where each per-client setting of the config is used: the DAG whose command must carry it, or None
+# for the fleet view's own (fleet-status reads the config itself). A new setting must be placed here.
+SETTING_USED_BY = {"features": "training", "params": "training", "family": "training", "promotion_tolerance": "training",
+                   "max_model_mb": "training", "drift_threshold": "prediction", "max_model_age_days": None}
+# The CLI option that carries a setting, where its name is not the setting's.
+OPTION_OF = {"features": "features", "params": "model_params", "family": "model_family"}
+
+
+def test_every_client_setting_reaches_the_command_of_the_dag_that_uses_it(tmp_path):
+    assert set(SETTING_USED_BY) == {field.name for field in dataclasses.fields(ClientConfig)} - {"client_id"}
+    _, out = _generate(tmp_path, "ok:\n  features: [a, b]\n  family: extra_trees\n  params: {n_estimators: 7}\n"
+                                 "  promotion_tolerance: 0.05\n  max_model_mb: 3.5\n  drift_threshold: 0.001\n"
+                                 "  max_model_age_days: 9\n")
+    client = load_config(tmp_path / "clients.yaml").get("ok")
+    options = {kind: _cli_options(out / f"ok_{kind}.py") for kind in ("training", "prediction")}
+    for setting, kind in SETTING_USED_BY.items():
+        if kind is not None:
+            value = getattr(client, setting)
+            found = options[kind][OPTION_OF.get(setting, setting)]
+            assert found == (list(value) if setting == "features" else value), f"{setting} in the {kind} DAG"
+    # predict-all's default is the config's 0.2 too: a client without the key gets it in its DAG.
+    _, out = _generate(tmp_path, GOOD)
+    assert _cli_options(out / "zeta_prediction.py")["drift_threshold"] == 0.2
+
+
+def _task_words(dag_file: Path) -> list[str]:
+    """The words bash makes of the first task's command, as Airflow renders it for a run due on 2026-11-23
+    without a run conf (each word printed by printf, nothing run)."""
+    command = ast.literal_eval(next(line.split("bash_command=", 1)[1].rstrip(",")
+                                    for line in dag_file.read_text(encoding="utf-8").splitlines()
+                                    if "bash_command=" in line))
+    environment = jinja2.Environment()
+    environment.filters["ts"] = lambda value: value.isoformat()
+    environment.filters["ds"] = lambda value: value.date().isoformat()
+    rendered = environment.from_string(command).render(dag_run={"logical_date": None, "run_after": datetime(2026, 11, 23)})
+    result = subprocess.run(["bash", "-c", f"printf '%s\\0' {rendered}"], cwd=dag_file.parent, capture_output=True,
+                            check=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    return result.stdout.decode().split("\0")[:-1]
+
+
+def _cli_options(dag_file: Path) -> dict[str, Any]:
+    """The options of the DAG's CLI call, parsed by the CLI's own command (not run)."""
+    words = _task_words(dag_file)
+    assert words[:4] == ["pipenv", "run", "python", "categories_classification_cli.py"]
+    command = categories_classification_cli.cli.commands[words[4]]
+    with command.make_context(words[4], words[5:]) as context:
+        return dict(context.params)

@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -87,3 +89,17 @@ def running_stack(env: dict[str, str], action: str = "start") -> Iterator[Stack]
         yield stack
     finally:
         stop(stack)
+
+
+def wait_until_healthy(airflow_url: str, timeout: float) -> None:
+    """Wait until Airflow's health endpoint calls every component healthy (they heartbeat once started)."""
+    deadline = time.monotonic() + timeout
+    health: dict = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{airflow_url}/api/v2/monitor/health", timeout=10) as response:  # nosec: loopback
+            health = json.loads(response.read())
+        if all(health.get(part, {}).get("status") == "healthy"
+               for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+            return
+        time.sleep(2)
+    raise AssertionError(f"Airflow at {airflow_url} not healthy within {timeout:.0f}s: {health}")

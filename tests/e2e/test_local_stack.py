@@ -2,11 +2,16 @@
 
 Issue #18: a new DAG file shows in the running stack at once on the demo config, and the DAG
 processor's settings scale with the folder. Issue #15: on a non-default AIRFLOW_PORT, tasks
-still reach the execution API (they called :8080 before) and run to success.
+still reach the execution API (they called :8080 before) and run to success. Issue #24: every
+socket is on loopback (Airflow's log servers are not started), `stop` ends everything with
+SIGTERM, and a plain `airflow` command in the stack's AIRFLOW_HOME sees the stack's DAGs only.
 """
 import http.server
+import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -18,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from scripts import local_stack
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.e2e.conftest import ROOT, running_stack
+from tests.e2e.conftest import AIRFLOW, ROOT, running_stack, wait_until_healthy
+from tests.helpers import is_loopback, listening_sockets
 
 DEMO_CONFIG = ROOT / "conf" / "clients_config.yaml"
 
@@ -121,3 +127,51 @@ def _first_task_outcome(stack: local_stack.Stack, token: str, dag_id: str, timeo
                 return state
         time.sleep(2)
     raise AssertionError(f"no task of {dag_id} finished within {timeout:.0f}s: see {stack.airflow_home / 'logs'}")
+
+
+SMALL_CONFIG = "small_a:\n  features: [f0, f1]\nsmall_b:\n  features: [f0]\n"
+SMALL_DAGS = ["small_a-prediction", "small_a-training", "small_b-prediction", "small_b-training"]
+
+
+@pytest.mark.slow
+def test_every_socket_of_the_stack_is_on_loopback_and_stop_ends_it_with_sigterm(stack_env, tmp_path):
+    config = tmp_path / "clients.yaml"
+    config.write_text(SMALL_CONFIG, encoding="utf-8")
+    assert generate_dags(["--config", str(config), "--output-dir", stack_env["DAGS_FOLDER"]]) == 0
+    stack = local_stack.Stack.from_env(stack_env)
+    try:
+        subprocess.run([sys.executable, "-m", "scripts.local_stack", "start"], env=stack_env, cwd=ROOT, check=True,
+                       capture_output=True, timeout=600)
+        # Every component has started (and with it any server it would start: the scheduler's and the
+        # triggerer's log servers did, on 0.0.0.0).
+        wait_until_healthy(stack.airflow_url, 180)
+        sockets = listening_sockets(pid for name in local_stack.PROCESSES if (pid := stack.pid(name)) is not None)
+        ports = {port for _, port in sockets}
+        assert {stack.airflow_port, stack.mlflow_port, stack.spark_connect_port} <= ports, sockets
+        assert [f"{address}:{port} ({command})" for (address, port), command in sockets.items()
+                if not is_loopback(address)] == []
+        started = time.monotonic()
+        killed = local_stack.stop(stack)
+        stopped_in = time.monotonic() - started
+    finally:
+        local_stack.stop(stack)
+    # Each step of `stop` has 30 s before SIGKILL: none was needed, and everything ended well within one.
+    assert killed == [] and stopped_in < 30, (killed, stopped_in)
+
+
+@pytest.mark.slow
+def test_a_plain_airflow_command_in_the_stacks_home_sees_exactly_its_dags(stack_env, tmp_path):
+    config = tmp_path / "clients.yaml"
+    config.write_text(SMALL_CONFIG, encoding="utf-8")
+    assert generate_dags(["--config", str(config), "--output-dir", stack_env["DAGS_FOLDER"]]) == 0
+    subprocess.run([sys.executable, "-m", "scripts.local_stack", "init"], env=stack_env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=600)
+    # What a user types in another shell: no AIRFLOW__* variables, only where the home is.
+    plain = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AIRFLOW_HOME": stack_env["AIRFLOW_HOME"]}
+    for command in (["dags", "reserialize"], ["dags", "list", "--output", "json"]):
+        result = subprocess.run([AIRFLOW, *command], env=plain, cwd=tmp_path, capture_output=True, text=True,
+                                timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+    # Airflow logs a warning on stdout too (no graphviz): the listing is the JSON line.
+    listed = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("[")))
+    assert sorted(dag["dag_id"] for dag in listed) == SMALL_DAGS

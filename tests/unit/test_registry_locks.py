@@ -1,10 +1,12 @@
 """registry.promotion_lock: one gate at a time per client, across processes (no MLflow needed)."""
+import shutil
+import subprocess
 from contextlib import nullcontext
 
 import pytest
 
 from categories_classification import registry
-from tests.helpers import assert_one_gate_at_a_time_per_client
+from tests.helpers import ROOT, assert_one_gate_at_a_time_per_client
 
 
 @pytest.mark.slow  # two Python processes that import MLflow
@@ -19,3 +21,12 @@ def test_a_second_process_waits_for_the_same_clients_lock(tmp_path, monkeypatch)
 def test_a_tracking_server_has_no_local_lock(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert isinstance(registry.promotion_lock("client_0"), nullcontext)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_lock_folder_of_the_projects_store_is_git_ignored(tmp_path):
+    lock = registry._lock_file(tmp_path / "mlflow.db", "client_0_model")  # pylint: disable=protected-access
+    # Where the same lock goes for the project's default store (mlflow.db at the root).
+    in_project = ROOT / lock.relative_to(tmp_path)
+    ignored = subprocess.run(["git", "check-ignore", "--quiet", str(in_project)], cwd=ROOT, check=False, timeout=30)
+    assert ignored.returncode == 0, f"{in_project.relative_to(ROOT)} is not git-ignored"

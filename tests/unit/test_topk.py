@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from categories_classification.topk import ARROW_SCHEMA, top_k_arrow, top_k_indices
-from tests.helpers import ranked, reference_top_k
+from tests.helpers import ROOT, ranked, reference_top_k
 
 COLUMNS = ARROW_SCHEMA.names
 
@@ -20,6 +20,15 @@ def test_five_rows_per_product_best_first():
     assert first["pred_label"].tolist() == ["b", "d", "f", "e", "a"]
     assert first["rank"].tolist() == [0, 1, 2, 3, 4]
     assert first["pred_score"].tolist() == [0.3, 0.2, 0.2, 0.15, 0.1]
+
+
+def test_the_docs_say_rank_counts_from_0_as_it_does():
+    ranks = ranked(np.array(["p"]), np.array([[0.5, 0.3, 0.2]]), np.array(["a", "b", "c"]))["rank"].tolist()
+    assert ranks == [0, 1, 2]
+    # Where the README describes the output (the data layout and the ranking rule), and data/README.md.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "pred_score, rank (0-4)" in readme and "`rank` counts from 0" in readme
+    assert "`rank` counting from 0" in readme and "rank (0-4)" in (ROOT / "data" / "README.md").read_text(encoding="utf-8")
 
 
 def test_ties_are_broken_by_label_position():
