@@ -4,7 +4,7 @@ Each side runs in its own fresh Python process, one after the other, alternating
 see the same machine (wall time and peak RSS of the whole process tree, from ``run_command``):
 
 - **limit**: pyarrow streaming CSV read in ~1 MiB blocks (~10k rows), ``predict_proba`` with
-  the forest's ``n_jobs=2``, the predictor's own per-batch code (:func:`scoring.score_batch`:
+  2 threads (rows split between them), the predictor's own per-batch code (:func:`scoring.score_batch`:
   skip incomplete rows, ``predict_proba``, vectorised top-5), pyarrow ``ParquetWriter``: memory bounded by one batch. Timed
   from the model's skops bytes in hand (the MLflow download happens before the clock starts).
 - **predictor**: :func:`predict_categories` as the CLI runs it (MLflow resolve and download,
@@ -84,7 +84,7 @@ def run(ctx: BenchContext) -> Section:
     section.notes += [
         f"Data: the project's generator (`scripts/generate_example_data.py`), one client, {spec.n_categories} "
         f"categories, 5 features; model: the project's trainer with its default parameters "
-        f"(100 trees, max_leaf_nodes chosen on the training split) on {spec.n_train:,} generated training rows, "
+        f"(the model family chosen on the training split) on {spec.n_train:,} generated training rows, "
         "in a temporary SQLite MLflow store. "
         "The prediction file is one gzip CSV (unsplittable).",
         f"Times are the fastest of {repeats} alternating run(s) per side (other work shares this machine: "
@@ -95,7 +95,7 @@ def run(ctx: BenchContext) -> Section:
         "started first and timed apart; the limit's time starts with the model bytes in hand and includes "
         "deserializing the model.",
         "Predictor design: the single gzip partition is not repartitioned; its one task streams CSV parsing (JVM) "
-        "-> Arrow batches of 10k rows -> `mapInArrow` scoring with a 2-thread forest (model cached per reused "
+        "-> Arrow batches of 10k rows -> `mapInArrow` scoring on 2 threads (model cached per reused "
         "worker; inside the worker, reading, scoring and writing batches run in 3 overlapping threads) -> "
         "parquet writing (JVM), so parsing, scoring and writing overlap on the 2 cores; rows are counted while "
         "written (an observed metric, no re-read); the duplicate check hashes each product_id in the JVM and "
@@ -246,7 +246,7 @@ def _plot(ctx: BenchContext, sizes: tuple[int, ...], limits: dict[int, list[_Sid
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.plot(millions, predictor, "o-", label="predictor (Spark, start-up excluded)")
     axes.plot(millions, with_startup, "o--", alpha=0.6, label="predictor incl. Spark start-up")
-    axes.plot(millions, limit, "s-", label="limit: one process (pyarrow, predict_proba n_jobs=2)")
+    axes.plot(millions, limit, "s-", label="limit: one process (pyarrow, predict_proba on 2 threads)")
     axes.plot(millions, [TARGET_RATIO * value for value in limit], ":", color="grey", label=f"{TARGET_RATIO}x limit")
     axes.set_xlabel("products (millions)")
     axes.set_ylabel("seconds, end to end")
