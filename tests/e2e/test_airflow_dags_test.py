@@ -1,5 +1,4 @@
 """`airflow dags test` on generated DAGs: the BashOperator really runs the CLI through pipenv."""
-import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from categories_classification import registry
 from scripts.generate_example_data import ClientSpec, write_client
 from tests.e2e.conftest import dags_test, run_cli
-from tests.helpers import train_args
+from tests.helpers import read_manifest, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +56,7 @@ def test_the_prediction_dag_and_predict_all_score_a_client_with_the_same_setting
     experiment = client.get_experiment_by_name(registry.experiment_name("e2e_client"))
     runs = {run.data.tags["inference_date"]: run.data.tags
             for run in client.search_runs([experiment.experiment_id], "tags.stage = 'prediction'")}
-    manifests = {date: json.loads((tmp_path / f"data/products_categories/client_id=e2e_client/date={date}/_manifest.json")
-                                  .read_text(encoding="utf-8")) for date in runs}
+    manifests = {date: read_manifest(tmp_path / "data", "e2e_client", date) for date in runs}
     assert sorted(runs) == ["2026-11-23", "2026-11-24"]
     # The config's threshold (0.001, not the predictor's default 0.2) on both paths, in the run and the manifest.
     assert {tags["drift_threshold"] for tags in runs.values()} == {"0.001"}
