@@ -20,17 +20,14 @@ import pytest
 from categories_classification.prediction.spark import get_spark
 from scripts import services
 from scripts._processes import stop_group
-from scripts.generate_example_data import ClientSpec, write_client
+from scripts.generate_example_data import write_client
+from tests.helpers import SMALL_CLIENTS
 
 # Airflow writes to ~/airflow on a bare import; point it at a throwaway folder for the whole run.
 if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow_home_tests_")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
-SMALL_CLIENTS = (
-    ClientSpec("small_a", 101, n_train=900, n_predict=400, n_categories=12),
-    ClientSpec("small_b", 102, n_train=500, n_predict=250, n_categories=3),
-)
 
 
 @pytest.fixture(scope="session")

@@ -26,11 +26,17 @@ from mlflow.tracking import MlflowClient
 from categories_classification.paths import manifest_path, output_path, staging_root
 from categories_classification.registry import model_name
 from categories_classification.topk import top_k_arrow
+from scripts.generate_example_data import ClientSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "categories_classification_cli.py"
 DATE = "2026-11-23"
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
+# The small generated clients most integration tests use (the session's small_data holds them).
+SMALL_CLIENTS = (
+    ClientSpec("small_a", 101, n_train=900, n_predict=400, n_categories=12),
+    ClientSpec("small_b", 102, n_train=500, n_predict=250, n_categories=3),
+)
 
 # What Spark 4 reports when the output's file system fills up while parquet is written (frames trimmed).
 FULL_DISK_TRACE = """An error occurred while calling o186.parquet.

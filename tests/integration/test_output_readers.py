@@ -14,7 +14,8 @@ import pytest
 
 from categories_classification.prediction.predictor import predict_categories, predict_clients
 from categories_classification.training.trainer import train_model
-from tests.helpers import DATE, FEATURES, non_parquet_in_dataset
+from scripts.generate_example_data import write_client
+from tests.helpers import DATE, FEATURES, SMALL_CLIENTS, non_parquet_in_dataset
 
 pytestmark = pytest.mark.slow
 ALONE, TOGETHER = "2026-11-24", "2026-11-25"  # written while the readers poll: one client, then a fleet job
@@ -55,11 +56,15 @@ READERS: dict[str, Callable[[Path, object], Groups]] = {
 
 
 @pytest.fixture(scope="module")
-def trained(small_data, module_tracking_store):  # pylint: disable=unused-argument
-    """small_a and small_b trained once (few trees: the readers are the point here)."""
+def trained(tmp_path_factory, module_tracking_store):  # pylint: disable=unused-argument
+    """small_a and small_b in a data prefix of their own (other tests write outputs into the shared one),
+    trained once (few trees: the readers are the point here)."""
+    prefix = tmp_path_factory.mktemp("readers")
+    for spec in SMALL_CLIENTS:
+        write_client(spec, prefix)
     for client_id in ("small_a", "small_b"):
-        train_model(client_id, FEATURES, {"n_estimators": 8}, DATE, data_prefix=str(small_data))
-    return small_data
+        train_model(client_id, FEATURES, {"n_estimators": 8}, DATE, data_prefix=str(prefix))
+    return prefix
 
 
 def _read_all(root: Path, spark, complete: dict) -> None:
