@@ -407,7 +407,7 @@ def _score(family: str, split: tuple, sample: tuple, params: Mapping[str, Any],
             model = build(family, params, y_fit).fit(x_fit, y_fit)
             proba = _aligned(model.predict_proba(x_val), model.classes_, columns)
         size_bytes = model_memory_bytes(compact(family, model))
-        params = final_params(family, params, model[-1] if hasattr(model, "steps") else model)
+        params = final_params(family, params, _final_step(model))
     candidate = Candidate(family, top_k_hits(y_val, proba, columns), int(size_bytes), time.perf_counter() - started,
                           size_bytes <= _budget_bytes(max_model_mb))
     return _Scored(candidate, proba, _temperature(y_val, proba, columns), params, columns, rows is split)
@@ -455,7 +455,7 @@ def _plan(family: str, features: np.ndarray, labels: np.ndarray, split: tuple, p
         with _one_thread():
             model = build(family, params, y_fit).fit(x_fit, y_fit)
             proba = _aligned(model.predict_proba(x_val), model.classes_, columns)
-        params = final_params(family, params, model[-1] if hasattr(model, "steps") else model)
+        params = final_params(family, params, _final_step(model))
     return _Plan(family, params, size, time.perf_counter() - started, proba, _temperature(y_val, proba, columns))
 
 

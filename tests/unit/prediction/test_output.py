@@ -32,6 +32,14 @@ def _work(place: Placement) -> list[str]:
     return sorted(item.name for item in Path(place.work).iterdir()) if Path(place.work).exists() else []
 
 
+def _with_first_output(tmp_path: Path) -> Placement:
+    """A place whose date already holds run 1's output ("old") and manifest."""
+    place = _place(tmp_path)
+    _folder(place.staging("t1"), {"part-0.parquet": b"old"})
+    swap_in(LocalFiles(), place, "t1", {"run": 1})
+    return place
+
+
 def test_the_layout_keeps_staging_and_manifests_out_of_the_dataset(tmp_path):
     place = _place(tmp_path)
     assert place.target == f"{tmp_path}/products_categories/client_id=c1/date={DATE}"
@@ -61,9 +69,7 @@ def test_a_rerun_replaces_data_and_manifest(tmp_path):
 
 
 def test_a_failed_move_keeps_the_previous_output_and_manifest(tmp_path):
-    place = _place(tmp_path)
-    _folder(place.staging("t1"), {"part-0.parquet": b"old"})
-    swap_in(LocalFiles(), place, "t1", {"run": 1})
+    place = _with_first_output(tmp_path)
     with pytest.raises(InfrastructureError, match=r"output .*date=2026-11-23: could not move the new output"):
         swap_in(LocalFiles(), place, "t2", {"run": 2})  # nothing was staged under t2
     assert _contents(place.target) == {"part-0.parquet": b"old"}
@@ -72,9 +78,7 @@ def test_a_failed_move_keeps_the_previous_output_and_manifest(tmp_path):
 
 
 def test_killed_between_the_two_renames_the_old_output_comes_back(tmp_path):
-    place = _place(tmp_path)
-    _folder(place.staging("t1"), {"part-0.parquet": b"old"})
-    swap_in(LocalFiles(), place, "t1", {"run": 1})
+    place = _with_first_output(tmp_path)
     Path(place.target).rename(place.previous("t2"))
     _folder(place.staging("t2"), {"part-0.parquet": b"new"})
     Path(place.staged_manifest("t2")).write_text('{"run": 2}', encoding="utf-8")
@@ -85,9 +89,7 @@ def test_killed_between_the_two_renames_the_old_output_comes_back(tmp_path):
 
 
 def test_killed_after_the_data_went_in_its_manifest_follows(tmp_path):
-    place = _place(tmp_path)
-    _folder(place.staging("t1"), {"part-0.parquet": b"old"})
-    swap_in(LocalFiles(), place, "t1", {"run": 1})
+    place = _with_first_output(tmp_path)
     Path(place.target).rename(place.previous("t2"))
     _folder(place.target, {"part-0.parquet": b"new"})
     Path(place.staged_manifest("t2")).write_text('{"run": 2}', encoding="utf-8")
