@@ -8,7 +8,7 @@ by more than the noise of the validation rows.
 """
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -100,11 +100,6 @@ def choose(candidates: Sequence[Candidate], ensembles: Sequence[Candidate] = (),
 def _most_accurate(candidates: Sequence[Candidate]) -> Candidate:
     # max keeps the first of equals: list the simpler families first.
     return max(candidates, key=lambda candidate: (candidate.correct, -candidate.size_bytes))
-
-
-def by_family(candidates: Sequence[Candidate], family: str) -> Optional[Candidate]:
-    """The candidate of ``family``, or None."""
-    return next((candidate for candidate in candidates if candidate.family == family), None)
 
 
 def ranked(candidates: Sequence[Candidate]) -> list[Candidate]:
