@@ -34,15 +34,11 @@ from categories_classification.config import (
     validate_family,
 )
 from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
+from categories_classification.records import DAG_ID_TAG, DAG_RUN_ID_TAG, NOT_CHAMPION_EXIT_CODE
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
 FAIL_ON_DRIFT_HELP = ("Fail a client whose input drifted over its threshold (a feature's PSI against the training "
                       "data): nothing written, its previous output kept. Default: warn and write.")
-# Tags of a run started by an Airflow task (the generated DAGs set MLFLOW_RUN_CONTEXT): which DAG run
-# trained a model, or made a prediction.
-DAG_ID_TAG, DAG_RUN_ID_TAG = "airflow_dag_id", "airflow_dag_run_id"
-# champion-from-run's "no": the DAG task running it is skipped on this code, so it emits no asset event.
-NOT_CHAMPION_EXIT_CODE = 99
 
 
 class _Json(click.ParamType):

@@ -18,7 +18,7 @@ import jinja2
 
 from categories_classification.config import ClientConfig, ClientsConfig, config_file, load_config
 from categories_classification.errors import ConfigError
-from categories_classification_cli import DAG_ID_TAG, DAG_RUN_ID_TAG, NOT_CHAMPION_EXIT_CODE
+from categories_classification.records import DAG_ID_TAG, DAG_RUN_ID_TAG, NOT_CHAMPION_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "dags_templates"

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from categories_classification.paths import manifest_of
-from categories_classification_cli import DAG_RUN_ID_TAG
+from categories_classification.records import DAG_RUN_ID_TAG
 from scripts import airflow_cfg, spark_connect
 from scripts.airflow_parsing import parsing_settings
 from scripts.airflow_processes import AIRFLOW_PROCESSES, LEADERS_FIRST, STOP_STEPS, commands

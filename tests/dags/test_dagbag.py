@@ -7,7 +7,7 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import Asset
 
 from categories_classification.config import load_config
-from categories_classification_cli import NOT_CHAMPION_EXIT_CODE
+from categories_classification.records import NOT_CHAMPION_EXIT_CODE
 from scripts.generate_dags import champion_asset
 from tests.helpers import ROOT
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification_cli import NOT_CHAMPION_EXIT_CODE
+from categories_classification.records import NOT_CHAMPION_EXIT_CODE
 from scripts import local_stack
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import ClientSpec, write_client
