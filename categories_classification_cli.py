@@ -34,7 +34,14 @@ from categories_classification.config import (
     validate_family,
 )
 from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
-from categories_classification.records import DAG_ID_TAG, DAG_RUN_ID_TAG, NOT_CHAMPION_EXIT_CODE
+from categories_classification.records import (
+    CHAMPION,
+    MODEL_MEMORY_METRIC,
+    NOT_CHAMPION_EXIT_CODE,
+    TEST_ACCURACY_METRIC,
+    TEST_TOP_5_METRIC,
+    model_name,
+)
 
 CONFIG_HELP = "Clients config file (default: $CONFIG_FILE or conf/clients_config.yaml)."
 FAIL_ON_DRIFT_HELP = ("Fail a client whose input drifted over its threshold (a feature's PSI against the training "
@@ -111,8 +118,8 @@ def trainer(client_id: str, features: list, model_params: dict, training_date: s
     verdict = "now champion" if result.decision.promote else "NOT promoted, champion unchanged"
     click.echo(
         f"{client_id}: registered {result.model_name} version {result.version} (run {result.run_id}); "
-        f"test top-5 accuracy {result.metrics['test_top_5_accuracy']:.3f}, "
-        f"accuracy {result.metrics['test_accuracy']:.3f}, model {result.metrics['model_memory_bytes'] / 1e6:.1f} MB "
+        f"test top-5 accuracy {result.metrics[TEST_TOP_5_METRIC]:.3f}, "
+        f"accuracy {result.metrics[TEST_ACCURACY_METRIC]:.3f}, model {result.metrics[MODEL_MEMORY_METRIC] / 1e6:.1f} MB "
         f"({result.params.get('family')}"
         + (f", max_leaf_nodes {result.params['max_leaf_nodes']}" if "max_leaf_nodes" in result.params else "")
         + f"); "
@@ -160,12 +167,13 @@ def _drift_note(drift: dict) -> str:
               help="Registered version that prediction should serve from now on (e.g. a rollback).")
 def set_champion_command(client_id: str, version: int) -> None:
     """Give the champion alias to a version by hand (rollback or forced promotion)."""
-    from categories_classification import registry
+    from categories_classification.tracking.registry import champion_version, set_champion
+    from categories_classification.tracking.store import configure_tracking
 
     validate_client_id(client_id)
-    registry.configure_tracking()
-    before = registry.champion_version(client_id)
-    ref = registry.set_champion(client_id, version)
+    configure_tracking()
+    before = champion_version(client_id)
+    ref = set_champion(client_id, version)
     click.echo(f"{client_id}: champion is now {ref.name} version {ref.version}"
                + (f" (was version {before.version})" if before else ""))
 
@@ -182,24 +190,21 @@ def champion_from_run_command(client_id: str, dag_id: str, dag_run_id: str) -> N
     The training DAG's publish_champion task runs it: 99 skips the task, so a model that lost the
     gate (or was replaced since) emits no asset event and starts no prediction.
     """
-    from mlflow.tracking import MlflowClient
-
-    from categories_classification import registry
+    from categories_classification.tracking.registry import champion_from_run
+    from categories_classification.tracking.store import configure_tracking
 
     validate_client_id(client_id)
-    registry.configure_tracking()
-    champion = registry.champion_version(client_id)
+    configure_tracking()
+    found = champion_from_run(client_id, dag_id, dag_run_id)
+    champion = found.champion
     if champion is None:
         click.echo(f"{client_id}: no champion: nothing to publish")
         raise SystemExit(NOT_CHAMPION_EXIT_CODE)
-    with registry.tracking_errors(client_id):
-        tags = MlflowClient().get_run(champion.run_id).data.tags
-    source = f"{tags.get(DAG_ID_TAG) or '(not Airflow)'} run {tags.get(DAG_RUN_ID_TAG) or '-'}"
-    if (tags.get(DAG_ID_TAG), tags.get(DAG_RUN_ID_TAG), tags.get("promotion_decision")) != (dag_id, dag_run_id, "promoted"):
-        click.echo(f"{client_id}: champion is {champion.name} version {champion.version}, from {source}, not promoted "
+    if not found.promoted_by_dag_run:
+        click.echo(f"{client_id}: champion is {champion.name} version {champion.version}, from {found.source}, not promoted "
                    f"by {dag_id} run {dag_run_id}: nothing to publish")
         raise SystemExit(NOT_CHAMPION_EXIT_CODE)
-    click.echo(f"{client_id}: {champion.name} version {champion.version} was promoted by {source}: publishing it")
+    click.echo(f"{client_id}: {champion.name} version {champion.version} was promoted by {found.source}: publishing it")
 
 
 @cli.command("list-models")
@@ -209,18 +214,19 @@ def list_models_command(client_id: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from categories_classification import registry
+    from categories_classification.tracking.registry import list_versions
+    from categories_classification.tracking.store import configure_tracking
 
     validate_client_id(client_id)
-    registry.configure_tracking()
-    table = Table(title=f"{registry.model_name(client_id)} versions")
+    configure_tracking()
+    table = Table(title=f"{model_name(client_id)} versions")
     for name in ("version", "champion", "training date", "test top-5 acc", "test acc", "gate", "run"):
         table.add_column(name)
-    for row in registry.list_versions(client_id):
+    for row in list_versions(client_id):
         metrics = row["metrics"]
-        table.add_row(str(row["version"]), "yes" if registry.CHAMPION in row["aliases"] else "",
-                      row["training_date"], _number(metrics.get("test_top_5_accuracy")),
-                      _number(metrics.get("test_accuracy")), row["decision"], row["run_id"])
+        table.add_row(str(row["version"]), "yes" if CHAMPION in row["aliases"] else "",
+                      row["training_date"], _number(metrics.get(TEST_TOP_5_METRIC)),
+                      _number(metrics.get(TEST_ACCURACY_METRIC)), row["decision"], row["run_id"])
     Console(width=140).print(table)
 
 
@@ -247,7 +253,7 @@ def train_all_command(config_path: Optional[str], client_ids: tuple[str, ...], t
     outcomes = _with_progress("Training", len(config), lambda done: train_all(config, training_date, on_done=done, workers=workers))
     _summary("Training", outcomes, ("rows", "version", "champion?", "test top-5 acc"), lambda r: (
         str(r.n_rows), str(r.version), "yes" if r.decision.promote else f"no (stays v{r.decision.champion_version})",
-        f"{r.metrics['test_top_5_accuracy']:.3f}"))
+        f"{r.metrics[TEST_TOP_5_METRIC]:.3f}"))
 
 
 @cli.command("predict-all")

@@ -6,7 +6,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from categories_classification.config import load_config
-from categories_classification.registry import configure_tracking, model_name
+from categories_classification.records import model_name
+from categories_classification.tracking.store import configure_tracking
 
 configure_tracking()
 client = MlflowClient()

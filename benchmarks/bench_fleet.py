@@ -180,15 +180,17 @@ def _plot(ctx: BenchContext, sizes: tuple[int, ...], fleet: dict, limits: dict, 
 def limit_side(config: Path, output: Path) -> dict[str, Any]:
     """Every client of ``config`` in this process at the hardware limit; per-client seconds."""
     # pylint: disable=import-outside-toplevel
-    from categories_classification import registry
+    from categories_classification.tracking.artifacts import fetch_model_bytes
+    from categories_classification.tracking.registry import resolve_model
+    from categories_classification.tracking.store import configure_tracking
     from categories_classification.config import load_config
     from categories_classification.serialization import load_model_bytes
 
-    registry.configure_tracking()
+    configure_tracking()
     per_client = {}
     for client in load_config(config):
         started = time.perf_counter()
-        model_bytes, features = registry.fetch_model_bytes(registry.resolve_model(client.client_id))
+        model_bytes, features = fetch_model_bytes(resolve_model(client.client_id))
         model = load_model_bytes(model_bytes)
         convert = pacsv.ConvertOptions(column_types={"product_id": pa.string(), **{f: pa.float64() for f in features}},
                                        include_columns=["product_id", *features])

@@ -77,7 +77,8 @@ from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from categories_classification import registry
+from categories_classification.records import CHAMPION, experiment_name, model_name
+from categories_classification.tracking.runs import ensure_experiment
 from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
@@ -91,7 +92,7 @@ train_model("client_0000", features, {"n_estimators": 10}, today.isoformat(), da
 second = train_model("client_0000", features, {"n_estimators": 12}, today.isoformat(), data_prefix=prefix)
 predict_categories("client_0000", today.isoformat(), data_prefix=prefix)
 client = MlflowClient()
-experiment = client.get_experiment_by_name(registry.experiment_name("client_0000"))
+experiment = client.get_experiment_by_name(experiment_name("client_0000"))
 training = client.get_run(second.run_id)
 prediction = client.search_runs([experiment.experiment_id], "tags.stage = 'prediction'")[0]
 source = client.get_model_version("client_0000_model", str(second.version)).source
@@ -111,29 +112,29 @@ def train(i, version):
     accuracy = 0.80 if version == 1 else (0.70 if kind == 2 else 0.80 + rng.uniform(-0.005, 0.02))
     gate = {} if version == 1 else {"promotion_challenger_top_5_accuracy": accuracy,
                                     "promotion_champion_top_5_accuracy": 0.80}
-    run_id = copy(registry.ensure_experiment(cid), training, {
+    run_id = copy(ensure_experiment(cid), training, {
         "client_id": cid, "training_date": trained, "champion_version_before": "1" if version == 2 else ""},
         {"test_top_5_accuracy": accuracy, **gate})
     client.set_terminated(run_id)
-    client.create_model_version(registry.model_name(cid), source, run_id, tags={
+    client.create_model_version(model_name(cid), source, run_id, tags={
         "client_id": cid, "training_date": trained, "promotion_decision": "promoted"})
     return run_id
 
 # Every client's first version, then every client's second a month later, as the DAGs train them.
 for i in range(1, clients):
-    client.create_registered_model(registry.model_name(f"client_{i:04d}"), tags={"client_id": f"client_{i:04d}"})
+    client.create_registered_model(model_name(f"client_{i:04d}"), tags={"client_id": f"client_{i:04d}"})
     train(i, 1)
 for i in range(1, clients):
     cid, kind = f"client_{i:04d}", i % 50
     run_id = train(i, 2)
-    client.set_registered_model_alias(registry.model_name(cid), registry.CHAMPION, "2")
-    experiment_id = registry.ensure_experiment(cid)
+    client.set_registered_model_alias(model_name(cid), CHAMPION, "2")
+    experiment_id = ensure_experiment(cid)
     if kind == 3:  # the last training failed
         client.set_terminated(copy(experiment_id, training, {"client_id": cid}, {}), "FAILED")
 for i in range(1, clients):
     cid, kind = f"client_{i:04d}", i % 50
     if kind != 4:  # no prediction for the latest date
-        client.set_terminated(copy(registry.ensure_experiment(cid), prediction, {"client_id": cid},
+        client.set_terminated(copy(ensure_experiment(cid), prediction, {"client_id": cid},
                                    {"drift_max": 0.5} if kind == 5 else {}))
 print(f"{clients} clients, {2 * clients} training runs, {2 * clients} versions, about {clients} prediction runs, "
       f"built in {time.perf_counter() - started:.0f} s")

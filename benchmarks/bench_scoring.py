@@ -347,10 +347,13 @@ def _main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.side == "limit":
-        from categories_classification import registry  # pylint: disable=import-outside-toplevel
+        # pylint: disable-next=import-outside-toplevel
+        from categories_classification.tracking.artifacts import fetch_model_bytes
+        from categories_classification.tracking.registry import resolve_model
+        from categories_classification.tracking.store import configure_tracking
 
-        registry.configure_tracking()
-        model_bytes, features = registry.fetch_model_bytes(registry.resolve_model(args.client))
+        configure_tracking()
+        model_bytes, features = fetch_model_bytes(resolve_model(args.client))
         out = limit_side(model_bytes, args.source, args.target, features)
     else:
         out = predictor_side(args.client, args.data_prefix)

@@ -12,7 +12,7 @@ with both shares floored at :data:`EPSILON`, so that an empty bin gives a large 
 score. Usual reading: below 0.1 stable, 0.1-0.2 a moderate shift, above 0.2 a real one (the
 project's default threshold, ``config.DEFAULT_DRIFT_THRESHOLD``).
 
-Imported by the Spark workers too: numpy and the standard library only.
+Imported by the Spark workers too: numpy, the standard library and the record names only.
 """
 import math
 from dataclasses import dataclass, field
@@ -20,12 +20,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from categories_classification.records import DRIFT_MAX_METRIC, DRIFT_METRIC_PREFIX
+
 DEFAULT_BINS = 10
 EPSILON = 1e-4  # floor of a bin's share: an empty bin must not make the score infinite
 REFERENCE_FILE = "drift_reference.json"  # beside the model file, in the model version's artifacts
 FORMAT_VERSION = 1
-METRIC_PREFIX = "drift_psi_"
-MAX_METRIC = "drift_max"
 
 
 def bin_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
@@ -118,7 +118,7 @@ class DriftReport:
         """``drift_psi_<feature>`` and ``drift_max`` (what the prediction run logs)."""
         if not self.scores:
             return {}
-        return {**{f"{METRIC_PREFIX}{name}": score for name, score in self.scores.items()}, MAX_METRIC: self.max}
+        return {**{f"{DRIFT_METRIC_PREFIX}{name}": score for name, score in self.scores.items()}, DRIFT_MAX_METRIC: self.max}
 
     def describe_over(self) -> str:
         """``f0 PSI 1.234, f2 PSI 0.456``: the features over the threshold, worst first."""

@@ -12,14 +12,25 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from categories_classification import registry
+from categories_classification.records import (
+    CHAMPION,
+    INFERENCE_DATE_TAG,
+    PREDICTION,
+    STAGE_TAG,
+    TRAINING,
+    PredictionRecord,
+    TrainingRecord,
+    model_name,
+)
+from categories_classification.tracking.runs import SEARCH_PAGE, client_experiments, pages
+from categories_classification.tracking.store import configure_tracking, tracking_errors
+from categories_classification.tracking.uri import display_tracking_uri
 from categories_classification.config import ClientConfig, ClientsConfig
 from categories_classification.training.promotion import DEFAULT_TOLERANCE
 
 
 IDS_PER_SEARCH = 100  # run ids per "run_id IN (...)" search, to keep filter strings short
 FAILED_STATUSES = ("FAILED", "KILLED")
-PREVIOUS_SCORE = "promotion_champion_top_5_accuracy"  # the gate's score of the champion it compared with
 # code -> label: what a person sees in the table, the page and the JSON.
 FLAG_LABELS = {
     "no_model": "no model",
@@ -40,6 +51,16 @@ class RunRecord:
     start_time: datetime
     tags: Mapping[str, str] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def training(self) -> TrainingRecord:
+        """What the run records as a training."""
+        return TrainingRecord.from_run(self.tags, self.metrics)
+
+    @property
+    def prediction(self) -> PredictionRecord:
+        """What the run records as a prediction."""
+        return PredictionRecord.from_run(self.tags, self.metrics)
 
 
 @dataclass(frozen=True)
@@ -130,7 +151,7 @@ def fleet_rows(config: ClientsConfig, records: FleetRecords, today: date, infere
     prediction (None when nothing was ever predicted: then no client is flagged for output).
     """
     checked = inference_date or max(
-        (run.tags.get("inference_date", "") for run in records.last_prediction.values()), default="") or None
+        (run.prediction.inference_date for run in records.last_prediction.values()), default="") or None
     return [_row(client, records, today, checked) for client in config], checked
 
 
@@ -156,15 +177,16 @@ def _row(client: ClientConfig, records: FleetRecords, today: date, checked: Opti
     training = records.last_training.get(cid)
     if training is not None:
         values.update(training_status=training.status, training_started=_time(training.start_time),
-                      training_decision=training.tags.get("promotion_decision"))
+                      training_decision=training.training.promotion_decision)
         if training.status in FAILED_STATUSES:
-            reason = training.tags.get(registry.FAILURE_REASON_TAG)
+            reason = training.training.failure_reason
             flags.append(Flag("training_failed", f"last training run {training.run_id} ended {training.status} "
                                                  f"(started {_time(training.start_time)})" + (f": {reason}" if reason else "")))
     prediction = records.last_prediction.get(cid)
     if prediction is not None:
-        values.update(prediction_date=prediction.tags.get("inference_date"), rows_written=_int(prediction.metrics.get("rows_out")),
-                      rows_skipped=_int(prediction.metrics.get("rows_skipped")), drift=prediction.metrics.get("drift_max"))
+        record = prediction.prediction
+        values.update(prediction_date=record.inference_date or None, rows_written=_int(record.rows_out),
+                      rows_skipped=_int(record.rows_skipped), drift=record.drift_max)
         if values["drift"] is not None and values["drift"] > client.drift_threshold:
             flags.append(Flag("drift", f"drift {values['drift']:.3f} on {values['prediction_date']} over the "
                                        f"threshold {client.drift_threshold:g}"))
@@ -177,26 +199,29 @@ def _row(client: ClientConfig, records: FleetRecords, today: date, checked: Opti
 
 def _champion_values(cid: str, champion: VersionRecord, records: FleetRecords, today: date) -> dict[str, Any]:
     run = records.runs.get(champion.run_id)
+    # The version's own tags win over its run's (both record the training date).
     tags = {**(run.tags if run else {}), **champion.tags}
-    values: dict[str, Any] = {"champion_version": champion.version, "trained_on": tags.get("training_date")}
+    trained_on = TrainingRecord.from_run(tags, {}).training_date or None
+    values: dict[str, Any] = {"champion_version": champion.version, "trained_on": trained_on}
     try:
         values["model_age_days"] = (today - date.fromisoformat(values["trained_on"][:10])).days
     except (TypeError, ValueError):
         pass  # no or unreadable training date: no age, no stale flag
     if run is None:
         return values
-    values["test_top_5_accuracy"] = run.metrics.get("test_top_5_accuracy")
-    before = run.tags.get("champion_version_before", "")
-    previous = records.versions.get((cid, int(before))) if before.isdigit() and int(before) != champion.version else None
+    training = run.training
+    values["test_top_5_accuracy"] = training.test_top_5_accuracy
+    before = training.champion_before
+    previous = records.versions.get((cid, before)) if before is not None and before != champion.version else None
     if previous is None:
         return values
     values["previous_version"] = previous.version
     # The gate scored the previous champion on this run's test rows: the same rows, and no
     # second run to read. Without that score (features changed), its own run's test figure.
-    gate = run.metrics.get(PREVIOUS_SCORE)
+    gate = training.previous_score
     previous_run = records.runs.get(previous.run_id)
-    reference = gate if gate is not None else (previous_run.metrics.get("test_top_5_accuracy") if previous_run else None)
-    own = run.metrics.get("promotion_challenger_top_5_accuracy", values["test_top_5_accuracy"]) if gate is not None \
+    reference = gate if gate is not None else (previous_run.training.test_top_5_accuracy if previous_run else None)
+    own = training.challenger_score if gate is not None and training.challenger_score is not None \
         else values["test_top_5_accuracy"]
     if reference is not None and own is not None:
         values["top_5_change"] = own - reference
@@ -207,7 +232,7 @@ def _has_output(cid: str, records: FleetRecords, checked: str) -> bool:
     if records.predicted_on_date is not None:
         return cid in records.predicted_on_date
     prediction = records.last_prediction.get(cid)
-    return prediction is not None and prediction.tags.get("inference_date") == checked
+    return prediction is not None and prediction.prediction.inference_date == checked
 
 
 def _tolerance(client: ClientConfig) -> float:
@@ -229,31 +254,31 @@ def read_fleet(config: ClientsConfig, *, inference_date: Optional[str] = None, t
     """The fleet view of ``config`` from the tracking store (a few paged searches, see the module docstring)."""
     from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
 
-    registry.configure_tracking()
+    configure_tracking()
     client = MlflowClient()
     now = datetime.now(timezone.utc)
-    with registry.tracking_errors(None):
+    with tracking_errors(None):
         records = read_records(client, config, inference_date)
     rows, checked = fleet_rows(config, records, today or now.date(), inference_date)
-    return FleetView(rows, checked, today or now.date(), now, registry.display_tracking_uri(), str(config.path))
+    return FleetView(rows, checked, today or now.date(), now, display_tracking_uri(), str(config.path))
 
 
 def read_records(client: Any, config: ClientsConfig, inference_date: Optional[str] = None) -> FleetRecords:
     """Everything :func:`fleet_rows` needs, read with ``client`` (an ``MlflowClient``)."""
-    experiments = registry.client_experiments(client, (c.client_id for c in config))
-    models = {registry.model_name(c.client_id): c.client_id for c in config}
-    champions = {models[model.name]: int(model.aliases[registry.CHAMPION]) for model in registry.pages(
+    experiments = client_experiments(client, (c.client_id for c in config))
+    models = {model_name(c.client_id): c.client_id for c in config}
+    champions = {models[model.name]: int(model.aliases[CHAMPION]) for model in pages(
         client.search_registered_models, filter_string="name LIKE '%_model'", max_results=1000)
-        if model.name in models and registry.CHAMPION in model.aliases}
+        if model.name in models and CHAMPION in model.aliases}
     versions = {(models[version.name], int(version.version)): VersionRecord(int(version.version), version.run_id,
                                                                             dict(version.tags))
-                for version in registry.pages(client.search_model_versions, filter_string="name LIKE '%_model'",
+                for version in pages(client.search_model_versions, filter_string="name LIKE '%_model'",
                                       max_results=10_000) if version.name in models}
     ids = list(experiments)
-    last_training = _latest(client, experiments, "tags.stage = 'training'", ["attributes.start_time DESC"])
+    last_training = _latest(client, experiments, f"tags.{STAGE_TAG} = '{TRAINING}'", ["attributes.start_time DESC"])
     # Latest inference date first (a backfill of an older date may have started later).
-    last_prediction = _latest(client, experiments, "tags.stage = 'prediction' AND attributes.status = 'FINISHED'",
-                              ["tags.inference_date DESC", "attributes.start_time DESC"])
+    last_prediction = _latest(client, experiments, f"tags.{STAGE_TAG} = '{PREDICTION}' AND attributes.status = 'FINISHED'",
+                              [f"tags.{INFERENCE_DATE_TAG} DESC", "attributes.start_time DESC"])
     # The champion's run is usually the last training: only the others are fetched, by id; a
     # previous champion's run only when the gate did not score it (see _champion_values).
     runs = {run.run_id: run for run in last_training.values()}
@@ -262,16 +287,17 @@ def read_records(client: Any, config: ClientsConfig, inference_date: Optional[st
     previous = set()
     for cid, version in champions.items():
         run = runs.get(versions[(cid, version)].run_id) if (cid, version) in versions else None
-        before = run.tags.get("champion_version_before", "") if run else ""
-        if before.isdigit() and (cid, int(before)) in versions and PREVIOUS_SCORE not in run.metrics:
-            previous.add(versions[(cid, int(before))].run_id)
+        training = run.training if run else None
+        if training is not None and training.champion_before is not None and training.previous_score is None \
+                and (cid, training.champion_before) in versions:
+            previous.add(versions[(cid, training.champion_before)].run_id)
     runs.update(_by_id(client, ids, previous - set(runs)))
     dated = None
     if inference_date is not None:
-        dated = frozenset(experiments[run.info.experiment_id] for run in registry.pages(
-            client.search_runs, experiment_ids=ids, max_results=registry.SEARCH_PAGE,
-            filter_string=f"tags.stage = 'prediction' AND attributes.status = 'FINISHED' "
-                          f"AND tags.inference_date = '{inference_date}'")) if ids else frozenset()
+        dated = frozenset(experiments[run.info.experiment_id] for run in pages(
+            client.search_runs, experiment_ids=ids, max_results=SEARCH_PAGE,
+            filter_string=f"tags.{STAGE_TAG} = '{PREDICTION}' AND attributes.status = 'FINISHED' "
+                          f"AND tags.{INFERENCE_DATE_TAG} = '{inference_date}'")) if ids else frozenset()
     return FleetRecords(champions, versions, runs, last_training, last_prediction, dated)
 
 
@@ -280,8 +306,8 @@ def _latest(client: Any, experiments: Mapping[str, str], filter_string: str, ord
     found: dict[str, RunRecord] = {}
     if not experiments:
         return found
-    for run in registry.pages(client.search_runs, experiment_ids=list(experiments), filter_string=filter_string,
-                      order_by=order_by, max_results=registry.SEARCH_PAGE):
+    for run in pages(client.search_runs, experiment_ids=list(experiments), filter_string=filter_string,
+                      order_by=order_by, max_results=SEARCH_PAGE):
         found.setdefault(experiments[run.info.experiment_id], _record(run))
         if len(found) == len(experiments):
             break
@@ -293,8 +319,8 @@ def _by_id(client: Any, experiment_ids: Sequence[str], run_ids: Iterable[str]) -
     found = {}
     for start in range(0, len(wanted), IDS_PER_SEARCH):
         chunk = ", ".join(f"'{run_id}'" for run_id in wanted[start:start + IDS_PER_SEARCH])
-        for run in registry.pages(client.search_runs, experiment_ids=list(experiment_ids),
-                          filter_string=f"attributes.run_id IN ({chunk})", max_results=registry.SEARCH_PAGE):
+        for run in pages(client.search_runs, experiment_ids=list(experiment_ids),
+                          filter_string=f"attributes.run_id IN ({chunk})", max_results=SEARCH_PAGE):
             found[run.info.run_id] = _record(run)
     return found
 

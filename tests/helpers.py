@@ -24,7 +24,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from categories_classification.paths import manifest_path, output_path, staging_root
-from categories_classification.registry import model_name
+from categories_classification.records import model_name
+from categories_classification.tracking.locks import promotion_lock
 from categories_classification.topk import top_k_arrow
 from scripts.generate_example_data import ClientSpec
 
@@ -261,8 +262,8 @@ def write_and_train(specs: Sequence[Any], root: Path, n_estimators: int, date: s
 _LOCK_TAKER = """\
 import sys, time
 from pathlib import Path
-from categories_classification import registry
-with registry.promotion_lock(sys.argv[1]):
+from categories_classification.tracking.locks import promotion_lock
+with promotion_lock(sys.argv[1]):
     Path(sys.argv[2]).write_text("acquired")
     time.sleep(float(sys.argv[3]))
 """
@@ -276,10 +277,8 @@ def lock_taker(client_id: str, marker: Path, hold: float = 0.0) -> subprocess.Po
 
 def assert_one_gate_at_a_time_per_client(folder: Path) -> None:
     """While this process holds client_0's promotion lock, another process waits for it; client_1's is free."""
-    from categories_classification import registry  # pylint: disable=import-outside-toplevel
-
     same, other = folder / "same", folder / "other"
-    with registry.promotion_lock("client_0"):
+    with promotion_lock("client_0"):
         blocked, free = lock_taker("client_0", same), lock_taker("client_1", other)
         assert free.wait(timeout=60) == 0 and other.exists()  # another client's gate is not held up
         time.sleep(1.0)

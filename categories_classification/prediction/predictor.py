@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 import uuid
@@ -22,8 +21,6 @@ from functools import reduce
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from mlflow.entities import Metric, RunStatus
-from mlflow.tracking import MlflowClient
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, Observation, SparkSession
@@ -31,7 +28,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from categories_classification import drift, registry
+from categories_classification import drift
+from categories_classification.records import CHAMPION, prediction_run_name
+from categories_classification.tracking.artifacts import companion_problem, fetch_model_and_companion
+from categories_classification.tracking.registry import ModelRef, resolve_model
+from categories_classification.tracking.runs import close_abandoned_runs, close_run, open_run
+from categories_classification.tracking.store import configure_tracking
+from categories_classification.tracking.uri import display_tracking_uri
 from categories_classification.config import DEFAULT_DRIFT_THRESHOLD, validate_client_id
 from categories_classification.errors import CategoriesError, ConfigError, InputDataError, ModelNotFoundError, one_line
 from categories_classification.paths import absolute, is_uri, normalize_date, predict_path
@@ -113,7 +116,7 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     date = normalize_date(inference_date, "inference_date")
     prefix = resolve_prefix(data_prefix)
     thresholds = dict(drift_thresholds or {})
-    registry.configure_tracking()
+    configure_tracking()
     versions = dict(model_versions or {})
     outcomes: dict[str, Outcome] = {}
     jobs: list[_ClientJob] = []
@@ -127,7 +130,7 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     if jobs:
         spark = spark or get_spark()
         files = output.files_for(spark, prefix)
-        registry.close_abandoned_runs(*(job.client_id for job in jobs))  # runs a killed process left RUNNING
+        close_abandoned_runs(*(job.client_id for job in jobs))  # runs a killed process left RUNNING
         for job in jobs:
             _start_run(job, describe(spark))
         _score(spark, files, jobs, date)
@@ -182,7 +185,7 @@ class _ClientJob:  # pylint: disable=too-many-instance-attributes  # one client'
     date: str
     source: str
     place: output.Placement
-    ref: registry.ModelRef
+    ref: ModelRef
     selector: str
     model_file: Path
     features: list[str]
@@ -217,7 +220,7 @@ class _ClientJob:  # pylint: disable=too-many-instance-attributes  # one client'
 def _prepare(client_id: str, date: str, prefix: str, version: Optional[int], check: _DriftCheck) -> _ClientJob:
     """Everything that can be checked before the Spark job: the model, its file, its drift reference, the header."""
     source, place = predict_path(client_id, prefix), output.placement(client_id, date, prefix)
-    ref = registry.resolve_model(client_id, version)
+    ref = resolve_model(client_id, version)
     model_file, features, stored = _model_file(ref)
     check = _with_reference(check, ref, features, stored)
     header = _header(client_id, source)
@@ -226,11 +229,11 @@ def _prepare(client_id: str, date: str, prefix: str, version: Optional[int], che
         raise InputDataError(
             f"file {source}: missing column(s) {', '.join(map(repr, missing))} that the model needs: "
             f"expected product_id, {', '.join(features)}, found {', '.join(header)}", client_id)
-    selector = "pinned" if version is not None else registry.CHAMPION
+    selector = "pinned" if version is not None else CHAMPION
     return _ClientJob(client_id, date, source, place, ref, selector, model_file, features, header, check)
 
 
-def _with_reference(check: _DriftCheck, ref: registry.ModelRef, features: list[str], stored: Optional[str]) -> _DriftCheck:
+def _with_reference(check: _DriftCheck, ref: ModelRef, features: list[str], stored: Optional[str]) -> _DriftCheck:
     """``check`` with the version's drift reference, or the reason it has none (never an error)."""
     if stored is None:
         return _DriftCheck(check.threshold, check.fail, None,
@@ -239,7 +242,7 @@ def _with_reference(check: _DriftCheck, ref: registry.ModelRef, features: list[s
         reference = json.loads(stored)
     except ValueError:
         reference = None
-    problem = (registry.companion_problem(ref, drift.REFERENCE_FILE, stored)
+    problem = (companion_problem(ref, drift.REFERENCE_FILE, stored)
                or drift.reference_problem(reference, features))
     if problem is not None:
         LOGGER.warning("client %s: the drift reference of %s version %s is unusable (%s): drift not checked",
@@ -248,9 +251,9 @@ def _with_reference(check: _DriftCheck, ref: registry.ModelRef, features: list[s
     return _DriftCheck(check.threshold, check.fail, reference)
 
 
-def _model_file(ref: registry.ModelRef) -> tuple[Path, list[str], Optional[str]]:
+def _model_file(ref: ModelRef) -> tuple[Path, list[str], Optional[str]]:
     """The version's skops file on this machine (checked here, once), its input columns and its drift reference."""
-    model_bytes, features, reference = registry.fetch_model_and_companion(ref, drift.REFERENCE_FILE)
+    model_bytes, features, reference = fetch_model_and_companion(ref, drift.REFERENCE_FILE)
     # Checked on the driver so that an unsafe file fails once, clearly, instead of in every task.
     refused = untrusted_types(model_bytes)
     if refused:
@@ -307,18 +310,14 @@ def _spark_header(client_id: str, source: str) -> list[str]:
 
 def _start_run(job: _ClientJob, spark: str) -> None:
     """The client's prediction run (MLflow), opened before the job so the manifest can name it."""
-    client = MlflowClient()
-    with registry.tracking_errors(job.client_id):
-        experiment_id = registry.ensure_experiment(job.client_id)
-        run = client.create_run(experiment_id, run_name=f"prediction_{job.date}", tags={**_tags(job), "spark": spark})
-    job.state.run_id = run.info.run_id
+    job.state.run_id = open_run(job.client_id, prediction_run_name(job.date), {**_tags(job), "spark": spark})
     job.state.spark = spark
 
 
 def _tags(job: _ClientJob) -> dict[str, str]:
     return {"client_id": job.client_id, "inference_date": job.date, "stage": "prediction", "model_name": job.ref.name,
             "model_version": str(job.ref.version), "model_run_id": job.ref.run_id, "model_selector": job.selector,
-            "output_path": job.target, registry.HOST_TAG: socket.gethostname(), registry.PID_TAG: str(os.getpid()),
+            "output_path": job.target,
             "drift_reference": "stored" if job.drift.reference is not None else "none",
             "drift_threshold": f"{job.drift.threshold:g}"}
 
@@ -418,11 +417,11 @@ def _finish(spark: SparkSession, files: output.Files, job: _ClientJob, started: 
     if job.state.error is not None:
         if job.state.staging:
             files.delete(job.state.staging)
-        _end_run(job, RunStatus.FAILED, drift_metrics)  # a drift failure keeps its scores
+        close_run(job.client_id, job.state.run_id, drift_metrics, failed=True)  # a drift failure keeps its scores
         return job.state.error
     seconds = time.perf_counter() - started
     written, skipped = job.count("written"), job.count("skipped")
-    _end_run(job, RunStatus.FINISHED, {"rows_out": written, "rows_skipped": skipped, "duration_seconds": seconds,
+    close_run(job.client_id, job.state.run_id, {"rows_out": written, "rows_skipped": skipped, "duration_seconds": seconds,
                                         "model_version": job.ref.version, **drift_metrics})
     if skipped:
         LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s", job.client_id, skipped,
@@ -498,7 +497,7 @@ def _manifest(job: _ClientJob) -> dict[str, Any]:
         "model_selector": job.selector,
         "training_run_id": job.ref.run_id,
         "prediction_run_id": job.state.run_id,
-        "tracking_uri": registry.display_tracking_uri(),
+        "tracking_uri": display_tracking_uri(),
         "input_path": absolute(job.source),
         "spark": job.state.spark,  # where it ran: a shared Spark Connect service, or a master
         "features": job.features,
@@ -507,15 +506,6 @@ def _manifest(job: _ClientJob) -> dict[str, Any]:
         "drift": _drift_record(job),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _end_run(job: _ClientJob, status: int, metrics: dict[str, float]) -> None:
-    client = MlflowClient()
-    now = int(time.time() * 1000)
-    with registry.tracking_errors(job.client_id):
-        if metrics:
-            client.log_batch(job.state.run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
-        client.set_terminated(job.state.run_id, RunStatus.to_string(status), end_time=now)
 
 
 def _spark_error(job: _ClientJob, exc: Exception) -> Exception:

@@ -11,7 +11,30 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from categories_classification import drift, registry
+from categories_classification import drift
+from categories_classification.records import (
+    CHALLENGER_SCORE,
+    CHAMPION_BEFORE_TAG,
+    EVALUATION_ARTIFACTS,
+    MODEL_CHOICE_FILE,
+    MODEL_FAMILY_PARAM,
+    MODEL_MEMORY_METRIC,
+    PREVIOUS_SCORE,
+    PROMOTION_DECISION_TAG,
+    PROMOTION_REASON_TAG,
+    PROMOTION_TOLERANCE_METRIC,
+    RELIABILITY_FILE,
+    TEST_TOP_5_METRIC,
+    TOP_K_FILE,
+    TRAINING_DATE_TAG,
+    TrainingRecord,
+)
+from categories_classification.tracking.artifacts import load_model
+from categories_classification.tracking.flavor import log_and_register, serving_signature
+from categories_classification.tracking.locks import promotion_lock
+from categories_classification.tracking.registry import ModelRef, champion_version, describe_version, set_champion
+from categories_classification.tracking.runs import close_abandoned_runs, record_failed_run, training_run
+from categories_classification.tracking.store import configure_tracking
 from categories_classification.errors import CategoriesError, InputDataError
 from categories_classification.config import (
     validate_client_id,
@@ -82,49 +105,44 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         raise
     fitted = _fit_and_evaluate(data.features, data.labels, model_params, max_model_mb, family)
     chosen, metrics = fitted.chosen, fitted.metrics
-    if metrics["model_memory_bytes"] > chosen.budget_bytes:
+    if metrics[MODEL_MEMORY_METRIC] > chosen.budget_bytes:
         LOGGER.warning("client %s: the %s model takes %.1f MB in memory, over its %.1f MB budget (%s)", client_id,
-                       chosen.family, metrics["model_memory_bytes"] / MB, chosen.budget_bytes / MB,
+                       chosen.family, metrics[MODEL_MEMORY_METRIC] / MB, chosen.budget_bytes / MB,
                        _tags(chosen).get("size_choice", chosen.describe()["family_choice"]))
-    registry.configure_tracking()
-    registry.close_abandoned_runs(client_id)  # runs a killed process left RUNNING
-    experiment_id = registry.ensure_experiment(client_id)
-    with registry.tracking_errors(client_id), mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=f"training_{date}",
-        tags={"client_id": client_id, "training_date": date, "stage": "training", "data_path": path},
-    ):
+    configure_tracking()
+    close_abandoned_runs(client_id)  # runs a killed process left RUNNING
+    with training_run(TrainingRecord(client_id, date, path)):
         mlflow.log_params(chosen.estimator_params())
         mlflow.log_params({"features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
-                           "model_family": chosen.family,
+                           MODEL_FAMILY_PARAM: chosen.family,
                            "family_rule": "pinned" if chosen.pinned else FAMILY_RULE,
                            **(chosen.forest.size_params() if chosen.forest is not None else
                               {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})})
         mlflow.log_metrics(metrics)
         mlflow.set_tags(_tags(chosen))
         example = fitted.x_train.head(5)
-        ref = registry.log_and_register(
-            client_id, chosen.model, example, registry.serving_signature(list(example.columns)),
+        ref = log_and_register(
+            client_id, chosen.model, example, serving_signature(list(example.columns)),
             companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))},
         )
         _log_evaluation_artifacts(client_id, fitted)
         # One gate at a time per client (two DAG runs, or a manual run beside one): read the
         # champion, compare and move the alias as one step, so the alias never goes back.
-        with registry.promotion_lock(client_id):
+        with promotion_lock(client_id):
             decision = _promotion_gate(client_id, ref, fitted, tolerance)
             if decision.promote:
-                registry.set_champion(client_id, ref.version)
-        mlflow.set_tags({"promotion_decision": decision.label, "promotion_reason": decision.reason,
-                         "champion_version_before": str(decision.champion_version or "")})
-        mlflow.log_metrics({"promotion_challenger_top_5_accuracy": decision.challenger_score,
-                            "promotion_tolerance": tolerance,
-                            **({"promotion_champion_top_5_accuracy": decision.champion_score}
+                set_champion(client_id, ref.version)
+        mlflow.set_tags({PROMOTION_DECISION_TAG: decision.label, PROMOTION_REASON_TAG: decision.reason,
+                         CHAMPION_BEFORE_TAG: str(decision.champion_version or "")})
+        mlflow.log_metrics({CHALLENGER_SCORE: decision.challenger_score,
+                            PROMOTION_TOLERANCE_METRIC: tolerance,
+                            **({PREVIOUS_SCORE: decision.champion_score}
                                if decision.champion_score is not None else {})})
-        registry.describe_version(
+        describe_version(
             ref,
             f"Trained {date} on {len(fitted.x_train)} rows ({', '.join(features)}); test top-5 accuracy "
-            f"{metrics['test_top_5_accuracy']:.4f}. Gate: {decision.label}, {decision.reason}.",
-            {"training_date": date, "promotion_decision": decision.label},
+            f"{metrics[TEST_TOP_5_METRIC]:.4f}. Gate: {decision.label}, {decision.reason}.",
+            {TRAINING_DATE_TAG: date, PROMOTION_DECISION_TAG: decision.label},
         )
     LOGGER.info("client %s: registered %s version %s (run %s), %s", client_id, ref.name, ref.version, ref.run_id,
                 decision.label)
@@ -138,14 +156,9 @@ def _record_failed_training(client_id: str, date: str, path: str, error: InputDa
     Nothing is registered. If MLflow itself fails here, the data error is still the one raised.
     """
     try:
-        registry.configure_tracking()
-        registry.close_abandoned_runs(client_id)
-        with registry.tracking_errors(client_id):
-            client = mlflow.MlflowClient()
-            run = client.create_run(registry.ensure_experiment(client_id), run_name=f"training_{date}", tags={
-                "client_id": client_id, "training_date": date, "stage": "training", "data_path": path,
-                registry.FAILURE_REASON_TAG: str(error)})
-            client.set_terminated(run.info.run_id, "FAILED")
+        configure_tracking()
+        close_abandoned_runs(client_id)
+        record_failed_run(TrainingRecord(client_id, date, path, failure_reason=str(error)))
     except CategoriesError as tracking:
         LOGGER.warning("client %s: the failed training could not be recorded in MLflow: %s", client_id, tracking)
 
@@ -194,7 +207,7 @@ def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, model_params: M
         **classification_metrics(y_test, test_proba, model.classes_, "test"),
         "fit_time_seconds": chosen.seconds[1],
         "model_search_seconds": chosen.seconds[0],
-        "model_memory_bytes": float(chosen.memory_bytes),
+        MODEL_MEMORY_METRIC: float(chosen.memory_bytes),
         "size_budget_bytes": chosen.budget_bytes,
         **(chosen.forest.size_metrics() if chosen.forest is not None else {}),
         **chosen.candidate_metrics(),
@@ -230,11 +243,11 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
         report.to_csv(scratch / "per_class_report.csv", index=False)
         (scratch / "per_class_report.json").write_text(
             json.dumps({"split": "test", "categories": report.to_dict(orient="records")}, indent=2), encoding="utf-8")
-        (scratch / "top_k_accuracy.json").write_text(json.dumps(curves, indent=2), encoding="utf-8")
-        (scratch / "reliability.json").write_text(json.dumps(
+        (scratch / TOP_K_FILE).write_text(json.dumps(curves, indent=2), encoding="utf-8")
+        (scratch / RELIABILITY_FILE).write_text(json.dumps(
             {"split": "test", "temperature": fitted.chosen.calibration.temperature,
              **{name: value.to_dict() for name, value in bins.items()}}, indent=2), encoding="utf-8")
-        (scratch / "model_choice.json").write_text(json.dumps(
+        (scratch / MODEL_CHOICE_FILE).write_text(json.dumps(
             {**fitted.chosen.describe(), "candidates": candidates, "left_out": skipped}, indent=2), encoding="utf-8")
         for figure, name in ((top_k_figure(curves, f"{client_id}: top-k accuracy"), "top_k_accuracy.png"),
                              (per_class_figure(report, f"{client_id}: recall per category (test)"),
@@ -243,17 +256,17 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
                               "reliability.png")):
             figure.savefig(scratch / name)
             close_figure(figure)
-        mlflow.log_artifacts(folder, "evaluation")
+        mlflow.log_artifacts(folder, EVALUATION_ARTIFACTS)
 
 
-def _promotion_gate(client_id: str, ref: registry.ModelRef, fitted: _Evaluated, tolerance: float) -> Decision:
+def _promotion_gate(client_id: str, ref: ModelRef, fitted: _Evaluated, tolerance: float) -> Decision:
     """Score the new version and the current champion on the same test rows and decide."""
     x_test, y_test = fitted.x_test, fitted.y_test
     challenger = top_k_accuracy(y_test, fitted.test_proba, fitted.chosen.model.classes_)
-    champion = registry.champion_version(client_id)
+    champion = champion_version(client_id)
     if champion is None or champion.version == ref.version:
         return decide(challenger, None, None, tolerance)
-    champion_model, champion_features = registry.load_model(champion)
+    champion_model, champion_features = load_model(champion)
     missing = [column for column in champion_features if column not in x_test.columns]
     if missing:
         # The config's features changed: the champion cannot even score today's files.

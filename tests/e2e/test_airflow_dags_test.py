@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification import registry
+from categories_classification.records import experiment_name
 from scripts.generate_example_data import ClientSpec, write_client
 from tests.e2e.conftest import dags_test, run_cli
 from tests.helpers import read_manifest, train_args
@@ -53,7 +53,7 @@ def test_the_prediction_dag_and_predict_all_score_a_client_with_the_same_setting
     run_cli(["predict-all", f"--config={tmp_path / 'clients.yaml'}", "--inference_date=2026-11-24"], env)
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name(registry.experiment_name("e2e_client"))
+    experiment = client.get_experiment_by_name(experiment_name("e2e_client"))
     runs = {run.data.tags["inference_date"]: run.data.tags
             for run in client.search_runs([experiment.experiment_id], "tags.stage = 'prediction'")}
     manifests = {date: read_manifest(tmp_path / "data", "e2e_client", date) for date in runs}

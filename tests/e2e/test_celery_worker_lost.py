@@ -12,7 +12,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification import registry
+from categories_classification.records import experiment_name
+from categories_classification.tracking.artifacts import load_model
+from categories_classification.tracking.registry import champion_version
 from scripts import services
 from scripts.celery_stack import CeleryStack, Settings, manual_runs_only
 from scripts.generate_dags import main as generate_dags
@@ -71,7 +73,7 @@ def _kill_worker_machine(pid: int) -> None:
 
 
 def _runs(client: MlflowClient) -> list:
-    experiment = client.get_experiment_by_name(registry.experiment_name("small_a"))
+    experiment = client.get_experiment_by_name(experiment_name("small_a"))
     return [] if experiment is None else client.search_runs([experiment.experiment_id], "tags.stage = 'training'")
 
 
@@ -98,10 +100,10 @@ def test_a_worker_lost_mid_training_is_retried_on_the_other_worker_and_nothing_h
     runs = {run.info.run_id: run for run in _runs(mlflow_client)}
     finished = [run for run in runs.values() if run.info.status == "FINISHED"]
     assert len(runs) == 2 and len(finished) == 1  # the lost attempt's run stays unfinished, never promoted
-    champion = registry.champion_version("small_a")
+    champion = champion_version("small_a")
     assert champion is not None and champion.run_id == finished[0].info.run_id
     assert finished[0].data.tags["promotion_decision"] == "promoted"
-    model, features = registry.load_model(champion)  # its file is whole: it matches its digest
+    model, features = load_model(champion)  # its file is whole: it matches its digest
     assert features == FEATURES and len(model.estimator.estimators_) == 300
 
     prediction = airflow.trigger("small_a-prediction")

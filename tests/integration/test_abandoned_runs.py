@@ -9,7 +9,9 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification import registry
+from categories_classification.records import FAILURE_REASON_TAG, HOST_TAG, PID_TAG
+from categories_classification.tracking.runs import close_abandoned_runs, ensure_experiment
+from categories_classification.tracking.store import configure_tracking
 from categories_classification.training.trainer import train_model
 from tests.helpers import DATE, FEATURES, start_cli, train_args
 
@@ -22,8 +24,8 @@ def _running_trainings(client: MlflowClient, experiment_id: str) -> list:
 
 @pytest.mark.usefixtures("tracking_store")
 def test_a_killed_training_is_closed_as_failed_by_the_next_training(small_data):
-    registry.configure_tracking()
-    experiment_id = registry.ensure_experiment("small_a")
+    configure_tracking()
+    experiment_id = ensure_experiment("small_a")
     client = MlflowClient()
     victim = start_cli(train_args("small_a", params='{"n_estimators": 200}'), dict(os.environ, DATA_PREFIX=str(small_data)))
     deadline = time.monotonic() + 300
@@ -34,13 +36,13 @@ def test_a_killed_training_is_closed_as_failed_by_the_next_training(small_data):
     victim.wait(timeout=60)
     (killed,) = _running_trainings(client, experiment_id)
     host = socket.gethostname()
-    assert killed.data.tags[registry.HOST_TAG] == host and killed.data.tags[registry.PID_TAG] == str(victim.pid)
+    assert killed.data.tags[HOST_TAG] == host and killed.data.tags[PID_TAG] == str(victim.pid)
 
     # A training of this client still running here (this process), and another host's runs:
     # one recent (its process may well be alive), one two days old.
-    here = {registry.HOST_TAG: host, registry.PID_TAG: str(os.getpid()), "stage": "training"}
+    here = {HOST_TAG: host, PID_TAG: str(os.getpid()), "stage": "training"}
     live = client.create_run(experiment_id, tags=here).info.run_id
-    elsewhere = {registry.HOST_TAG: "another-host", registry.PID_TAG: "1", "stage": "training"}
+    elsewhere = {HOST_TAG: "another-host", PID_TAG: "1", "stage": "training"}
     recent = client.create_run(experiment_id, tags=elsewhere).info.run_id
     old = client.create_run(experiment_id, tags=elsewhere, start_time=int((time.time() - 2 * 86400) * 1000)).info.run_id
 
@@ -48,28 +50,28 @@ def test_a_killed_training_is_closed_as_failed_by_the_next_training(small_data):
 
     closed = client.get_run(killed.info.run_id)
     assert closed.info.status == "FAILED"
-    assert closed.data.tags[registry.FAILURE_REASON_TAG].startswith(f"process {victim.pid} on {host} is gone")
+    assert closed.data.tags[FAILURE_REASON_TAG].startswith(f"process {victim.pid} on {host} is gone")
     assert client.get_run(live).info.status == "RUNNING"
     assert client.get_run(recent).info.status == "RUNNING"
     assert client.get_run(old).info.status == "FAILED"
-    assert "another-host" in client.get_run(old).data.tags[registry.FAILURE_REASON_TAG]
+    assert "another-host" in client.get_run(old).data.tags[FAILURE_REASON_TAG]
     new = client.get_run(result.run_id)
-    assert new.info.status == "FINISHED" and new.data.tags[registry.PID_TAG] == str(os.getpid())
+    assert new.info.status == "FINISHED" and new.data.tags[PID_TAG] == str(os.getpid())
     for run_id in (live, recent):
         client.set_terminated(run_id)
 
 
 @pytest.mark.usefixtures("tracking_store")
 def test_a_fleet_prediction_closes_every_clients_abandoned_runs_in_one_pass():
-    registry.configure_tracking()
+    configure_tracking()
     client = MlflowClient()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()  # a pid that has exited
-    dead = {registry.HOST_TAG: socket.gethostname(), registry.PID_TAG: gone, "stage": "prediction"}
-    runs = {client_id: client.create_run(registry.ensure_experiment(client_id), tags={**dead, "client_id": client_id})
+    dead = {HOST_TAG: socket.gethostname(), PID_TAG: gone, "stage": "prediction"}
+    runs = {client_id: client.create_run(ensure_experiment(client_id), tags={**dead, "client_id": client_id})
             .info.run_id for client_id in ("fleet_a", "fleet_b", "fleet_c")}
 
-    closed = registry.close_abandoned_runs("fleet_a", "fleet_b", "never_trained")
+    closed = close_abandoned_runs("fleet_a", "fleet_b", "never_trained")
 
     assert sorted(closed) == sorted([runs["fleet_a"], runs["fleet_b"]])
     assert client.get_run(runs["fleet_c"]).info.status == "RUNNING"  # not one of the clients asked for

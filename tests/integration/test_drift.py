@@ -20,7 +20,10 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.ensemble import RandomForestClassifier
 
-from categories_classification import registry
+from categories_classification.tracking.artifacts import fetch_model_and_companion
+from categories_classification.tracking.flavor import log_and_register
+from categories_classification.tracking.registry import resolve_model, set_champion
+from categories_classification.tracking.runs import ensure_experiment
 from categories_classification.drift import REFERENCE_FILE
 from categories_classification.prediction.predictor import DriftError, predict_categories
 from categories_classification.training.trainer import drift_reference
@@ -60,8 +63,8 @@ def _files(prefix: Path, client_id: str) -> dict[str, str]:
 
 @pytest.mark.usefixtures("trained")
 def test_the_reference_is_stored_beside_the_model_file():
-    ref = registry.resolve_model("drift_a")
-    _, features, text = registry.fetch_model_and_companion(ref, REFERENCE_FILE)
+    ref = resolve_model("drift_a")
+    _, features, text = fetch_model_and_companion(ref, REFERENCE_FILE)
     reference = json.loads(text)
     assert sorted(reference["features"]) == sorted(features) == FEATURES
     assert reference["rows"] == 720  # the training split: 80% of 900
@@ -158,10 +161,10 @@ def _register_without_reference(client_id: str, training_file: Path, companions:
     rows = pd.read_csv(training_file)
     model = RandomForestClassifier(n_estimators=5, random_state=0).fit(rows[FEATURES], rows["category_id"])
     example = rows[FEATURES].head(5)
-    with mlflow.start_run(experiment_id=registry.ensure_experiment(client_id)):
-        ref = registry.log_and_register(client_id, model, example, infer_signature(example, model.predict(example)),
+    with mlflow.start_run(experiment_id=ensure_experiment(client_id)):
+        ref = log_and_register(client_id, model, example, infer_signature(example, model.predict(example)),
                                         companions=companions)
-    registry.set_champion(client_id, ref.version)
+    set_champion(client_id, ref.version)
 
 
 def test_the_commands_pass_thresholds_and_fail_on_drift(trained, tmp_path):

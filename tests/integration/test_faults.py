@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification import registry
+from categories_classification.records import experiment_name
+from categories_classification.tracking.artifacts import load_model
+from categories_classification.tracking.registry import champion_version
+from categories_classification.tracking.store import configure_tracking
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
 from tests.helpers import DATE, FEATURES, output_folder, read_manifest, staging_leftovers, start_cli, train_args
@@ -80,17 +83,17 @@ def test_mlflow_server_stopped_during_training_fails_clearly_and_a_retry_succeed
     assert "Traceback" not in stderr
 
     server.start()  # the server is back (same store); what the outage left must not be served
-    champion = registry.champion_version("small_a")
+    champion = champion_version("small_a")
     if champion is not None:  # the outage hit after the alias moved: that version is whole
-        assert registry.load_model(champion)[1] == FEATURES
+        assert load_model(champion)[1] == FEATURES
 
     retry = _trainer(env)  # what Airflow's task retry runs
     stdout, stderr = retry.communicate(timeout=300)
     assert retry.returncode == 0, stderr[-2000:]
     assert "now champion" in stdout
-    champion = registry.champion_version("small_a")
+    champion = champion_version("small_a")
     assert champion is not None and f"version {champion.version} " in stdout
-    model, features = registry.load_model(champion)
+    model, features = load_model(champion)
     # Loaded against its digest: whole. A forest has the CLI's trees (HistGradientBoosting, if chosen, has none).
     assert features == FEATURES and getattr(model.estimator, "n_estimators", 60) == 60
 
@@ -105,7 +108,7 @@ def gate_store(request):
 @pytest.mark.usefixtures("gate_store")
 def test_two_trainings_of_one_client_at_once_are_both_recorded_and_the_champion_is_consistent(small_data):
     env = dict(os.environ, DATA_PREFIX=str(small_data))
-    registry.configure_tracking()  # the store exists: this test is about the gate, not store creation
+    configure_tracking()  # the store exists: this test is about the gate, not store creation
     runs = [_trainer(env, date=date) for date in ("2026-11-23", "2026-11-24")]
     for run in runs:
         _, stderr = run.communicate(timeout=300)
@@ -122,13 +125,13 @@ def test_two_trainings_of_one_client_at_once_are_both_recorded_and_the_champion_
     first = next(run for run in trainings if run.data.tags["champion_version_before"] == "")
     first_version = next(int(v.version) for v in versions if v.run_id == first.info.run_id)
     assert before == ["", str(first_version)]
-    champion = registry.champion_version("small_a")
+    champion = champion_version("small_a")
     champion_run = client.get_run(champion.run_id)
     assert champion_run.data.tags["promotion_decision"] == "promoted"
 
 
 def _runs(client: MlflowClient, client_id: str) -> list:
-    experiment = client.get_experiment_by_name(registry.experiment_name(client_id))
+    experiment = client.get_experiment_by_name(experiment_name(client_id))
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id], "tags.stage = 'training'")

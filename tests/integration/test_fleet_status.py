@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import sync_playwright
 
-from categories_classification import registry
+from categories_classification.records import experiment_name
 from categories_classification.fleet import FLAG_LABELS
 from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
@@ -61,7 +61,7 @@ def fleet(module_tracking_store, spark, tmp_path_factory):  # pylint: disable=un
 
 def _runs(client_id: str, stage: str) -> list:
     client = MlflowClient()
-    experiment = client.get_experiment_by_name(registry.experiment_name(client_id))
+    experiment = client.get_experiment_by_name(experiment_name(client_id))
     return client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}'",
                               order_by=["attributes.start_time DESC"])
 

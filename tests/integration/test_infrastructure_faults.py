@@ -14,7 +14,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification import registry
+from categories_classification.records import CHAMPION
+from categories_classification.serialization import DIGEST_TAG
+from categories_classification.tracking.artifacts import load_model
+from categories_classification.tracking.registry import champion_version
 from categories_classification.errors import ModelIntegrityError
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
@@ -71,7 +74,7 @@ def test_a_damaged_champion_file_is_refused_on_one_line_and_nothing_is_lost(stac
     with _damaged(model_file, damage):
         result = run_cli(_predict("small_a"), env)
     _assert_one_line(result, "Error: client 'small_a': model small_a_model version 1: the stored file ")
-    assert f"{model_file} does not match its digest (expected {registry.DIGEST_TAG} " in result.stderr
+    assert f"{model_file} does not match its digest (expected {DIGEST_TAG} " in result.stderr
     assert "set-champion --client_id=small_a" in result.stderr
     assert snapshot(data, store, CLIENTS) == before
 
@@ -82,18 +85,18 @@ def test_a_digest_mismatch_is_refused_before_the_file_is_deserialized(stack, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     mlflow.set_tracking_uri(store)
     client = MlflowClient(store)
-    registered = client.get_model_version("small_a_model", "1").tags[registry.DIGEST_TAG]
-    client.set_model_version_tag("small_a_model", "1", registry.DIGEST_TAG, "0" * 64)
+    registered = client.get_model_version("small_a_model", "1").tags[DIGEST_TAG]
+    client.set_model_version_tag("small_a_model", "1", DIGEST_TAG, "0" * 64)
     try:
-        champion = registry.champion_version("small_a")
+        champion = champion_version("small_a")
         assert champion is not None and champion.digest == "0" * 64  # read with the alias, no extra call
         # The file itself is intact and would load: the digest alone refuses it.
-        with pytest.raises(ModelIntegrityError, match=f"does not match its digest .expected {registry.DIGEST_TAG} 0{{64}}"):
-            registry.load_model(champion)
+        with pytest.raises(ModelIntegrityError, match=f"does not match its digest .expected {DIGEST_TAG} 0{{64}}"):
+            load_model(champion)
     finally:
-        client.set_model_version_tag("small_a_model", "1", registry.DIGEST_TAG, registered)
+        client.set_model_version_tag("small_a_model", "1", DIGEST_TAG, registered)
     # The digest recorded at registration is the stored file's: the same version loads.
-    _, features = registry.load_model(registry.champion_version("small_a"))
+    _, features = load_model(champion_version("small_a"))
     assert features == FEATURES
 
 
@@ -102,18 +105,18 @@ def test_a_version_registered_without_a_digest_loads_with_a_warning_and_is_refus
     data, env = stack
     store = env["MLFLOW_TRACKING_URI"]
     client = MlflowClient(store)
-    registered = client.get_model_version("small_b_model", "1").tags[registry.DIGEST_TAG]
-    client.delete_model_version_tag("small_b_model", "1", registry.DIGEST_TAG)  # as before digests existed
+    registered = client.get_model_version("small_b_model", "1").tags[DIGEST_TAG]
+    client.delete_model_version_tag("small_b_model", "1", DIGEST_TAG)  # as before digests existed
     try:
         intact = run_cli(_predict("small_b"), env)
         assert intact.returncode == 0, intact.stderr
-        assert f"small_b_model version 1 was registered without a {registry.DIGEST_TAG} tag" in intact.stderr
+        assert f"small_b_model version 1 was registered without a {DIGEST_TAG} tag" in intact.stderr
         before = snapshot(data, store, CLIENTS)
         model_file = stored_model_file(store, "small_b", 1)
         with _damaged(model_file, damage):
             result = run_cli(_predict("small_b"), env)
     finally:
-        client.set_model_version_tag("small_b_model", "1", registry.DIGEST_TAG, registered)
+        client.set_model_version_tag("small_b_model", "1", DIGEST_TAG, registered)
     _assert_one_line(result, "Error: client 'small_b': model small_b_model version 1: the stored file ")
     assert f"{model_file} cannot be read (" in result.stderr and "expected an intact skops zip file" in result.stderr
     assert snapshot(data, store, CLIENTS) == before
@@ -130,7 +133,7 @@ def test_a_training_whose_champion_file_is_damaged_fails_on_one_line_and_the_cha
     assert "does not match its digest" in result.stderr
     after = snapshot(data, store, CLIENTS)
     versions, aliases = after.pop("small_a_model")
-    assert versions == [*before.pop("small_a_model")[0], 2] and aliases == {registry.CHAMPION: 1}
+    assert versions == [*before.pop("small_a_model")[0], 2] and aliases == {CHAMPION: 1}
     assert after == before
 
 

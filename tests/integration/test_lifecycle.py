@@ -9,7 +9,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification import registry
+from categories_classification.records import experiment_name
+from categories_classification.tracking.artifacts import load_model
+from categories_classification.tracking.registry import champion_version, resolve_model
 from categories_classification.errors import ModelNotFoundError
 from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
@@ -39,22 +41,22 @@ def test_gate_alias_pin_rollback_and_lineage(small_data, spark, capsys):
     prefix = str(small_data)
     first = train_model("small_a", FEATURES, MEDIOCRE, "2026-11-01", data_prefix=prefix)
     assert first.decision.promote and "first version" in first.decision.reason
-    assert registry.champion_version("small_a").version == 1
+    assert champion_version("small_a").version == 1
 
     weak = train_model("small_a", FEATURES, WEAK, "2026-11-02", data_prefix=prefix)
     assert weak.version == 2 and not weak.decision.promote
     assert weak.decision.champion_version == 1
     assert weak.decision.champion_score > weak.decision.challenger_score + weak.decision.tolerance
-    assert registry.champion_version("small_a").version == 1  # the weak retraining changed nothing served
+    assert champion_version("small_a").version == 1  # the weak retraining changed nothing served
     run = MlflowClient().get_run(weak.run_id)
     assert run.data.tags["promotion_decision"] == "rejected" and run.data.tags["champion_version_before"] == "1"
     assert run.data.metrics["promotion_champion_top_5_accuracy"] == pytest.approx(weak.decision.champion_score)
-    model, features = registry.load_model(registry.resolve_model("small_a", 2))  # the loser stays loadable
+    model, features = load_model(resolve_model("small_a", 2))  # the loser stays loadable
     assert features == FEATURES and model.estimator.n_estimators == 1
 
     strong = train_model("small_a", FEATURES, STRONG, "2026-11-03", data_prefix=prefix)
     assert strong.version == 3 and strong.decision.promote
-    assert registry.champion_version("small_a").version == 3
+    assert champion_version("small_a").version == 3
 
     served = predict_categories("small_a", "2026-11-23", data_prefix=prefix, spark=spark)
     manifest = _manifest(small_data, "2026-11-23")
@@ -87,9 +89,9 @@ def test_gate_alias_pin_rollback_and_lineage(small_data, spark, capsys):
     with pytest.raises(ModelNotFoundError, match=r"client 'small_a': model 'small_a_model' has no version 9: expected one of 1, 2, 3"):
         predict_categories("small_a", "2026-11-26", model_version=9, data_prefix=prefix, spark=spark)
     assert main(["set-champion", "--client_id=small_a", "--version=9"]) == 1
-    assert registry.champion_version("small_a").version == 1
+    assert champion_version("small_a").version == 1
 
-    experiment = mlflow.get_experiment_by_name(registry.experiment_name("small_a"))
+    experiment = mlflow.get_experiment_by_name(experiment_name("small_a"))
     assert experiment.tags["client_id"] == "small_a"
     described = MlflowClient().get_model_version("small_a_model", "2")
     assert "Gate: rejected" in described.description and described.tags["training_date"] == "2026-11-02"

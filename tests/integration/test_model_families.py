@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification.registry import load_model, resolve_model
+from categories_classification.tracking.artifacts import load_model
+from categories_classification.tracking.registry import resolve_model
 from scripts.generate_example_data import ClientSpec, write_client
 from tests.helpers import FEATURES, client_entry, read_output, reference_top_k, run_cli, train_args, write_config
 

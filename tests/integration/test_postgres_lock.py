@@ -1,10 +1,10 @@
-"""registry.promotion_lock on PostgreSQL: an advisory lock per client that holds across processes (and machines),
+"""promotion_lock on PostgreSQL: an advisory lock per client that holds across processes (and machines),
 taken on the MLflow database itself (``MLFLOW_TRACKING_URI=postgresql://``) or on ``CATEGORIES_LOCK_URL``."""
 import time
 
 import pytest
 
-from categories_classification import registry
+from categories_classification.tracking.locks import promotion_lock
 from categories_classification.errors import TrackingError
 from tests.helpers import assert_one_gate_at_a_time_per_client, lock_taker
 
@@ -44,7 +44,7 @@ def test_an_unreachable_lock_database_is_one_line_without_its_password(postgres_
     monkeypatch.setenv("CATEGORIES_LOCK_URL", dead)
     password = dead.split("//", 1)[1].split("@", 1)[0].split(":", 1)[1]
     with pytest.raises(TrackingError) as raised:
-        with registry.promotion_lock("client_0"):
+        with promotion_lock("client_0"):
             pass
     message = str(raised.value)
     assert message.startswith("client 'client_0': promotion lock at postgresql+psycopg2://***@127.0.0.1:1/mlflow "

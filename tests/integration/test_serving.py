@@ -17,7 +17,9 @@ from pyspark.sql import functions as F
 
 from categories_classification.paths import predict_path
 from categories_classification.prediction.predictor import predict_categories
-from categories_classification.registry import CHAMPION, ensure_experiment, log_and_register, model_name, serving_signature
+from categories_classification.records import CHAMPION, model_name
+from categories_classification.tracking.flavor import log_and_register, serving_signature
+from categories_classification.tracking.runs import ensure_experiment
 from categories_classification.serving import TopKCategories
 from categories_classification.training.fitting import fit_model
 from categories_classification.training.trainer import train_model

@@ -10,9 +10,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import InputDataError
-from categories_classification.registry import FAILURE_REASON_TAG, ModelRef, download_model_file, experiment_name, model_name
+from categories_classification.records import FAILURE_REASON_TAG, experiment_name, model_name
+from categories_classification.tracking.artifacts import download_model_file, load_model
+from categories_classification.tracking.registry import ModelRef, resolve_model
 from categories_classification.prediction.scoring import predict_proba
-from categories_classification.registry import load_model, resolve_model
 from categories_classification.serialization import SKOPS_TRUSTED_TYPES
 from categories_classification.training.fitting import FAMILY_ORDER
 from categories_classification.training.fitting import DEFAULT_MAX_MODEL_MB

@@ -8,7 +8,7 @@ from mlflow.models import Model
 from sklearn.ensemble import RandomForestClassifier
 
 from categories_classification.calibrated import TemperatureScaledClassifier
-from categories_classification.registry import serving_signature
+from categories_classification.tracking.flavor import serving_signature
 from categories_classification.serialization import DIGEST_TAG, dump_model, sha256_hex
 from categories_classification.serving import CLIENT_KEY, TopKCategories, _load_pyfunc
 from categories_classification.training.fitting import fit_model

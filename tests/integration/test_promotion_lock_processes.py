@@ -1,11 +1,10 @@
-"""registry.promotion_lock: one gate at a time per client, across processes (no MLflow needed)."""
+"""promotion_lock: one gate at a time per client, across processes; its lock files are git-ignored (processes)."""
 import shutil
 import subprocess
-from contextlib import nullcontext
 
 import pytest
 
-from categories_classification import registry
+from categories_classification.tracking.locks import lock_file
 from tests.helpers import ROOT, assert_one_gate_at_a_time_per_client
 
 
@@ -18,14 +17,9 @@ def test_a_second_process_waits_for_the_same_clients_lock(tmp_path, monkeypatch)
     assert not list(tmp_path.glob("*.lock"))
 
 
-def test_a_tracking_server_has_no_local_lock(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert isinstance(registry.promotion_lock("client_0"), nullcontext)
-
-
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_the_lock_folder_of_the_projects_store_is_git_ignored(tmp_path):
-    lock = registry._lock_file(tmp_path / "mlflow.db", "client_0_model")  # pylint: disable=protected-access
+    lock = lock_file(tmp_path / "mlflow.db", "client_0_model")
     # Where the same lock goes for the project's default store (mlflow.db at the root).
     in_project = ROOT / lock.relative_to(tmp_path)
     ignored = subprocess.run(["git", "check-ignore", "--quiet", str(in_project)], cwd=ROOT, check=False, timeout=30)

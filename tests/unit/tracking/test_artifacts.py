@@ -5,8 +5,9 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from categories_classification.registry import DIGEST_TAG, ModelRef, companion_problem, model_file_problem
-from categories_classification.serialization import dump_model, sha256_hex, zip_damage
+from categories_classification.tracking.artifacts import companion_problem, model_file_problem
+from categories_classification.tracking.registry import ModelRef
+from categories_classification.serialization import DIGEST_TAG, dump_model, sha256_hex, zip_damage
 from tests.helpers import flip_bytes_in_largest_entry
 
 

@@ -1,0 +1,166 @@
+"""Logging and registering a model: MLflow's sklearn flavour with its skops file deflated, a
+self-contained top-k pyfunc (:mod:`categories_classification.serving`), pinned requirements, and
+each version tagged with the SHA-256 of its stored file and of its companion files.
+
+Models are stored in skops format and loaded with the project's list of trusted types, never with
+the list recorded inside the artifact and never with pickle (see :mod:`.artifacts`).
+"""
+import io
+import logging
+import shutil
+import tempfile
+from contextlib import redirect_stderr
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import mlflow
+from mlflow.models import ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+from categories_classification import serving
+from categories_classification.records import (
+    CLIENT_ID_TAG,
+    COMPANION_DIGEST_SUFFIX,
+    MODEL_ARTIFACT,
+    MODEL_SIZE_METRIC,
+    model_name,
+)
+from categories_classification.serialization import DIGEST_TAG, SKOPS_TRUSTED_TYPES, deflate_file, sha256_hex
+from categories_classification.topk import TOP_K
+from categories_classification.tracking.locks import promotion_lock
+from categories_classification.tracking.registry import ModelRef
+from categories_classification.tracking.store import tracking_errors
+
+LOGGER = logging.getLogger(__name__)
+PACKAGE = Path(serving.__file__).resolve().parent
+# The distributions a registered model needs besides MLflow (its requirements.txt, pinned).
+SERVING_DISTRIBUTIONS = ("scikit-learn", "skops", "numpy", "scipy", "pandas", "pyarrow")
+
+
+class _DeflatedSklearnFlavor:
+    """MLflow's sklearn flavour, with its skops file deflated before upload, and a self-contained pyfunc.
+
+    A forest's class-probability arrays are mostly zeros: deflate stores them 5-7x smaller, which
+    is what the registry's disk, the upload and every download pay for. The file stays a skops
+    zip, so MLflow's own loader and ours read it unchanged. The model carries the few project
+    modules it needs (:data:`~categories_classification.serving.SHIPPED_MODULES`, MLflow's
+    ``code_paths``) and its ``python_function`` flavour is :mod:`categories_classification.serving`
+    (top-k rows, digest checked, trusted types only): stock MLflow loads and serves it anywhere.
+    """
+
+    def __init__(self, client_id: str, companions: Optional[Mapping[str, str]] = None) -> None:
+        self.__name__ = "mlflow.sklearn"  # what MLflow reports as the flavour
+        self.client_id = client_id
+        self.stored_bytes = 0
+        self.digest = ""
+        self.companions = dict(companions or {})
+        self.companion_digests = {name: sha256_hex(text.encode("utf-8")) for name, text in self.companions.items()}
+
+    def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        """Save with MLflow's sklearn flavour and the shipped code, deflate the model file, take its SHA-256.
+
+        Companion files are written into the model's folder: they are uploaded with it and come
+        back with every download of the version, at no extra request.
+        """
+        kwargs.pop("validate_serving_input", None)  # Model.log's own option, passed on to every flavour
+        with tempfile.TemporaryDirectory(prefix="categories_code_") as staging:
+            mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, code_paths=[str(_shipped_package(Path(staging)))],
+                                      **kwargs)
+        sklearn_conf = mlflow_model.flavors["sklearn"]
+        model_file = Path(path) / sklearn_conf["pickled_model"]
+        self.stored_bytes = deflate_file(model_file)
+        # The digest of exactly the bytes that are uploaded: every load checks them against it.
+        self.digest = sha256_hex(model_file.read_bytes())
+        # MLflow's sklearn pyfunc would predict the top-1 label only: serve the top-k rows instead.
+        env = mlflow_model.flavors.pop(mlflow.pyfunc.FLAVOR_NAME)[mlflow.pyfunc.ENV]
+        mlflow.pyfunc.add_to_model(mlflow_model, loader_module=serving.__name__, data=sklearn_conf["pickled_model"],
+                                   code=sklearn_conf["code"], conda_env=env["conda"], python_env=env["virtualenv"],
+                                   **{DIGEST_TAG: self.digest, serving.CLIENT_KEY: self.client_id})
+        mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))
+        for name, text in self.companions.items():
+            (Path(path) / name).write_text(text, encoding="utf-8")
+
+
+def _shipped_package(staging: Path) -> Path:
+    """A copy of the package holding only the modules a registered model needs (its ``code_paths``)."""
+    package = staging / PACKAGE.name
+    package.mkdir()
+    for module in serving.SHIPPED_MODULES:
+        shutil.copy2(PACKAGE / module, package / module)
+    return package
+
+
+def serving_signature(features: Sequence[str]) -> ModelSignature:
+    """A version's signature: the features (doubles) and an optional ``product_id`` in, the top-k rows out.
+
+    The outputs are declared (lists per product, as :class:`~categories_classification.serving.TopKCategories`
+    returns them), so ``spark_udf`` knows its result type; ``k`` is a request parameter.
+    """
+    return ModelSignature(
+        inputs=Schema([*(ColSpec(DataType.double, feature) for feature in features),
+                       ColSpec(DataType.string, serving.PRODUCT, required=False)]),
+        outputs=Schema([ColSpec(DataType.string, serving.PRODUCT, required=False),
+                        ColSpec(Array(DataType.string), serving.LABEL),
+                        ColSpec(Array(DataType.double), serving.SCORE),
+                        ColSpec(Array(DataType.integer), serving.RANK)]),
+        params=ParamSchema([ParamSpec(serving.K_PARAM, DataType.long, TOP_K)]),
+    )
+
+
+def pinned_requirements() -> list[str]:
+    """What a registered model needs to load and serve (MLflow adds itself), pinned to this environment's versions."""
+    return [f"{name}=={metadata.version(name)}" for name in SERVING_DISTRIBUTIONS]
+
+
+def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any,
+                     companions: Optional[Mapping[str, str]] = None) -> ModelRef:
+    """Log ``model`` (deflated skops) in the active run and register it as a new version of the client's model.
+
+    Logs the stored file's size as the run's ``model_size_bytes`` metric and tags the version with
+    the file's SHA-256 (``model_sha256``). ``companions`` (file name -> text) are stored in the
+    model's folder, beside the model file (the drift reference).
+    """
+    name = model_name(client_id)
+    chatter = io.StringIO()
+    flavor = _DeflatedSklearnFlavor(client_id, companions)
+    # MLflow prints "Successfully registered model ..." straight to stderr: keep it for debug logs.
+    with tracking_errors(client_id), redirect_stderr(chatter):
+        info = mlflow.models.Model.log(
+            artifact_path=None,  # deprecated in favour of name=, but still a positional parameter
+            flavor=flavor,
+            sk_model=model,
+            name=MODEL_ARTIFACT,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            signature=signature,
+            input_example=input_example,
+            registered_model_name=name,
+            # Explicit requirements: MLflow would otherwise re-load the model in a subprocess to
+            # infer them, which costs seconds per training for a known answer. The numeric
+            # libraries are pinned too: a served score is then the batch's to the last bit.
+            pip_requirements=pinned_requirements(),
+            # MLflow would load the model back and predict the input example to check it could be
+            # served: this project's loaders (the gate, prediction) read it back anyway.
+            validate_serving_input=False,
+        )
+    LOGGER.debug("%s", chatter.getvalue().strip())
+    with tracking_errors(client_id):
+        mlflow.log_metric(MODEL_SIZE_METRIC, float(flavor.stored_bytes))
+        client = MlflowClient()
+        run_id = mlflow.active_run().info.run_id
+        version = info.registered_model_version
+        client.set_model_version_tag(name, str(version), DIGEST_TAG, flavor.digest)
+        for companion, digest in flavor.companion_digests.items():
+            client.set_model_version_tag(name, str(version), companion + COMPANION_DIGEST_SUFFIX, digest)
+        # The registered model's own tag is read-then-inserted by MLflow: two trainings of one client
+        # at once collide on PostgreSQL (a unique-key violation). One at a time, under the client's lock.
+        with promotion_lock(client_id):
+            if not client.get_registered_model(name).description:
+                client.update_registered_model(name, f"Product categoriser of client {client_id} (top-5 categories; "
+                                                     "the model family is chosen at each training).")
+            client.set_registered_model_tag(name, CLIENT_ID_TAG, client_id)
+        client.set_model_version_tag(name, str(version), CLIENT_ID_TAG, client_id)
+    return ModelRef(client_id, name, int(version), run_id, flavor.digest, tuple(sorted(flavor.companion_digests.items())))
