@@ -347,7 +347,7 @@ def _main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.side == "limit":
-        # pylint: disable-next=import-outside-toplevel
+        # pylint: disable=import-outside-toplevel
         from categories_classification.tracking.artifacts import fetch_model_bytes
         from categories_classification.tracking.registry import resolve_model
         from categories_classification.tracking.store import configure_tracking

@@ -9,7 +9,14 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification.records import FAILURE_REASON_TAG, HOST_TAG, PID_TAG
+from categories_classification.records import (
+    FAILURE_REASON_TAG,
+    HOST_TAG,
+    PID_TAG,
+    PREDICTION,
+    STAGE_TAG,
+    TRAINING,
+)
 from categories_classification.tracking.runs import close_abandoned_runs, ensure_experiment
 from categories_classification.tracking.store import configure_tracking
 from categories_classification.training.trainer import train_model
@@ -40,9 +47,9 @@ def test_a_killed_training_is_closed_as_failed_by_the_next_training(small_data):
 
     # A training of this client still running here (this process), and another host's runs:
     # one recent (its process may well be alive), one two days old.
-    here = {HOST_TAG: host, PID_TAG: str(os.getpid()), "stage": "training"}
+    here = {HOST_TAG: host, PID_TAG: str(os.getpid()), STAGE_TAG: TRAINING}
     live = client.create_run(experiment_id, tags=here).info.run_id
-    elsewhere = {HOST_TAG: "another-host", PID_TAG: "1", "stage": "training"}
+    elsewhere = {HOST_TAG: "another-host", PID_TAG: "1", STAGE_TAG: TRAINING}
     recent = client.create_run(experiment_id, tags=elsewhere).info.run_id
     old = client.create_run(experiment_id, tags=elsewhere, start_time=int((time.time() - 2 * 86400) * 1000)).info.run_id
 
@@ -67,7 +74,7 @@ def test_a_fleet_prediction_closes_every_clients_abandoned_runs_in_one_pass():
     client = MlflowClient()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()  # a pid that has exited
-    dead = {HOST_TAG: socket.gethostname(), PID_TAG: gone, "stage": "prediction"}
+    dead = {HOST_TAG: socket.gethostname(), PID_TAG: gone, STAGE_TAG: PREDICTION}
     runs = {client_id: client.create_run(ensure_experiment(client_id), tags={**dead, "client_id": client_id})
             .info.run_id for client_id in ("fleet_a", "fleet_b", "fleet_c")}
 

@@ -20,6 +20,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.ensemble import RandomForestClassifier
 
+from categories_classification.records import DRIFT_MAX_METRIC
 from categories_classification.tracking.artifacts import fetch_model_and_companion
 from categories_classification.tracking.flavor import log_and_register
 from categories_classification.tracking.registry import resolve_model, set_champion
@@ -81,7 +82,7 @@ def test_another_sample_of_the_same_data_is_not_flagged(trained, spark, tmp_path
     assert sorted(record["scores"]) == FEATURES and record["max"] < 0.1 and record["threshold"] == 0.2
     assert record["rows"] == 600
     run = MlflowClient().get_run(result.prediction_run_id)
-    assert run.data.metrics["drift_max"] == pytest.approx(record["max"])
+    assert run.data.metrics[DRIFT_MAX_METRIC] == pytest.approx(record["max"])
     assert {key: run.data.metrics[f"drift_psi_{key}"] for key in FEATURES} == pytest.approx(record["scores"])
     assert run.data.tags["drift_reference"] == "stored" and run.data.tags["drift_threshold"] == "0.2"
     assert "drifted" not in caplog.text
@@ -95,7 +96,7 @@ def test_a_shifted_feature_is_flagged_by_name_warned_about_and_written(trained, 
     assert record["over_threshold"] and record["features_over"] == [SHIFTED] and record["max"] == record["scores"][SHIFTED]
     assert record["scores"][SHIFTED] > 1 and all(record["scores"][name] < 0.1 for name in FEATURES if name != SHIFTED)
     assert result.rows_written == 5 * 600  # a warning, not an error
-    assert MlflowClient().get_run(result.prediction_run_id).data.metrics["drift_max"] > 1
+    assert MlflowClient().get_run(result.prediction_run_id).data.metrics[DRIFT_MAX_METRIC] > 1
     assert re.search(rf"client drift_a: file \S+data_predict.csv.gz: the input drifted from drift_a_model version 1's "
                      rf"training data: {SHIFTED} PSI \d+\.\d{{3}} over the threshold 0.2", caplog.text), caplog.text
 
@@ -115,7 +116,7 @@ def test_fail_on_drift_writes_nothing_and_keeps_the_previous_output(trained, spa
     assert _files(prefix, "drift_a") == before and not staging_leftovers(prefix, "drift_a")  # byte for byte
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("categories_drift_a").experiment_id],
                                       order_by=["attributes.start_time DESC"], max_results=1)
-    assert runs[0].info.status == "FAILED" and runs[0].data.metrics["drift_max"] > 1  # the scores stay on record
+    assert runs[0].info.status == "FAILED" and runs[0].data.metrics[DRIFT_MAX_METRIC] > 1  # the scores stay on record
     # A higher threshold lets the same input through.
     result = predict_categories("drift_a", DATE, data_prefix=str(prefix), spark=spark, fail_on_drift=True,
                                 drift_threshold=50.0)

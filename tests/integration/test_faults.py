@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification.records import experiment_name
+from categories_classification.records import CHAMPION_BEFORE_TAG, PROMOTION_DECISION_TAG, experiment_name
 from categories_classification.tracking.artifacts import load_model
 from categories_classification.tracking.registry import champion_version
 from categories_classification.tracking.store import configure_tracking
@@ -121,13 +121,13 @@ def test_two_trainings_of_one_client_at_once_are_both_recorded_and_the_champion_
     assert len(trainings) == 2 and all(run.info.status == "FINISHED" for run in trainings)
     assert {version.run_id for version in versions} == {run.info.run_id for run in trainings}
     # The gates ran one after the other: one saw no champion, the other compared with the first.
-    before = sorted(run.data.tags["champion_version_before"] for run in trainings)
-    first = next(run for run in trainings if run.data.tags["champion_version_before"] == "")
+    before = sorted(run.data.tags[CHAMPION_BEFORE_TAG] for run in trainings)
+    first = next(run for run in trainings if run.data.tags[CHAMPION_BEFORE_TAG] == "")
     first_version = next(int(v.version) for v in versions if v.run_id == first.info.run_id)
     assert before == ["", str(first_version)]
     champion = champion_version("small_a")
     champion_run = client.get_run(champion.run_id)
-    assert champion_run.data.tags["promotion_decision"] == "promoted"
+    assert champion_run.data.tags[PROMOTION_DECISION_TAG] == "promoted"
 
 
 def _runs(client: MlflowClient, client_id: str) -> list:

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import sync_playwright
 
-from categories_classification.records import experiment_name
+from categories_classification.records import DRIFT_MAX_METRIC, experiment_name
 from categories_classification.fleet import FLAG_LABELS
 from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
@@ -100,7 +100,7 @@ def test_fleet_status_json_has_every_client_and_its_flags(fleet):
     assert (weaker["champion_version"], weaker["previous_version"]) == (2, 1) and weaker["top_5_change"] < -0.03
     assert rows["stale"]["trained_on"] == "2025-06-01" and rows["stale"]["model_age_days"] > 60
     assert rows["drifting"]["drift"] > 1 and rows["drifting"]["drift_threshold"] == 0.3
-    assert rows["drifting"]["drift"] == _runs("drifting", "prediction")[0].data.metrics["drift_max"]
+    assert rows["drifting"]["drift"] == _runs("drifting", "prediction")[0].data.metrics[DRIFT_MAX_METRIC]
 
 
 def test_an_asked_date_without_outputs_flags_every_client(fleet):

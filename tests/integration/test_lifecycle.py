@@ -9,7 +9,15 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification.records import experiment_name
+from categories_classification.records import (
+    CHAMPION_BEFORE_TAG,
+    CLIENT_ID_TAG,
+    PREVIOUS_SCORE,
+    PROMOTION_DECISION_TAG,
+    ROWS_OUT_METRIC,
+    TRAINING_DATE_TAG,
+    experiment_name,
+)
 from categories_classification.tracking.artifacts import load_model
 from categories_classification.tracking.registry import champion_version, resolve_model
 from categories_classification.errors import ModelNotFoundError
@@ -49,8 +57,8 @@ def test_gate_alias_pin_rollback_and_lineage(small_data, spark, capsys):
     assert weak.decision.champion_score > weak.decision.challenger_score + weak.decision.tolerance
     assert champion_version("small_a").version == 1  # the weak retraining changed nothing served
     run = MlflowClient().get_run(weak.run_id)
-    assert run.data.tags["promotion_decision"] == "rejected" and run.data.tags["champion_version_before"] == "1"
-    assert run.data.metrics["promotion_champion_top_5_accuracy"] == pytest.approx(weak.decision.champion_score)
+    assert run.data.tags[PROMOTION_DECISION_TAG] == "rejected" and run.data.tags[CHAMPION_BEFORE_TAG] == "1"
+    assert run.data.metrics[PREVIOUS_SCORE] == pytest.approx(weak.decision.champion_score)
     model, features = load_model(resolve_model("small_a", 2))  # the loser stays loadable
     assert features == FEATURES and model.estimator.n_estimators == 1
 
@@ -65,8 +73,8 @@ def test_gate_alias_pin_rollback_and_lineage(small_data, spark, capsys):
     # One lookup from the output to its training run and prediction run.
     prediction_run = MlflowClient().get_run(manifest["prediction_run_id"])
     assert prediction_run.info.run_name == "prediction_2026-11-23"
-    assert prediction_run.data.tags["model_version"] == "3" and prediction_run.data.tags["client_id"] == "small_a"
-    assert prediction_run.data.metrics["rows_out"] == manifest["rows_written"] == 5 * 400
+    assert prediction_run.data.tags["model_version"] == "3" and prediction_run.data.tags[CLIENT_ID_TAG] == "small_a"
+    assert prediction_run.data.metrics[ROWS_OUT_METRIC] == manifest["rows_written"] == 5 * 400
     assert MlflowClient().get_run(manifest["training_run_id"]).info.run_name == "training_2026-11-03"
     assert not non_parquet_in_dataset(small_data)  # the lineage is beside the dataset, not in it
     # Lineage means the same from anywhere: an absolute input path.
@@ -92,6 +100,6 @@ def test_gate_alias_pin_rollback_and_lineage(small_data, spark, capsys):
     assert champion_version("small_a").version == 1
 
     experiment = mlflow.get_experiment_by_name(experiment_name("small_a"))
-    assert experiment.tags["client_id"] == "small_a"
+    assert experiment.tags[CLIENT_ID_TAG] == "small_a"
     described = MlflowClient().get_model_version("small_a_model", "2")
-    assert "Gate: rejected" in described.description and described.tags["training_date"] == "2026-11-02"
+    assert "Gate: rejected" in described.description and described.tags[TRAINING_DATE_TAG] == "2026-11-02"

@@ -10,7 +10,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import InputDataError
-from categories_classification.records import FAILURE_REASON_TAG, experiment_name, model_name
+from categories_classification.records import (
+    CLIENT_ID_TAG,
+    FAILURE_REASON_TAG,
+    MODEL_FAMILY_PARAM,
+    MODEL_SIZE_METRIC,
+    STAGE_TAG,
+    TEST_TOP_5_METRIC,
+    TRAINING_DATE_TAG,
+    experiment_name,
+    model_name,
+)
 from categories_classification.tracking.artifacts import download_model_file, load_model
 from categories_classification.tracking.registry import ModelRef, resolve_model
 from categories_classification.prediction.scoring import predict_proba
@@ -34,7 +44,7 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == experiment_name("small_a")
     assert run.info.run_name == "training_2026-11-23"
-    assert run.data.tags["client_id"] == "small_a" and run.data.tags["training_date"] == "2026-11-23"
+    assert run.data.tags[CLIENT_ID_TAG] == "small_a" and run.data.tags[TRAINING_DATE_TAG] == "2026-11-23"
     assert run.data.params["n_estimators"] == "20"
     # No explicit size parameter: max_leaf_nodes was chosen on the training split, within the default budget.
     assert run.data.params["min_samples_leaf"] == "1" and int(run.data.params["max_leaf_nodes"]) >= 2
@@ -53,8 +63,8 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     for split in ("train", "test"):
         for metric in ("accuracy", "top_5_accuracy", "log_loss", "f1_macro"):
             assert f"{split}_{metric}" in run.data.metrics
-    assert run.data.metrics["model_size_bytes"] > 0 and run.data.metrics["fit_time_seconds"] > 0
-    assert 0.3 < run.data.metrics["test_top_5_accuracy"] <= 1.0
+    assert run.data.metrics[MODEL_SIZE_METRIC] > 0 and run.data.metrics["fit_time_seconds"] > 0
+    assert 0.3 < run.data.metrics[TEST_TOP_5_METRIC] <= 1.0
     # Artifacts live beside the temp store, not in the working directory.
     assert str(tracking_store) in experiment.artifact_location
 
@@ -68,7 +78,7 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     versions = client.search_model_versions(f"name = '{model_name('small_a')}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     registered = client.get_registered_model("small_a_model")
-    assert "small_a" in registered.description and registered.tags["client_id"] == "small_a"
+    assert "small_a" in registered.description and registered.tags[CLIENT_ID_TAG] == "small_a"
 
     flavor = mlflow.models.get_model_info(f"models:/small_a_model/{first.version}")
     assert flavor.flavors["sklearn"]["serialization_format"] == "skops"
@@ -82,7 +92,7 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
                                         str(tmp_path))
     with zipfile.ZipFile(model_file) as stored:
         assert {entry.compress_type for entry in stored.infolist()} == {zipfile.ZIP_DEFLATED}
-    assert run.data.metrics["model_size_bytes"] == model_file.stat().st_size
+    assert run.data.metrics[MODEL_SIZE_METRIC] == model_file.stat().st_size
     reloaded = mlflow.sklearn.load_model(f"models:/small_a_model/{first.version}")
     assert reloaded.estimator.get_params()["n_estimators"] == 20
     assert model_file.stat().st_size < len(skops.io.dumps(reloaded)) / 2
@@ -98,7 +108,7 @@ def test_bad_training_data_registers_nothing_and_leaves_a_failed_run_saying_why(
     assert not client.search_registered_models()
     (run,) = client.search_runs([client.get_experiment_by_name("categories_small_a").experiment_id])
     # What the fleet view shows as "training failed", with the reason.
-    assert run.info.status == "FAILED" and run.data.tags["stage"] == "training"
+    assert run.info.status == "FAILED" and run.data.tags[STAGE_TAG] == "training"
     assert run.data.tags[FAILURE_REASON_TAG] == str(missing.value)
 
 
@@ -130,7 +140,7 @@ def test_a_small_budget_bounds_the_automatic_choice(small_data):
 def test_the_run_logs_the_choice_every_candidate_and_the_calibration(small_data):
     result = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-23", data_prefix=str(small_data))
     run = MlflowClient().get_run(result.run_id)
-    family = run.data.params["model_family"]
+    family = run.data.params[MODEL_FAMILY_PARAM]
     assert set(family.split("+")) <= set(FAMILY_ORDER) and run.data.params["family_rule"].startswith("auto:")
     assert run.data.tags["model_family"] == family and family in run.data.tags["family_choice"]
     for candidate in (*FAMILY_ORDER, "ensemble_of_2", "ensemble_of_3"):
@@ -172,7 +182,7 @@ def test_the_run_logs_the_choice_every_candidate_and_the_calibration(small_data)
 def test_a_pinned_family_in_the_config_wins(small_data, family, params, check):
     result = train_model("small_a", FEATURES, params, "2026-11-23", data_prefix=str(small_data), family=family)
     run = MlflowClient().get_run(result.run_id)
-    assert run.data.params["model_family"] == family and run.data.params["family_rule"] == "pinned"
+    assert run.data.params[MODEL_FAMILY_PARAM] == family and run.data.params["family_rule"] == "pinned"
     assert run.data.params[check[0]] == check[1]
     assert not any(key.startswith("candidate_") for key in run.data.metrics)
     model, _ = load_model(resolve_model("small_a"))
@@ -188,6 +198,6 @@ def test_random_forest_params_beyond_the_shared_ones_keep_the_clients_forest(sma
     result = train_model("small_a", FEATURES, {"n_estimators": 3, "max_depth": 2}, "2026-11-23",
                          data_prefix=str(small_data))
     run = MlflowClient().get_run(result.run_id)
-    assert run.data.params["model_family"] == "random_forest" and run.data.params["family_rule"] == "pinned"
+    assert run.data.params[MODEL_FAMILY_PARAM] == "random_forest" and run.data.params["family_rule"] == "pinned"
     assert run.data.tags["family_choice"] == "the config's params set RandomForest parameter(s) max_depth"
     assert run.data.params["max_depth"] == "2"  # the config's forest, exactly: no other family can take its place

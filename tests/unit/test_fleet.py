@@ -4,6 +4,20 @@ import re
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+from categories_classification.records import (
+    CHALLENGER_SCORE,
+    CHAMPION_BEFORE_TAG,
+    INFERENCE_DATE_TAG,
+    PREDICTION,
+    PREVIOUS_SCORE,
+    PROMOTION_DECISION_TAG,
+    ROWS_OUT_METRIC,
+    ROWS_SKIPPED_METRIC,
+    STAGE_TAG,
+    TEST_TOP_5_METRIC,
+    TRAINING,
+    TRAINING_DATE_TAG,
+)
 from categories_classification.config import ClientConfig, ClientsConfig
 from categories_classification.fleet import (
     FleetRecords,
@@ -29,14 +43,14 @@ def _client(client_id: str, **settings) -> ClientConfig:
 
 def _training(run_id: str, top5: float, before: str = "", status: str = "FINISHED", trained: str = "2026-11-30",
               decision: str = "promoted") -> RunRecord:
-    return RunRecord(run_id, status, STARTED, {"stage": "training", "training_date": trained,
-                                               "champion_version_before": before, "promotion_decision": decision},
-                     {"test_top_5_accuracy": top5})
+    return RunRecord(run_id, status, STARTED, {STAGE_TAG: TRAINING, TRAINING_DATE_TAG: trained,
+                                               CHAMPION_BEFORE_TAG: before, PROMOTION_DECISION_TAG: decision},
+                     {TEST_TOP_5_METRIC: top5})
 
 
 def _prediction(run_id: str, day: str = "2026-11-30", **metrics: float) -> RunRecord:
-    return RunRecord(run_id, "FINISHED", STARTED, {"stage": "prediction", "inference_date": day},
-                     {"rows_out": 500.0, "rows_skipped": 2.0, **metrics})
+    return RunRecord(run_id, "FINISHED", STARTED, {STAGE_TAG: PREDICTION, INFERENCE_DATE_TAG: day},
+                     {ROWS_OUT_METRIC: 500.0, ROWS_SKIPPED_METRIC: 2.0, **metrics})
 
 
 def _fleet(trained: str = "2026-11-30"):
@@ -50,8 +64,8 @@ def _fleet(trained: str = "2026-11-30"):
         "weak1": _training("weak1", 0.90), "weak2": _training("weak2", 0.80, before="1"),
         "drift1": _training("drift1", 0.70), "late1": _training("late1", 0.75),
     }
-    versions = {("ok", 1): VersionRecord(1, "ok1", {"training_date": trained}), ("failing", 1): VersionRecord(1, "fail1"),
-                ("stale", 1): VersionRecord(1, "stale1", {"training_date": "2026-11-01"}),
+    versions = {("ok", 1): VersionRecord(1, "ok1", {TRAINING_DATE_TAG: trained}), ("failing", 1): VersionRecord(1, "fail1"),
+                ("stale", 1): VersionRecord(1, "stale1", {TRAINING_DATE_TAG: "2026-11-01"}),
                 ("weaker", 1): VersionRecord(1, "weak1"), ("weaker", 2): VersionRecord(2, "weak2"),
                 ("drifting", 1): VersionRecord(1, "drift1"), ("late", 1): VersionRecord(1, "late1")}
     champions = {"ok": 1, "failing": 1, "stale": 1, "weaker": 2, "drifting": 1, "late": 1}
@@ -105,9 +119,9 @@ def test_the_project_defaults_apply_without_client_settings():
 
 def test_the_change_uses_the_gates_scores_on_the_same_rows_when_recorded():
     gated = _training("r2", 0.70, before="1")
-    gated = RunRecord("r2", "FINISHED", STARTED, gated.tags, {"test_top_5_accuracy": 0.70,
-                                                             "promotion_challenger_top_5_accuracy": 0.70,
-                                                             "promotion_champion_top_5_accuracy": 0.74})
+    gated = RunRecord("r2", "FINISHED", STARTED, gated.tags, {TEST_TOP_5_METRIC: 0.70,
+                                                             CHALLENGER_SCORE: 0.70,
+                                                             PREVIOUS_SCORE: 0.74})
     records = FleetRecords({"a": 2}, {("a", 1): VersionRecord(1, "r1"), ("a", 2): VersionRecord(2, "r2")},
                            {"r2": gated})  # the previous champion's own run is not even needed
     (row,), _ = fleet_rows(_config(_client("a")), records, TODAY)
@@ -157,7 +171,7 @@ def test_the_page_is_self_contained_and_shows_every_row_and_flag():
 
 
 def test_the_page_escapes_what_it_shows():
-    records = FleetRecords({"a": 1}, {("a", 1): VersionRecord(1, "r1", {"training_date": "<b>x</b>"})},
+    records = FleetRecords({"a": 1}, {("a", 1): VersionRecord(1, "r1", {TRAINING_DATE_TAG: "<b>x</b>"})},
                            {"r1": _training("r1", 0.8)})
     page = render_html(_view(*fleet_rows(_config(_client("a")), records, TODAY)))
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page

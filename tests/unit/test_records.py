@@ -51,3 +51,27 @@ def test_the_record_schema_imports_the_standard_library_only():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert imported <= {"dataclasses", "typing"}  # scripts and the Spark workers import it: no MLflow
+
+
+def test_the_names_stored_in_mlflow_do_not_change():
+    # Runs and versions already in a store carry these names: the fleet view, the notebook and
+    # champion-from-run read them. Renaming one is a migration, not a refactoring.
+    stored = {
+        "CHAMPION": "champion", "MODEL_ARTIFACT": "model", "EVALUATION_ARTIFACTS": "evaluation",
+        "MODEL_CHOICE_FILE": "model_choice.json", "TOP_K_FILE": "top_k_accuracy.json",
+        "RELIABILITY_FILE": "reliability.json", "COMPANION_DIGEST_SUFFIX": ".sha256",
+        "CLIENT_ID_TAG": "client_id", "STAGE_TAG": "stage", "TRAINING": "training", "PREDICTION": "prediction",
+        "HOST_TAG": "host", "PID_TAG": "pid", "FAILURE_REASON_TAG": "failure_reason",
+        "DAG_ID_TAG": "airflow_dag_id", "DAG_RUN_ID_TAG": "airflow_dag_run_id",
+        "TRAINING_DATE_TAG": "training_date", "DATA_PATH_TAG": "data_path",
+        "PROMOTION_DECISION_TAG": "promotion_decision", "PROMOTED": "promoted",
+        "PROMOTION_REASON_TAG": "promotion_reason", "CHAMPION_BEFORE_TAG": "champion_version_before",
+        "MODEL_FAMILY_PARAM": "model_family", "TEST_TOP_5_METRIC": "test_top_5_accuracy",
+        "TEST_ACCURACY_METRIC": "test_accuracy", "MODEL_MEMORY_METRIC": "model_memory_bytes",
+        "MODEL_SIZE_METRIC": "model_size_bytes", "CHALLENGER_SCORE": "promotion_challenger_top_5_accuracy",
+        "PREVIOUS_SCORE": "promotion_champion_top_5_accuracy", "PROMOTION_TOLERANCE_METRIC": "promotion_tolerance",
+        "INFERENCE_DATE_TAG": "inference_date", "ROWS_OUT_METRIC": "rows_out", "ROWS_SKIPPED_METRIC": "rows_skipped",
+        "DURATION_METRIC": "duration_seconds", "MODEL_VERSION_METRIC": "model_version",
+        "DRIFT_METRIC_PREFIX": "drift_psi_", "DRIFT_MAX_METRIC": "drift_max",
+    }
+    assert {name: getattr(records, name) for name in stored} == stored
