@@ -292,7 +292,7 @@ def fleet_status_command(config_path: Optional[str], inference_date: Optional[st
     """One row per client: champion, accuracy, last training and prediction, drift, and what needs a person."""
     from pathlib import Path
 
-    from categories_classification import fleet
+    from categories_classification import fleet, fleet_report
     from categories_classification.paths import normalize_date
 
     config = load_config(config_path)
@@ -300,12 +300,12 @@ def fleet_status_command(config_path: Optional[str], inference_date: Optional[st
     view = fleet.read_fleet(config, inference_date=date)
     if html_path:
         Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(html_path).write_text(fleet.render_html(view), encoding="utf-8")
+        Path(html_path).write_text(fleet_report.render_html(view), encoding="utf-8")
         click.echo(f"fleet report: {html_path}", err=True)
     if as_json:
-        click.echo(fleet.to_json(view))
+        click.echo(fleet_report.to_json(view))
         return
-    _fleet_table(view, fleet.COLUMNS, fleet.cells)
+    _fleet_table(view, fleet_report.COLUMNS, fleet_report.cells)
 
 
 def _fleet_table(view, columns: tuple, cells: Callable) -> None:

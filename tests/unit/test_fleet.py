@@ -25,9 +25,8 @@ from categories_classification.fleet import (
     RunRecord,
     VersionRecord,
     fleet_rows,
-    render_html,
-    to_json,
 )
+from categories_classification.fleet_report import render_html, to_json
 
 TODAY = date(2026, 12, 1)
 STARTED = datetime(2026, 11, 30, 3, 0, tzinfo=timezone.utc)
