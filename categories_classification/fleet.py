@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from mlflow.tracking import MlflowClient
+
+from categories_classification.config import ClientConfig, ClientsConfig
 from categories_classification.records import (
     CHAMPION,
     INFERENCE_DATE_TAG,
@@ -23,7 +26,6 @@ from categories_classification.records import (
 from categories_classification.tracking.runs import SEARCH_PAGE, client_experiments, pages
 from categories_classification.tracking.store import configure_tracking, tracking_errors
 from categories_classification.tracking.uri import display_tracking_uri
-from categories_classification.config import ClientConfig, ClientsConfig
 from categories_classification.training.promotion import DEFAULT_TOLERANCE
 
 
@@ -250,8 +252,6 @@ def _time(moment: datetime) -> str:
 
 def read_fleet(config: ClientsConfig, *, inference_date: Optional[str] = None, today: Optional[date] = None) -> FleetView:
     """The fleet view of ``config`` from the tracking store (a few paged searches, see the module docstring)."""
-    from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
-
     configure_tracking()
     client = MlflowClient()
     now = datetime.now(timezone.utc)

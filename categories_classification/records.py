@@ -86,7 +86,7 @@ def _number(metrics: Mapping[str, float], key: str) -> Optional[float]:
 
 
 @dataclass(frozen=True)
-class TrainingRecord:  # pylint: disable=too-many-instance-attributes  # one field per recorded name
+class TrainingRecord:
     """What a training run records that others read (the fleet view, champion-from-run, list-models)."""
 
     client_id: str
@@ -94,13 +94,11 @@ class TrainingRecord:  # pylint: disable=too-many-instance-attributes  # one fie
     data_path: str = ""
     failure_reason: Optional[str] = None
     promotion_decision: Optional[str] = None
-    promotion_reason: Optional[str] = None
     champion_before: Optional[int] = None  # the champion's version when the gate ran
     test_top_5_accuracy: Optional[float] = None
     challenger_score: Optional[float] = None
     previous_score: Optional[float] = None
-    dag_id: Optional[str] = None
-    dag_run_id: Optional[str] = None
+    dag_run: tuple[Optional[str], Optional[str]] = (None, None)  # the Airflow DAG and DAG run that trained it
 
     def start_tags(self) -> dict[str, str]:
         """The tags a training run opens with (and, for a failed one, its failure reason)."""
@@ -120,14 +118,14 @@ class TrainingRecord:  # pylint: disable=too-many-instance-attributes  # one fie
         """The record of a run's tags and metrics (names missing from older runs are None)."""
         before = tags.get(CHAMPION_BEFORE_TAG, "")
         return cls(tags.get(CLIENT_ID_TAG, ""), tags.get(TRAINING_DATE_TAG, ""), tags.get(DATA_PATH_TAG, ""),
-                   tags.get(FAILURE_REASON_TAG), tags.get(PROMOTION_DECISION_TAG), tags.get(PROMOTION_REASON_TAG),
+                   tags.get(FAILURE_REASON_TAG), tags.get(PROMOTION_DECISION_TAG),
                    int(before) if before.isdigit() else None, _number(metrics, TEST_TOP_5_METRIC),
                    _number(metrics, CHALLENGER_SCORE), _number(metrics, PREVIOUS_SCORE),
-                   tags.get(DAG_ID_TAG), tags.get(DAG_RUN_ID_TAG))
+                   (tags.get(DAG_ID_TAG), tags.get(DAG_RUN_ID_TAG)))
 
 
 @dataclass(frozen=True)
-class PredictionRecord:  # pylint: disable=too-many-instance-attributes  # one field per recorded name
+class PredictionRecord:
     """What a prediction run records that others read (the fleet view)."""
 
     client_id: str

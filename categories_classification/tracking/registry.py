@@ -164,13 +164,13 @@ class ChampionSource:
     def promoted_by_dag_run(self) -> bool:
         """True when the DAG run's own training promoted the current champion (publish it)."""
         return (self.training is not None and self.training.promoted
-                and (self.training.dag_id, self.training.dag_run_id) == (self.dag_id, self.dag_run_id))
+                and self.training.dag_run == (self.dag_id, self.dag_run_id))
 
     @property
     def source(self) -> str:
         """``<dag id> run <dag run id>`` of the champion's training, ``(not Airflow) run -`` outside Airflow."""
-        training = self.training
-        return f"{(training and training.dag_id) or '(not Airflow)'} run {(training and training.dag_run_id) or '-'}"
+        dag_id, dag_run_id = self.training.dag_run if self.training is not None else (None, None)
+        return f"{dag_id or '(not Airflow)'} run {dag_run_id or '-'}"
 
 
 def champion_from_run(client_id: str, dag_id: str, dag_run_id: str) -> ChampionSource:

@@ -31,7 +31,7 @@ def test_a_finished_training_reads_its_gate_and_dag_run():
     record = TrainingRecord.from_run(tags, metrics)
     assert record.promoted and record.champion_before == 3
     assert (record.test_top_5_accuracy, record.challenger_score, record.previous_score) == (0.9, 0.91, 0.88)
-    assert (record.dag_id, record.dag_run_id) == ("c1_training", "manual_1")
+    assert record.dag_run == ("c1_training", "manual_1")
     older = TrainingRecord.from_run({"champion_version_before": ""}, {})  # a first training, or an older run
     assert older.champion_before is None and older.previous_score is None and not older.promoted
 
