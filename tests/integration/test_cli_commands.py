@@ -1,8 +1,10 @@
 """The CLI as users and Airflow run it: a subprocess, environment variables, exit codes."""
+import json
 import os
 
 import pytest
 
+from categories_classification.records import DAG_ID_TAG, DAG_RUN_ID_TAG, NOT_CHAMPION_EXIT_CODE
 from tests.helpers import client_entry, read_output, run_cli, train_args, write_config
 
 pytestmark = pytest.mark.slow
@@ -57,3 +59,23 @@ def test_unreachable_tracking_server_is_one_line(cli_env):
     assert result.returncode == 1
     assert result.stderr.startswith("Error: client 'small_a': MLflow at http://127.0.0.1:9 failed")
     assert "Traceback" not in result.stderr
+
+
+def test_champion_from_run_publishes_only_the_dag_runs_own_promotion(cli_env):
+    def publish(dag_run_id: str):
+        return run_cli(["champion-from-run", "--client_id=small_a", "--dag_id=small_a_training",
+                        f"--dag_run_id={dag_run_id}"], cli_env)
+
+    nothing = publish("run_1")
+    assert nothing.returncode == NOT_CHAMPION_EXIT_CODE and "small_a: no champion: nothing to publish" in nothing.stdout
+    # As the training DAG's task runs it: Airflow's run context becomes the run's tags.
+    airflow = {**cli_env, "MLFLOW_RUN_CONTEXT": json.dumps({DAG_ID_TAG: "small_a_training", DAG_RUN_ID_TAG: "run_1"})}
+    trained = run_cli(train_args("small_a", params='{"n_estimators": 8}'), airflow)
+    assert trained.returncode == 0, trained.stderr
+    mine = publish("run_1")
+    assert mine.returncode == 0, mine.stderr
+    assert mine.stdout == "small_a: small_a_model version 1 was promoted by small_a_training run run_1: publishing it\n"
+    other = publish("run_2")
+    assert other.returncode == NOT_CHAMPION_EXIT_CODE
+    assert other.stdout == ("small_a: champion is small_a_model version 1, from small_a_training run run_1, not promoted "
+                            "by small_a_training run run_2: nothing to publish\n")
