@@ -31,20 +31,33 @@ LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PredictionResult:  # pylint: disable=too-many-instance-attributes  # what callers and the summary read
+class PredictionResult:
     """Where the predictions went and which model made them."""
 
     client_id: str
     inference_date: str
     output_path: str
-    model_name: str
-    model_version: int
-    run_id: str
+    model: registry.ModelRef
     rows_written: int
     rows_skipped: int
     seconds: float
     prediction_run_id: str = ""
     drift: Mapping[str, Any] = field(default_factory=dict)  # the manifest's drift object
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name."""
+        return self.model.name
+
+    @property
+    def model_version(self) -> int:
+        """The version that scored the input."""
+        return self.model.version
+
+    @property
+    def run_id(self) -> str:
+        """The training run of that version."""
+        return self.model.run_id
 
 
 Outcome = Union[PredictionResult, Exception]
@@ -123,8 +136,8 @@ def _finish(spark: SparkSession, files: output.Files, plan: ClientPlan, run: lin
     if skipped:
         LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s", plan.client_id, skipped,
                        plan.source)
-    return PredictionResult(plan.client_id, plan.date, plan.target, plan.ref.name, plan.ref.version, plan.ref.run_id,
-                            written, skipped, seconds, run.run_id, checks.drift_record(plan.drift, verdict.report))
+    return PredictionResult(plan.client_id, plan.date, plan.target, plan.ref, written, skipped, seconds, run.run_id,
+                            checks.drift_record(plan.drift, verdict.report))
 
 
 def _verify(spark: SparkSession, plan: ClientPlan, stats: checks.Stats) -> checks.DriftVerdict:
