@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from categories_classification.errors import InputDataError, ModelNotFoundError
-from categories_classification.prediction.predictor import _raise_on_duplicates, predict_categories
+from categories_classification.prediction.job import raise_on_duplicates
+from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
 from tests.helpers import DATE, FEATURES, non_parquet_in_dataset, output_folder, staging_leftovers
 
@@ -162,5 +163,5 @@ def test_duplicate_product_ids_fail_clearly_and_keep_previous_output(trained, sp
 def test_duplicate_check_is_exact_across_partitions(spark):
     products = spark.createDataFrame([("a",), ("b",), ("c",), ("b",), ("d",), ("a",), ("a",)], "product_id string")
     with pytest.raises(InputDataError, match=r"2 product_id value\(s\) appear more than once \(5 rows, e\.g\. 'a', 'b'\)"):
-        _raise_on_duplicates("x", "file.csv.gz", products.repartition(3))
-    _raise_on_duplicates("x", "file.csv.gz", products.dropDuplicates().repartition(3))  # no error: all unique
+        raise_on_duplicates("x", "file.csv.gz", products.repartition(3))
+    raise_on_duplicates("x", "file.csv.gz", products.dropDuplicates().repartition(3))  # no error: all unique

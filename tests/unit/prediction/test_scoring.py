@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from categories_classification.prediction.scoring import (
     CLIENT, FEATURES as FEATURES_COLUMN, HASH, MALFORMED, MIN_ROWS_PER_THREAD, MODELS_KEPT, STATS, ClientModel, Scorer,
-    _in_background, predict_proba, read_stats, repeated_values, score_batch)
+    _MODELS, _in_background, predict_proba, read_stats, repeated_values, score_batch)
 from categories_classification.serialization import dump_model
 from categories_classification.training.fitting import fit_model
 from tests.helpers import reference_top_k
@@ -129,10 +129,15 @@ def test_a_worker_keeps_a_bounded_number_of_models():
         loads.append(name)
         return model
 
-    scorer = Scorer({f"c{i}": ClientModel(f"m{i}.skops", FEATURES) for i in range(MODELS_KEPT + 2)}, k=5, load=load)
-    batches = [_input([f"c{i}"], ["p"], [[0.5, 0.5]]) for i in range(MODELS_KEPT + 2)]
-    list(scorer(iter(batches + batches[-1:])))
-    assert len(loads) == MODELS_KEPT + 2  # the last client, seen twice, was loaded once
+    _MODELS.clear()  # what earlier tests left in this worker's cache
+    clients = MODELS_KEPT + 2
+    scorer = Scorer({f"c{i}": ClientModel(f"m{i}.skops", FEATURES) for i in range(clients)}, k=5, load=load)
+    batches = [_input([f"c{i}"], ["p"], [[0.5, 0.5]]) for i in range(clients)]
+    list(scorer(iter(batches + batches[-1:] + batches[:1])))
+    # The last client, seen again at once, is still loaded; the first, least recently used, was
+    # evicted and is loaded again; the worker never holds more than MODELS_KEPT models.
+    assert loads == [f"m{i}.skops" for i in range(clients)] + ["m0.skops"]
+    assert len(_MODELS) == MODELS_KEPT and list(_MODELS)[-2:] == [f"m{clients - 1}.skops", "m0.skops"]
 
 
 def test_scorer_counts_each_clients_rows_per_drift_bin_in_the_same_pass():
