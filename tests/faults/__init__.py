@@ -1,0 +1,1 @@
+"""Faults injected while work is under way (real servers killed, restarted or filled mid-command)."""
