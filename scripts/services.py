@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional, TypeVar
 from urllib.parse import urlparse
 
-from scripts.supervisor import ProcessSpec, StartError, Supervisor, answers
+from scripts.supervisor import ProcessSpec, Running, StartError, Supervisor, answers
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "services"
@@ -67,7 +67,7 @@ def redis_available() -> bool:
 
 
 @dataclass
-class Server:
+class Server(Running):
     """A running server: its URL (with credentials: never print it, print :attr:`display`), its log (its
     supervisor's process is named after it: ``postgres``, ``redis``)."""
 
@@ -82,23 +82,14 @@ class Server:
         """The URL with credentials masked."""
         return mask(self.url)
 
-    @property
-    def pid(self) -> Optional[int]:
-        """The server's pid (its process group's leader) if we started it."""
-        return self.supervisor.pid(self.log.stem) if self.supervisor is not None else None
+    def __post_init__(self) -> None:
+        self.names = (self.log.stem,)
 
     def stop(self) -> None:
         """Stop the server's process group if we started it (SIGTERM, SIGKILL after 20 s)."""
-        if self.supervisor is not None:
-            self.supervisor.stop(quiet=True, only=[self.log.stem])
+        super().stop()
         for callback in self.on_stop:
             callback()
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 @dataclass

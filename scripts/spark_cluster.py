@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from scripts.supervisor import HOST, ProcessSpec, StartError, Supervisor, alive, port_free
+from scripts.supervisor import HOST, ProcessSpec, Running, StartError, Supervisor, alive, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "spark"
@@ -47,8 +47,9 @@ class ClusterError(RuntimeError):
 
 
 @dataclass
-class Cluster:
-    """A running master and its workers, each process the leader of its own process group, stopped on exit.
+class Cluster(Running):
+    """A running master and its workers, each process the leader of its own process group, stopped on exit
+    (the workers, then the master).
 
     A worker's group also holds the executor JVMs it launched; their Python workers lead groups
     of their own and exit as soon as their executor is gone.
@@ -77,15 +78,6 @@ class Cluster:
         """The log files of the master and the workers (executors log under ``work/``)."""
         return sorted(self.run_dir.glob("*.log"))
 
-    def stop(self) -> None:
-        """Stop the workers, then the master: SIGTERM to each group, SIGKILL after 20 s."""
-        self.supervisor.stop(quiet=True)
-
-    def __enter__(self) -> "Cluster":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def spark_home() -> Path:

@@ -25,7 +25,7 @@ from typing import Optional
 
 from categories_classification.prediction.spark import DEFAULT_CONF
 from scripts.spark_cluster import spark_home
-from scripts.supervisor import HOST, ProcessSpec, StartError, Supervisor, alive, answers, port_free
+from scripts.supervisor import HOST, ProcessSpec, Running, StartError, Supervisor, alive, answers, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "spark-connect"
@@ -45,23 +45,14 @@ class ServiceError(RuntimeError):
 
 
 @dataclass
-class Service:
+class Service(Running):
     """A running Spark Connect server (the leader of its own process group), stopped on exit."""
 
     url: str
     port: int
     log: Path
     supervisor: Supervisor
-
-    def stop(self) -> None:
-        """SIGTERM the server's group, SIGKILL after 20 s."""
-        self.supervisor.stop(quiet=True, only=[NAME])
-
-    def __enter__(self) -> "Service":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    names: tuple[str, ...] = (NAME,)
 
 
 def server_spec(port: int, master: str, scratch: Path, timeout: float = 180.0) -> ProcessSpec:

@@ -374,3 +374,25 @@ class Supervisor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop(quiet=True)
+
+
+class Running:
+    """What a supervisor started for a caller (a server, a cluster): stopped on exit from a ``with`` block.
+
+    Subclasses have a ``supervisor`` (None: nothing of ours to stop) and say which of its processes
+    are theirs (``names``; default: all of them).
+    """
+
+    supervisor: Optional[Supervisor]
+    names: Optional[Sequence[str]] = None
+
+    def stop(self) -> None:
+        """Stop this one's processes (SIGTERM, SIGKILL after their grace)."""
+        if self.supervisor is not None:
+            self.supervisor.stop(quiet=True, only=self.names)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
