@@ -21,7 +21,7 @@ DATA_STAMP := data/train/client_id=client_9/data_train.csv.gz
 DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
 # The local stack's profile: standalone (Airflow on SQLite, LocalExecutor) or celery (CeleryExecutor,
-# PostgreSQL, Redis, two workers: scripts/celery_stack.py).
+# PostgreSQL, Redis, two workers: scripts/profiles/celery.py). Both are started and stopped by scripts/supervisor.py.
 PROFILE ?= standalone
 
 .PHONY: help init-pipenv data demo train-all predict-all generate-dags init-airflow start-airflow stop-airflow \

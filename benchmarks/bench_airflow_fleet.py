@@ -1,7 +1,7 @@
 """Issue #18: the local Airflow stack with 1,000 clients (2,000 DAG files): start, idle CPU, runs, new files.
 
 The stack is the project's own, either profile: `scripts/local_stack.py start` (standalone, SQLite)
-or `scripts/celery_stack.py` (CeleryExecutor, PostgreSQL, Redis; ``bench_airflow_fleet_celery``), in
+or `scripts/profiles/celery.py` (CeleryExecutor, PostgreSQL, Redis; ``bench_airflow_fleet_celery``), in
 a temporary AIRFLOW_HOME, DAGs folder, run dir and stores, on free loopback ports: a user's stack
 is never touched.
 """
@@ -16,11 +16,12 @@ from typing import Callable, Optional
 import psutil
 
 from benchmarks._common import BenchContext, Row, Section, run_command, seconds, write_config
-from scripts import local_stack
-from scripts._processes import free_port
-from scripts.airflow_processes import AIRFLOW_PROCESSES
-from scripts.celery_stack import AirflowClient, CeleryStack, Settings
+from scripts.airflow_api import AirflowClient
 from scripts.generate_example_data import ClientSpec, write_client
+from scripts.profiles import standalone
+from scripts.profiles.airflow import AIRFLOW_PROCESSES, parsing_settings
+from scripts.profiles.celery import CeleryStack, Settings
+from scripts.supervisor import free_ports
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
 RUN_CLIENT = "client_0000"  # its training DAG is the one switched on and run
@@ -76,7 +77,7 @@ def run(ctx: BenchContext, profile: str = "standalone") -> Section:
     )
     got = _measure(ctx, profile, *((20, 30.0) if ctx.quick else (1000, 300.0)))
     cores = os.cpu_count() or 1
-    settings = local_stack.parsing_settings(got.files, cores)
+    settings = parsing_settings(got.files, cores)
     charged = _CHARGED[profile]
     registering = sum(sum(got.first[group].values()) for group in charged)
     interval = float(settings["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"])
@@ -112,7 +113,7 @@ def run(ctx: BenchContext, profile: str = "standalone") -> Section:
         "CPU is counted per process group member as user + system + the reaped children's user + system "
         "(`/proc/<pid>/stat` utime, stime, cutime, cstime via psutil): parse processes that exit during the "
         "window are in their parent's cutime, so nothing short-lived escapes; a difference of two snapshots.",
-        "Settings (`scripts/local_stack.parsing_settings` for this folder): "
+        "Settings (`scripts/profiles/airflow.parsing_settings` for this folder): "
         + ", ".join(f"{key.rsplit('__', 1)[1].lower()}={value}" for key, value in settings.items()) + ".",
         f"Load average (1, 5, 15 min) before: {_load(got.load[0])}; after: {_load(got.load[1])} "
         "(above 0 before means other work shared the machine).",
@@ -146,16 +147,17 @@ def _measure(ctx: BenchContext, profile: str, clients: int, idle_seconds: float)
 def _start_standalone(ctx: BenchContext, dags: Path, data: Path) -> _Profile:
     """`scripts/local_stack.py start` in scratch folders, on free ports."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
+    airflow_port, mlflow_port, spark_connect_port = free_ports(3)
     env.update(AIRFLOW_HOME=str(ctx.scratch("airflow_home")), DAGS_FOLDER=str(dags),
                STACK_RUN_DIR=str(ctx.scratch("run")), MLFLOW_STORE_DIR=str(ctx.scratch("mlflow")),
-               AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()), SPARK_CONNECT_PORT=str(free_port()),
+               AIRFLOW_PORT=str(airflow_port), MLFLOW_PORT=str(mlflow_port), SPARK_CONNECT_PORT=str(spark_connect_port),
                DATA_PREFIX=str(data), PIPENV_VENV_IN_PROJECT="1")
-    stack = local_stack.Stack.from_env(env)
+    stack = standalone.Stack.from_env(env)
     run_command([ctx.python, "-m", "scripts.local_stack", "start"], env=env, timeout=900)
-    return _Profile(AirflowClient(stack.airflow_url, stack.airflow_home), stack.dags_folder, stack.airflow_home,
+    return _Profile(stack.client(), stack.dags_folder, stack.airflow_home,
                     lambda: {"airflow": [(name, stack.pid(name)) for name in AIRFLOW_PROCESSES],
                              "mlflow": [(None, stack.pid("mlflow"))]},
-                    lambda: local_stack.stop(stack))
+                    lambda: standalone.stop(stack))
 
 
 def _start_celery(dags: Path, data: Path) -> _Profile:
@@ -163,8 +165,9 @@ def _start_celery(dags: Path, data: Path) -> _Profile:
     root = Path(tempfile.mkdtemp(prefix="categories_bench_celery_"))
     root.chmod(0o755)
     # No Spark service: the run measured is a training (the standalone profile's JVM is not counted either).
-    celery = CeleryStack(Settings(run_dir=root, dags_folder=dags, airflow_port=free_port(), mlflow_port=free_port(),
-                                  postgres_port=free_port(), redis_port=free_port(), postgres_url="", redis_url="",
+    ports = free_ports(4)
+    celery = CeleryStack(Settings(run_dir=root, dags_folder=dags, airflow_port=ports[0], mlflow_port=ports[1],
+                                  postgres_port=ports[2], redis_port=ports[3], postgres_url="", redis_url="",
                                   data_prefix=data, spark_connect=False, extra_env={"SPARK_MASTER": "local[2]"}))
 
     def stop() -> None:
@@ -178,8 +181,7 @@ def _start_celery(dags: Path, data: Path) -> _Profile:
         raise
 
     def groups() -> dict[str, list[tuple[Optional[str], int]]]:
-        workers = [f"worker-{number}" for number in range(1, celery.settings.workers + 1)]
-        return {"airflow": [(name, celery.pid(name)) for name in (*AIRFLOW_PROCESSES, *workers)],
+        return {"airflow": [(name, celery.pid(name)) for name in (*AIRFLOW_PROCESSES, *celery.settings.worker_names())],
                 "databases": [(name, celery.pid(name)) for name in ("postgres", "redis")],
                 "mlflow": [(None, celery.pid("mlflow"))]}
 
@@ -264,7 +266,7 @@ def _new_dag_file(ctx: BenchContext, stack: _Profile) -> float:
     shutil.copyfile(rendered / "client_new_training.py", staged)
     appeared = time.monotonic()
     os.replace(staged, stack.dags_folder / "client_new_training.py")
-    stack.client.wait_parsed("client_new-training", 600)
+    stack.client.wait_for_dag("client_new-training", 600)
     return time.monotonic() - appeared
 
 

@@ -142,7 +142,7 @@ def _limit(ctx: BenchContext, config: Path, env: dict[str, str]) -> dict[str, An
 def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str, str]) -> dict[str, Any]:
     """The `predictor` command for one client, with the shared service and without (SAMPLES each)."""
     # pylint: disable=import-outside-toplevel
-    from scripts.spark_cluster import free_ports
+    from scripts.supervisor import free_ports
     from scripts.spark_connect import start_service
 
     command = [*cli, "predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]

@@ -1,9 +1,8 @@
-"""Issue #14: every example client's training DAG triggered at once, on the standalone profile (Airflow
-standalone, SQLite) and on the Celery profile (two Celery workers, PostgreSQL, Redis), side by side."""
+"""Issue #14: every example client's training DAG triggered at once, on the standalone profile (LocalExecutor,
+SQLite) and on the Celery profile (two Celery workers, PostgreSQL, Redis), side by side."""
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,13 +12,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmarks._common import PROJECT_ROOT, BenchContext, Row, Section, ratio, seconds, write_config
-from scripts import services
-from scripts._processes import spawn_detached, stop_group, wait_for_http
-from scripts.celery_stack import AirflowClient, CeleryStack, Settings, manual_runs_only
+from scripts.airflow_api import AirflowClient
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import example_specs, write_client
-
-BIN = Path(sys.executable).parent
+from scripts.profiles import standalone
+from scripts.profiles.celery import CeleryStack, Settings, manual_runs_only
+from scripts.supervisor import free_ports, wait_for
 
 
 def run(ctx: BenchContext) -> Section:
@@ -85,7 +83,7 @@ def _measure(start: Callable[[Path], "_Profile"], dag_ids: list[str], ctx: Bench
         profile.start()
         client = profile.client()
         for dag_id in dag_ids:
-            client.wait_parsed(dag_id)
+            client.wait_for_dag(dag_id)
         startup = time.perf_counter() - started
         began = time.perf_counter()
         # Back to back (a fraction of a second for all): concurrent API writes would test SQLite's locking.
@@ -106,15 +104,15 @@ def _measure(start: Callable[[Path], "_Profile"], dag_ids: list[str], ctx: Bench
 
 
 def _wait_all(client: AirflowClient, runs: dict[str, str], timeout: float) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
-    while len(states) < len(runs) and time.monotonic() < deadline:
+
+    def all_finished() -> bool:
         for dag_id, run_id in runs.items():
-            if dag_id not in states:
-                state = client.state(dag_id, run_id)
-                if state in ("success", "failed"):
-                    states[dag_id] = state
-        time.sleep(1)
+            if dag_id not in states and (state := client.state(dag_id, run_id)) in ("success", "failed"):
+                states[dag_id] = state
+        return len(states) == len(runs)
+
+    wait_for(all_finished, timeout)
     return {dag_id: states.get(dag_id, "unfinished") for dag_id in runs}
 
 
@@ -148,7 +146,7 @@ class _Profile:
 
 class _Celery(_Profile):
     def __init__(self, root: Path, dags: Path, env: dict[str, str]) -> None:
-        ports = [services.free_port() for _ in range(4)]
+        ports = free_ports(4)
         self.stack = CeleryStack(Settings(run_dir=root, dags_folder=dags, airflow_port=ports[0], mlflow_port=ports[1],
                                           postgres_port=ports[2], redis_port=ports[3], postgres_url="", redis_url="",
                                           data_prefix=Path(env["DATA_PREFIX"]), spark_connect=False,  # training only
@@ -166,46 +164,25 @@ class _Celery(_Profile):
 
 
 class _Standalone(_Profile):
-    """What `make start-airflow` runs (Airflow standalone, an MLflow server on SQLite), in ``root``."""
+    """The standalone profile (`make start-airflow`: LocalExecutor, an MLflow server on SQLite) in ``root``, without
+    its Spark service (training only, as the Celery profile here)."""
 
     def __init__(self, root: Path, dags: Path, env: dict[str, str]) -> None:
-        self.root, self.dags, self.extra = root, dags, env
-        self.port, self.mlflow_port = services.free_port(), services.free_port()
-        self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}"
-        self.pids: list[int] = []
+        airflow_port, mlflow_port, spark_connect_port = free_ports(3)
+        self.stack = standalone.Stack(airflow_home=root / "airflow_home", dags_folder=dags, run_dir=root / "run",
+                                      store_dir=root, airflow_port=airflow_port, mlflow_port=mlflow_port,
+                                      spark_connect_port=spark_connect_port)
+        self.mlflow_url = self.stack.mlflow_url
+        # The tasks' environment: no AIRFLOW__* of the caller's, no lock URL (one run per client: no lock needed).
+        self.base = {key: value for key, value in os.environ.items()
+                     if not key.startswith("AIRFLOW__") and key != "CATEGORIES_LOCK_URL"}
+        self.base.update(env, AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="10")
 
     def start(self) -> None:
-        mlflow = spawn_detached([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
-                                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--workers", "1",
-                                 "--artifacts-destination", str(self.root / "mlartifacts")],
-                                self.root / "mlflow.log", dict(os.environ), PROJECT_ROOT)
-        self.pids.append(mlflow.pid)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
-        env.update(self.extra, AIRFLOW_HOME=str(self.root / "airflow_home"), AIRFLOW__CORE__DAGS_FOLDER=str(self.dags),
-                   AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__API__HOST="127.0.0.1",
-                   AIRFLOW__API__PORT=str(self.port), AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="10",
-                   # Tasks call the execution API; its default address is port 8080's.
-                   AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{self.port}/execution/",
-                   # Other stacks on this machine may hold the default log-server ports.
-                   AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(services.free_port()),
-                   AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(services.free_port()),
-                   MLFLOW_TRACKING_URI=self.mlflow_url, CATEGORIES_PROJECT_DIR=str(PROJECT_ROOT),
-                   # `airflow standalone` starts its components as `airflow ...` found on PATH.
-                   PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
-        env.pop("CATEGORIES_LOCK_URL", None)
-        airflow = spawn_detached([str(BIN / "airflow"), "standalone"], self.root / "airflow.log", env, PROJECT_ROOT)
-        self.pids.append(airflow.pid)
-        _wait_http(f"{self.mlflow_url}/health", 180)
-        _wait_http(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", 300)
+        standalone.start(self.stack, self.base, with_spark=False)
 
     def stop(self) -> None:
-        for pid in reversed(self.pids):
-            stop_group(pid, 30.0)
+        standalone.stop(self.stack)
 
     def client(self) -> AirflowClient:
-        return AirflowClient(f"http://127.0.0.1:{self.port}", self.root / "airflow_home")
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    if not wait_for_http(url, timeout):
-        raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+        return self.stack.client()

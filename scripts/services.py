@@ -5,25 +5,23 @@ generated on first start and kept in files only their owner reads; they are neve
 line and never printed (:func:`mask`). :func:`existing_postgres` / :func:`existing_redis` check
 servers given by URL (``CATEGORIES_POSTGRES_URL``, ``CATEGORIES_REDIS_URL``), which nobody stops.
 
-From Python (tests, the Celery profile: ``scripts/celery_stack.py``), a server as a context
+From Python (tests, the Celery profile: ``scripts/profiles/celery.py``), a server as a context
 manager that stops it on exit::
 
-    with start_postgres(run_dir=tmp, port=free_port()) as postgres:
+    with start_postgres(run_dir=tmp, port=supervisor.free_port()) as postgres:
         url = postgres.create_database("mlflow")
 """
 import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 from urllib.parse import urlparse
 
-from scripts._processes import stop_group
+from scripts.supervisor import ProcessSpec, Running, StartError, Supervisor, answers
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "services"
@@ -68,30 +66,15 @@ def redis_available() -> bool:
     return shutil.which("redis-server") is not None
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def answers(host: str, port: int, timeout: float = 2.0) -> bool:
-    """True if something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 @dataclass
-class Server:
-    """A running server: its URL (with credentials: never print it, print :attr:`display`), its log."""
+class Server(Running):
+    """A running server: its URL (with credentials: never print it, print :attr:`display`), its log (its
+    supervisor's process is named after it: ``postgres``, ``redis``)."""
 
     name: str
     url: str
     log: Path
-    process: Optional[subprocess.Popen] = None  # None: an existing server we did not start
+    supervisor: Optional[Supervisor] = None  # None: an existing server we did not start
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -99,18 +82,14 @@ class Server:
         """The URL with credentials masked."""
         return mask(self.url)
 
-    def stop(self, grace: float = 20.0) -> None:
-        """Stop the server's process group if we started it (SIGTERM, SIGKILL after ``grace`` s)."""
-        if self.process is not None:
-            stop_group(self.process.pid, grace, self.process.poll)
+    def __post_init__(self) -> None:
+        self.names = (self.log.stem,)
+
+    def stop(self) -> None:
+        """Stop the server's process group if we started it (SIGTERM, SIGKILL after 20 s)."""
+        super().stop()
         for callback in self.on_stop:
             callback()
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 @dataclass
@@ -140,15 +119,17 @@ class Postgres(Server):
         return self.database_url(database)
 
 
-def start_postgres(*, run_dir: Path = RUN_DIR / "postgres", port: int = POSTGRES_PORT,
-                   timeout: float = 60.0) -> Postgres:
-    """Start PostgreSQL on 127.0.0.1:``port`` with its data in ``run_dir`` (created by initdb on first use)."""
+def start_postgres(*, run_dir: Path = RUN_DIR / "postgres", port: int = POSTGRES_PORT, timeout: float = 60.0,
+                   supervisor: Optional[Supervisor] = None) -> Postgres:
+    """Start PostgreSQL on 127.0.0.1:``port`` with its data in ``run_dir`` (created by initdb on first use).
+
+    ``supervisor``: the one that records it as ``postgres`` (a stack's; default: one over ``run_dir``).
+    """
     if not postgres_available():
         raise ServiceError(f"PostgreSQL server binaries not found in {POSTGRES_BIN}: install the Debian package "
                            "postgresql-15 (or postgresql), or set CATEGORIES_POSTGRES_URL to an existing server")
-    if answers(HOST, port, 1.0):
-        raise ServiceError(f"port {port} on {HOST} is in use (a server already running? "
-                           "`python -m scripts.services status`)")
+    if answers(port, HOST, 1.0):
+        raise ServiceError(f"port {port} on {HOST} is in use (a server already running?)")
     owner = _service_owner()
     data, password_file = run_dir / "data", run_dir / "password"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,34 +137,34 @@ def start_postgres(*, run_dir: Path = RUN_DIR / "postgres", port: int = POSTGRES
         _check_reachable(run_dir.resolve(), owner)
     if not (data / "PG_VERSION").exists():
         _initdb(run_dir, data, password_file, owner)
-    log = run_dir / "postgres.log"
     # Only loopback TCP and a socket in run_dir (never /var/run/postgresql, which may not exist).
     command = [str(POSTGRES_BIN / "postgres"), "-D", str(data), "-p", str(port), "-c", f"listen_addresses={HOST}",
                "-c", f"unix_socket_directories={run_dir}", "-c", "max_connections=300"]
-    process = _spawn(command, log, owner)
     password = password_file.read_text(encoding="utf-8").strip()
-    server = Postgres("PostgreSQL", f"postgresql://{SUPERUSER}:{password}@{HOST}:{port}/postgres", log, process)
-    return _started(server, port, timeout, _postgres_ready)
+    supervisor = supervisor or Supervisor(run_dir, quiet=True)
+    server = Postgres("PostgreSQL", f"postgresql://{SUPERUSER}:{password}@{HOST}:{port}/postgres",
+                      supervisor.log("postgres"), supervisor)
+    return _started(server, command, port, timeout, _postgres_ready, owner)
 
 
-def start_redis(*, run_dir: Path = RUN_DIR / "redis", port: int = REDIS_PORT, timeout: float = 30.0) -> Server:
-    """Start Redis on 127.0.0.1:``port`` (password required, snapshots in ``run_dir``)."""
+def start_redis(*, run_dir: Path = RUN_DIR / "redis", port: int = REDIS_PORT, timeout: float = 30.0,
+                supervisor: Optional[Supervisor] = None) -> Server:
+    """Start Redis on 127.0.0.1:``port`` (password required, snapshots in ``run_dir``), recorded as ``redis`` by
+    ``supervisor`` (default: one over ``run_dir``)."""
     if not redis_available():
         raise ServiceError("redis-server not found: install the Debian package redis-server "
                            "(apt-get install -y redis-server), or set CATEGORIES_REDIS_URL to an existing server")
-    if answers(HOST, port, 1.0):
-        raise ServiceError(f"port {port} on {HOST} is in use (a server already running? "
-                           "`python -m scripts.services status`)")
+    if answers(port, HOST, 1.0):
+        raise ServiceError(f"port {port} on {HOST} is in use (a server already running?)")
     run_dir.mkdir(parents=True, exist_ok=True)
     password = _secret(run_dir / "password")
     config = run_dir / "redis.conf"
     # The password goes in a file of its own, not on the command line (visible to `ps`).
     _write_private(config, "\n".join([f"bind {HOST}", f"port {port}", f"dir {run_dir}", "protected-mode yes",
                                       f"requirepass {password}", "save 60 1", "daemonize no", ""]))
-    log = run_dir / "redis.log"
-    process = _spawn(["redis-server", str(config)], log, None)
-    server = Server("Redis", f"redis://:{password}@{HOST}:{port}/0", log, process)
-    return _started(server, port, timeout, _redis_ready)
+    supervisor = supervisor or Supervisor(run_dir, quiet=True)
+    server = Server("Redis", f"redis://:{password}@{HOST}:{port}/0", supervisor.log("redis"), supervisor)
+    return _started(server, ["redis-server", str(config)], port, timeout, _redis_ready, None)
 
 
 def existing_postgres(url: str) -> Postgres:
@@ -240,40 +221,23 @@ def _initdb(run_dir: Path, data: Path, password_file: Path, owner: Optional[pwd.
         pwfile.unlink(missing_ok=True)
 
 
-def _spawn(command: list[str], log: Path, owner: Optional[pwd.struct_passwd]) -> subprocess.Popen:
-    """Start ``command`` in its own process group (as ``owner`` if given), output appended to ``log``."""
-    with log.open("ab") as handle:
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                                start_new_session=True, cwd=log.parent,
-                                user=owner.pw_uid if owner else None, group=owner.pw_gid if owner else None,
-                                extra_groups=[] if owner else None)
-
-
 ServerT = TypeVar("ServerT", bound=Server)
 
 
-def _started(server: ServerT, port: int, timeout: float, ready: Callable[[Server], bool]) -> ServerT:
-    """``server`` once it answers and ``ready`` says so; stopped, and the error raised, if it does not."""
+def _started(server: ServerT, command: list[str], port: int, timeout: float, ready: Callable[[Server], bool],
+             owner: Optional[pwd.struct_passwd]) -> ServerT:
+    """``server`` started (as ``owner`` if given) once it answers on ``port`` and ``ready`` says so; stopped, and
+    :class:`ServiceError` raised, if it does not."""
+    assert server.supervisor is not None
+    as_owner = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
+    spec = ProcessSpec(server.log.stem, command, dict(os.environ),
+                       health=lambda: answers(port, HOST, 1.0) and ready(server), timeout=timeout, grace=20.0,
+                       cwd=server.log.parent, popen=as_owner)  # PostgreSQL's own user can enter it
     try:
-        _wait(server, port, timeout, ready)
-    except BaseException:
-        server.stop(grace=10)
-        raise
+        server.supervisor.start([spec])
+    except StartError as exc:
+        raise ServiceError(f"{server.name} at {server.display}: {exc}") from None
     return server
-
-
-def _wait(server: Server, port: int, timeout: float, ready: Callable[[Server], bool]) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if server.process is not None and server.process.poll() is not None:
-            raise ServiceError(f"{server.name} on {HOST}:{port} exited with code {server.process.returncode}: "
-                               f"{_tail(server.log)}")
-        if answers(HOST, port, 1.0) and ready(server):
-            return
-        if time.monotonic() > deadline:
-            raise ServiceError(f"{server.name} did not answer at {server.display} within {timeout:.0f}s: "
-                               f"{_tail(server.log)}")
-        time.sleep(0.3)
 
 
 def _postgres_ready(server: Server) -> bool:
@@ -308,10 +272,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.chmod(path, 0o600)
-
-
-def _tail(log: Path, chars: int = 1200) -> str:
-    return log.read_text(encoding="utf-8", errors="replace")[-chars:] if log.is_file() else "(no log)"
 
 
 def _one_line(exc: BaseException) -> str:

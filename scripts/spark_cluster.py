@@ -12,7 +12,7 @@ master's REST submission server is off. Pids, logs, worker and executor folders 
 
 From Python (tests), the same cluster as a context manager that stops everything on exit::
 
-    port, webui_port = free_ports(2)
+    port, webui_port = supervisor.free_ports(2)
     with start_cluster(workers=2, cores=1, port=port, webui_port=webui_port, run_dir=tmp) as cluster:
         ...  # SPARK_MASTER=cluster.master_url; cluster.state() is the master's JSON
 """
@@ -20,22 +20,19 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from scripts._processes import alive, spawn_detached, stop_group
+from scripts.supervisor import HOST, ProcessSpec, Running, StartError, Supervisor, alive, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "spark"
 STATE_FILE = "cluster.json"
-HOST = "127.0.0.1"
 MASTER_PORT = int(os.environ.get("SPARK_MASTER_PORT", "7077"))
 MASTER_WEBUI_PORT = int(os.environ.get("SPARK_MASTER_WEBUI_PORT", "8081"))  # Airflow owns 8080
 WORKERS = int(os.environ.get("SPARK_WORKER_INSTANCES", "1"))
@@ -50,8 +47,9 @@ class ClusterError(RuntimeError):
 
 
 @dataclass
-class Cluster:
-    """A running master and its workers, each process the leader of its own process group.
+class Cluster(Running):
+    """A running master and its workers, each process the leader of its own process group, stopped on exit
+    (the workers, then the master).
 
     A worker's group also holds the executor JVMs it launched; their Python workers lead groups
     of their own and exit as soon as their executor is gone.
@@ -60,8 +58,17 @@ class Cluster:
     master_url: str
     webui_url: str
     run_dir: Path
-    master: subprocess.Popen
-    workers: list[subprocess.Popen] = field(default_factory=list)
+    supervisor: Supervisor
+
+    @property
+    def master(self) -> subprocess.Popen:
+        """The master's process."""
+        return self.supervisor.processes["master"]
+
+    @property
+    def workers(self) -> list[subprocess.Popen]:
+        """The workers' processes."""
+        return [process for name, process in self.supervisor.processes.items() if name.startswith("worker-")]
 
     def state(self, timeout: float = 5.0) -> dict[str, Any]:
         """The master's view (its web UI ``/json/``): ``aliveworkers``, ``workers``, ``activeapps``..."""
@@ -71,16 +78,6 @@ class Cluster:
         """The log files of the master and the workers (executors log under ``work/``)."""
         return sorted(self.run_dir.glob("*.log"))
 
-    def stop(self, grace: float = 20.0) -> None:
-        """Stop the workers, then the master: SIGTERM to each group, SIGKILL after ``grace`` seconds."""
-        for process in [*self.workers, self.master]:
-            stop_group(process.pid, grace, process.poll)
-
-    def __enter__(self) -> "Cluster":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def spark_home() -> Path:
@@ -91,22 +88,40 @@ def spark_home() -> Path:
     return Path(spec.origin).parent
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 right now (the OS picks them)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind((HOST, 0))  # all held at once, so no port is handed out twice
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
 def master_state(webui_url: str, timeout: float = 5.0) -> dict[str, Any]:
     """The master's JSON status at ``webui_url``."""
     with urllib.request.urlopen(f"{webui_url}/json/", timeout=timeout) as response:  # nosec: loopback only
         return json.loads(response.read())
+
+
+def cluster_specs(*, workers: int, cores: int, memory: str, port: int, webui_port: int, run_dir: Path,
+                  timeout: float) -> list[ProcessSpec]:
+    """The master, then ``workers`` workers (free web UI ports); healthy once every worker has registered.
+
+    Each daemon (spark-class execs into its JVM) and the executors it launches form one process group.
+    """
+    env = _env(run_dir)
+    spark_class = str(spark_home() / "bin" / "spark-class")
+    master_url, webui_url = f"spark://{HOST}:{port}", f"http://{HOST}:{webui_port}"
+
+    def registered() -> bool:
+        try:
+            return int(master_state(webui_url, timeout=2)["aliveworkers"]) >= workers
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, KeyError):
+            return False
+
+    master = ProcessSpec("master", [spark_class, MASTER_CLASS, "--host", HOST, "--port", str(port), "--webui-port",
+                                    str(webui_port)], env, grace=20.0)
+    return [master, *[ProcessSpec(f"worker-{number}", [spark_class, WORKER_CLASS, master_url, "--host", HOST, "--cores",
+                                                       str(cores), "--memory", memory, "--webui-port", "0",
+                                                       "--work-dir", str(run_dir / "work")], env, grace=20.0,
+                                  **({"health": registered, "timeout": timeout} if number == workers else {}))
+                      for number in range(1, workers + 1)]]
+
+
+def stop_order(workers: int) -> list[tuple[str, ...]]:
+    """Workers first (one after the other, as they were started), then the master."""
+    return [(f"worker-{number}",) for number in range(1, workers + 1)] + [("master",)]
 
 
 def start_cluster(*, workers: int = WORKERS, cores: int = WORKER_CORES, memory: str = WORKER_MEMORY,
@@ -122,22 +137,14 @@ def start_cluster(*, workers: int = WORKERS, cores: int = WORKER_CORES, memory: 
             raise ClusterError(f"port {wanted} on {HOST} is in use (a cluster already running? "
                                "`python -m scripts.spark_cluster status`)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = _env(run_dir)
-    spark_class = str(spark_home() / "bin" / "spark-class")
-    # Each daemon (spark-class execs into its JVM) and the executors it launches form one
-    # process group that stop can end.
-    master = spawn_detached([spark_class, MASTER_CLASS, "--host", HOST, "--port", str(port), "--webui-port",
-                             str(webui_port)], run_dir / "master.log", env, ROOT)
-    cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui_port}", run_dir, master)
+    supervisor = Supervisor(run_dir, stop_order(workers), quiet=True)
+    cluster = Cluster(f"spark://{HOST}:{port}", f"http://{HOST}:{webui_port}", run_dir, supervisor)
     try:
-        for number in range(1, workers + 1):
-            cluster.workers.append(spawn_detached(
-                [spark_class, WORKER_CLASS, cluster.master_url, "--host", HOST, "--cores", str(cores), "--memory", memory,
-                 "--webui-port", "0", "--work-dir", str(run_dir / "work")], run_dir / f"worker-{number}.log", env, ROOT))
-        _wait_for_workers(cluster, workers, timeout)
-    except BaseException:
-        cluster.stop(grace=10)
-        raise
+        supervisor.start(cluster_specs(workers=workers, cores=cores, memory=memory, port=port, webui_port=webui_port,
+                                       run_dir=run_dir, timeout=timeout))
+    except StartError as exc:
+        raise ClusterError(f"{workers} worker(s) did not all register with {cluster.master_url}: "
+                           f"{str(exc).splitlines()[0]}\n{_log_tails(cluster)}") from None
     return cluster
 
 
@@ -145,16 +152,15 @@ def start(workers: int = WORKERS, cores: int = WORKER_CORES, memory: str = WORKE
           webui_port: int = MASTER_WEBUI_PORT) -> None:
     """Start the cluster in the background (it outlives this command) and record it in .run/spark/."""
     recorded = _recorded()
-    if recorded and any(alive(pid) for pid in recorded["pids"].values()):
+    if recorded and any(Supervisor(RUN_DIR).running(name) for name in recorded["names"]):
         print(f"Spark cluster already running: {recorded['master_url']} (UI {recorded['webui_url']})")
         return
     try:
         cluster = start_cluster(workers=workers, cores=cores, memory=memory, port=port, webui_port=webui_port)
     except ClusterError as exc:
         raise SystemExit(f"spark cluster: {exc}") from None
-    pids = {"master": cluster.master.pid, **{f"worker-{n}": p.pid for n, p in enumerate(cluster.workers, start=1)}}
     (RUN_DIR / STATE_FILE).write_text(json.dumps({"master_url": cluster.master_url, "webui_url": cluster.webui_url,
-                                                  "pids": pids}, indent=2), encoding="utf-8")
+                                                  "names": list(cluster.supervisor.specs)}, indent=2), encoding="utf-8")
     print(f"Spark master: {cluster.master_url}  ({workers} worker(s) x {cores} core(s), {memory} each)\n"
           f"Master UI:    {cluster.webui_url}\nLogs:         {RUN_DIR}/*.log, executors in {RUN_DIR / 'work'}\n"
           f"Use it:       SPARK_MASTER={cluster.master_url} pipenv run python categories_classification_cli.py predictor ...")
@@ -166,12 +172,13 @@ def stop() -> None:
     if not recorded:
         print(f"no Spark cluster recorded in {RUN_DIR}")
         return
-    for name, pid in sorted(recorded["pids"].items(), key=lambda item: item[0] == "master"):
-        if not _is_spark_daemon(pid):  # gone already, or the pid now belongs to something else
+    supervisor = Supervisor(RUN_DIR, stop_order(len(recorded["names"]) - 1))
+    for name in recorded["names"]:
+        pid = supervisor.pid(name)
+        if pid is not None and not _is_spark_daemon(pid):  # gone already, or the pid now belongs to something else
             print(f"{name} (pid {pid}) was not running")
-            continue
-        stopped = stop_group(pid, 20.0)
-        print(f"{'stopped' if stopped else 'killed'} {name} (pid {pid})")
+            supervisor.pid_file(name).unlink()
+    supervisor.stop()
     (RUN_DIR / STATE_FILE).unlink()
 
 
@@ -211,41 +218,12 @@ def _env(run_dir: Path) -> dict[str, str]:
     return env
 
 
-def _wait_for_workers(cluster: Cluster, expected: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    registered = 0
-    while time.monotonic() < deadline:
-        for process in [cluster.master, *cluster.workers]:
-            if process.poll() is not None:
-                raise ClusterError(f"a Spark daemon exited with code {process.returncode} while starting:\n"
-                                   f"{_log_tails(cluster)}")
-        try:
-            registered = int(cluster.state(timeout=2)["aliveworkers"])
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, KeyError):
-            registered = 0
-        if registered >= expected:
-            return
-        time.sleep(0.5)
-    raise ClusterError(f"{registered} of {expected} worker(s) registered with {cluster.master_url} within {timeout:.0f}s:\n"
-                       f"{_log_tails(cluster)}")
-
-
 def _log_tails(cluster: Cluster, chars: int = 1500) -> str:
     tails = []
     for log in cluster.logs():
         text = log.read_text(encoding="utf-8", errors="replace")
         tails.append(f"--- {log} (end)\n{text[-chars:]}")
     return "\n".join(tails)
-
-
-def port_free(port: int) -> bool:
-    """True if nothing listens on 127.0.0.1:``port`` right now."""
-    with socket.socket() as probe:
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def _is_spark_daemon(pid: int) -> bool:

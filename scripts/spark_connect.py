@@ -12,26 +12,24 @@ cluster). The pid file and the log are in ``.run/spark-connect/``.
 
 From Python (tests), the same service as a context manager that stops it on exit::
 
-    with start_service(port=free_ports(1)[0], run_dir=tmp) as service:
+    with start_service(port=supervisor.free_port(), run_dir=tmp) as service:
         ...  # SPARK_REMOTE=service.url
 """
 import argparse
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from categories_classification.prediction.spark import DEFAULT_CONF
-from scripts._processes import alive, spawn_detached, stop_group
-from scripts.spark_cluster import port_free, spark_home
+from scripts.spark_cluster import spark_home
+from scripts.supervisor import HOST, ProcessSpec, Running, StartError, Supervisor, alive, answers, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run" / "spark-connect"
-HOST = "127.0.0.1"
+NAME = "spark-connect"  # its pid file and log in the run folder
 PORT = int(os.environ.get("SPARK_CONNECT_PORT", "15002"))
 MASTER = os.environ.get("SPARK_CONNECT_MASTER", "local[*]")
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -47,40 +45,35 @@ class ServiceError(RuntimeError):
 
 
 @dataclass
-class Service:
-    """A running Spark Connect server (the leader of its own process group)."""
+class Service(Running):
+    """A running Spark Connect server (the leader of its own process group), stopped on exit."""
 
     url: str
     port: int
     log: Path
-    process: subprocess.Popen
-
-    def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM the server's group, SIGKILL after ``grace`` seconds."""
-        stop_group(self.process.pid, grace, self.process.poll)
-
-    def __enter__(self) -> "Service":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    supervisor: Supervisor
+    names: tuple[str, ...] = (NAME,)
 
 
-def start_service(*, port: int = PORT, master: str = MASTER, run_dir: Path = RUN_DIR, timeout: float = 120.0) -> Service:
+def server_spec(port: int, master: str, scratch: Path, timeout: float = 180.0) -> ProcessSpec:
+    """The Spark Connect server on 127.0.0.1:``port`` running its jobs on ``master``, scratch files in ``scratch``:
+    healthy once it accepts connections and has run a first job."""
+    return ProcessSpec(NAME, server_command(port, master), server_env(scratch), health=lambda: answers(port),
+                       timeout=timeout, ready=lambda: _warm_up(port, timeout), grace=20.0)
+
+
+def start_service(*, port: int = PORT, master: str = MASTER, run_dir: Path = RUN_DIR, timeout: float = 120.0,
+                  supervisor: Optional[Supervisor] = None) -> Service:
     """Start the server on 127.0.0.1:``port`` and return once it runs Spark jobs (the first one warms it up)."""
     if not port_free(port):
         raise ServiceError(f"port {port} on {HOST} is in use (a service already running? "
                            "`python -m scripts.spark_connect status`)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir / "spark-connect.log"
-    process = spawn_detached(server_command(port, master), log, server_env(run_dir), ROOT)
-    service = Service(f"sc://{HOST}:{port}", port, log, process)
+    supervisor = supervisor or Supervisor(run_dir, quiet=True)
     try:
-        wait_until_serving(port, process, log, timeout)
-    except BaseException:
-        service.stop(grace=10)
-        raise
-    return service
+        supervisor.start([server_spec(port, master, run_dir, timeout)])
+    except StartError as exc:
+        raise ServiceError(str(exc)) from None
+    return Service(f"sc://{HOST}:{port}", port, supervisor.log(NAME), supervisor)
 
 
 def server_command(port: int, master: str) -> list[str]:
@@ -96,31 +89,30 @@ def server_command(port: int, master: str) -> list[str]:
 
 def start(port: int = PORT, master: str = MASTER) -> None:
     """Start the service in the background (it outlives this command) and record its pid in .run/."""
-    pid_file = RUN_DIR / "spark-connect.pid"
-    if pid_file.exists() and alive(int(pid_file.read_text(encoding="utf-8"))):
-        print(f"Spark Connect already running (pid {pid_file.read_text(encoding='utf-8')})")
+    supervisor = Supervisor(RUN_DIR)
+    if supervisor.running(NAME):
+        print(f"Spark Connect already running (pid {supervisor.pid(NAME)})")
         return
     try:
-        service = start_service(port=port, master=master)
+        service = start_service(port=port, master=master, supervisor=supervisor)
     except ServiceError as exc:
         raise SystemExit(f"spark connect: {exc}") from None
-    pid_file.write_text(str(service.process.pid), encoding="utf-8")
     print(f"Spark Connect: {service.url} (jobs on {master}); log {service.log}\n"
           f"Use it:        SPARK_REMOTE={service.url} pipenv run python categories_classification_cli.py predictor ...")
 
 
 def stop() -> None:
     """Stop the process group recorded by ``start``, and nothing else."""
-    pid_file = RUN_DIR / "spark-connect.pid"
-    if not pid_file.exists():
+    supervisor = Supervisor(RUN_DIR, [(NAME,)])
+    pid = supervisor.pid(NAME)
+    if pid is None:
         print(f"no Spark Connect service recorded in {RUN_DIR}")
         return
-    pid = int(pid_file.read_text(encoding="utf-8"))
-    if _is_server(pid):
-        print(f"{'stopped' if stop_group(pid, 20.0) else 'killed'} Spark Connect (pid {pid})")
-    else:
+    if not _is_server(pid):  # the pid now belongs to something else
         print(f"Spark Connect (pid {pid}) was not running")
-    pid_file.unlink()
+        supervisor.pid_file(NAME).unlink()
+        return
+    supervisor.stop()
 
 
 def status(port: int = PORT) -> int:
@@ -130,15 +122,6 @@ def status(port: int = PORT) -> int:
         return 0
     print(f"no Spark Connect service at sc://{HOST}:{port} (start it with `python -m scripts.spark_connect start`)")
     return 1
-
-
-def answers(port: int, timeout: float = 2.0) -> bool:
-    """True if something accepts connections on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def server_env(run_dir: Path) -> dict[str, str]:
@@ -151,32 +134,21 @@ def server_env(run_dir: Path) -> dict[str, str]:
     return env
 
 
-def wait_until_serving(port: int, process: Optional[subprocess.Popen], log: Path, timeout: float) -> None:
-    """Return once the server on ``port`` has run a first job; :class:`ServiceError` if it exits or stays silent."""
-    deadline = time.monotonic() + timeout
+def _warm_up(port: int, timeout: float) -> None:
+    """Run a first job on the server (:class:`StartError` if it cannot)."""
     url = f"sc://{HOST}:{port}"
-    while not answers(port, timeout=1.0):
-        if process is not None and process.poll() is not None:
-            raise ServiceError(f"spark-submit exited with code {process.returncode}: {_tail(log)}")
-        if time.monotonic() > deadline:
-            raise ServiceError(f"nothing answered on {url} within {timeout:.0f}s: {_tail(log)}")
-        time.sleep(0.5)
     # In a process of its own: a process that already runs a classic session may not open a Connect one.
     warm = subprocess.run([sys.executable, "-c", _WARM_UP, url], capture_output=True, text=True, check=False,
-                          timeout=max(10.0, deadline - time.monotonic()))
+                          timeout=max(10.0, timeout))
     if warm.returncode != 0:
-        raise ServiceError(f"the service at {url} answers but could not run a first job: {warm.stderr[-1500:]}")
-
-
-def _tail(log: Path, chars: int = 1500) -> str:
-    return log.read_text(encoding="utf-8", errors="replace")[-chars:] if log.exists() else "(no log)"
+        raise StartError(f"the service at {url} answers but could not run a first job: {warm.stderr[-1500:]}")
 
 
 def _is_server(pid: int) -> bool:
     try:
         return SERVER_CLASS.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return alive(pid)
+        return alive(pid)  # no /proc: trust the pid file
 
 
 def main(argv: Optional[list[str]] = None) -> int:

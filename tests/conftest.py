@@ -3,23 +3,19 @@ PostgreSQL server."""
 import atexit
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import mlflow
 import pytest
 
 from categories_classification.prediction.spark import get_spark
 from scripts import services
-from scripts._processes import stop_group
+from scripts.profiles.test_servers import MlflowServer
+from scripts.supervisor import free_port
 from scripts.generate_example_data import write_client
 from tests.helpers import SMALL_CLIENTS
 
@@ -93,40 +89,6 @@ def spark():
     session.stop()
 
 
-class MlflowServer:
-    """A real `mlflow server` on a loopback port, over a SQLite store (or ``backend_uri``) and artifacts in ``root``.
-
-    ``stop()`` and ``start()`` again (same port, same store) simulate an outage and recovery.
-    """
-
-    def __init__(self, root: Path, backend_uri: Optional[str] = None) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.root = root
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
-        self._process: Optional[subprocess.Popen] = None
-
-    def start(self) -> None:
-        """Start the server and wait until it answers /health (90 s at most)."""
-        log_path = self.root / "mlflow_server.log"
-        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--artifacts-destination", str(self.root / "server_artifacts"),
-                   "--workers", "1"]
-        # The store's URI may hold a password: in the environment, not on a command line `ps` shows.
-        env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=self.backend_uri)
-        with log_path.open("ab") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,  # pylint: disable=consider-using-with
-                                             start_new_session=True)
-        _wait_until_healthy(self.url, self._process, log_path, timeout=180)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the server's process group (SIGTERM, or ``sig``; SIGKILL after 20 s)."""
-        if self._process is not None:
-            _stop(self._process, sig)
-
-
 @pytest.fixture()
 def mlflow_server_control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
     """A started :class:`MlflowServer` that the test may stop and restart; always stopped at teardown."""
@@ -153,7 +115,7 @@ def postgres() -> Iterator[services.Postgres]:
     root = Path(tempfile.mkdtemp(prefix="categories_postgres_tests_"))
     root.chmod(0o755)
     try:
-        with services.start_postgres(run_dir=root / "postgres", port=services.free_port()) as server:
+        with services.start_postgres(run_dir=root / "postgres", port=free_port()) as server:
             yield server
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -182,27 +144,3 @@ def mlflow_server_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def mlflow_server(mlflow_server_control: MlflowServer) -> str:
     """The URL of a real `mlflow server` on a free loopback port (stopped at teardown, within 30 s)."""
     return mlflow_server_control.url
-
-
-def _wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"mlflow server did not answer within {timeout}s: {log.read_text()[-2000:]}")
-
-
-def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is not None:
-        return
-    if sig != signal.SIGTERM:  # an outage on purpose (e.g. SIGKILL): no grace period
-        os.killpg(process.pid, sig)
-        process.wait(timeout=10)
-        return
-    stop_group(process.pid, grace=20, reaper=process.poll)

@@ -4,16 +4,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pytest
 
-from scripts._processes import free_port
 from scripts.generate_dags import main as generate_dags
-from scripts.local_stack import Stack, start_mlflow, stop
+from scripts.profiles.standalone import Stack, start_mlflow, stop
+from scripts.supervisor import free_ports
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -69,23 +69,20 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW__", "MLFLOW_TRACKING"))}
     for name in ("dags", "data", "run", "store"):
         (tmp_path / name).mkdir()
+    airflow_port, mlflow_port, spark_connect_port = free_ports(3)
     env.update(AIRFLOW_HOME=str(tmp_path / "airflow_home"), DAGS_FOLDER=str(tmp_path / "dags"),
                STACK_RUN_DIR=str(tmp_path / "run"), MLFLOW_STORE_DIR=str(tmp_path / "store"),
-               DATA_PREFIX=str(tmp_path / "data"), AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
-               SPARK_CONNECT_PORT=str(free_port()), PIPENV_VENV_IN_PROJECT="1")
+               DATA_PREFIX=str(tmp_path / "data"), AIRFLOW_PORT=str(airflow_port), MLFLOW_PORT=str(mlflow_port),
+               SPARK_CONNECT_PORT=str(spark_connect_port), PIPENV_VENV_IN_PROJECT="1")
     return env
 
 
 @contextlib.contextmanager
-def running_stack(env: dict[str, str], action: str = "start") -> Iterator[Stack]:
-    """`scripts.local_stack start` (or ``start_mlflow``) in ``env``; always `stop` after, within about 90 s."""
+def running_mlflow(env: dict[str, str]) -> Iterator[Stack]:
+    """Only the MLflow server of the standalone profile in ``env``, as `make start-airflow` starts it; always stopped."""
     stack = Stack.from_env(env)
     try:
-        if action == "start":
-            subprocess.run([sys.executable, "-m", "scripts.local_stack", "start"], env=env, cwd=ROOT, check=True,
-                           capture_output=True, timeout=600)
-        else:
-            start_mlflow(stack)
+        start_mlflow(stack)
         yield stack
     finally:
         stop(stack)
@@ -93,13 +90,10 @@ def running_stack(env: dict[str, str], action: str = "start") -> Iterator[Stack]
 
 def wait_until_healthy(airflow_url: str, timeout: float) -> None:
     """Wait until Airflow's health endpoint calls every component healthy (they heartbeat once started)."""
-    deadline = time.monotonic() + timeout
-    health: dict = {}
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         with urllib.request.urlopen(f"{airflow_url}/api/v2/monitor/health", timeout=10) as response:  # nosec: loopback
             health = json.loads(response.read())
-        if all(health.get(part, {}).get("status") == "healthy"
-               for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
-            return
-        time.sleep(2)
-    raise AssertionError(f"Airflow at {airflow_url} not healthy within {timeout:.0f}s: {health}")
+        return all(health.get(part, {}).get("status") == "healthy"
+                   for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+
+    wait_until(healthy, timeout, f"every component of the Airflow at {airflow_url} healthy", interval=2)

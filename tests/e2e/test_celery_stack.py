@@ -1,4 +1,4 @@
-"""The Celery profile (`scripts/celery_stack.py`) as it runs, on free loopback ports: every socket of it on
+"""The Celery profile (`scripts/profiles/celery.py`) as it runs, on free loopback ports: every socket of it on
 loopback (no log server), its airflow.cfg agreeing with it, and `stop` ending it with SIGTERM (issue #24)."""
 import json
 import os
@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from scripts import services
-from scripts.celery_stack import CeleryStack, Settings
 from scripts.generate_dags import main as generate_dags
+from scripts.profiles.celery import CeleryStack, Settings
+from scripts.supervisor import free_ports
 from tests.e2e.conftest import AIRFLOW, wait_until_healthy
-from tests.helpers import FEATURES, client_entry, is_loopback, listening_sockets, write_config
+from tests.helpers import FEATURES, client_entry, is_loopback, listening_sockets, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 DAG_IDS = ["small_a-prediction", "small_a-training"]
@@ -30,7 +31,7 @@ def celery_profile(tmp_path):
     assert generate_dags(["--config", str(config), "--output-dir", str(dags)]) == 0
     # Not under pytest's temp folder: that one is private to root, and PostgreSQL runs as another user.
     run_dir = Path(tempfile.mkdtemp(prefix="categories_celery_tests_"))
-    ports = [services.free_port() for _ in range(5)]
+    ports = free_ports(5)
     settings = Settings(run_dir=run_dir, dags_folder=dags, airflow_port=ports[0], mlflow_port=ports[1],
                         postgres_port=ports[2], redis_port=ports[3], spark_connect_port=ports[4], postgres_url="",
                         redis_url="", workers=2, worker_concurrency=1, data_prefix=tmp_path / "data")
@@ -48,7 +49,7 @@ def test_every_socket_is_on_loopback_a_plain_airflow_agrees_and_stop_ends_it_wit
     wait_until_healthy(settings.airflow_url, 180)
     client = celery_profile.client()
     for dag_id in DAG_IDS:
-        client.wait_parsed(dag_id, 180)
+        client.wait_for_dag(dag_id, 180)
     _wait_for_workers(celery_profile, 180)  # a worker's log server would be up by then
     sockets = listening_sockets(pid for name in celery_profile.process_names()
                                 if (pid := celery_profile.pid(name)) is not None)
@@ -73,8 +74,6 @@ def test_every_socket_is_on_loopback_a_plain_airflow_agrees_and_stop_ends_it_wit
 
 def _wait_for_workers(celery: CeleryStack, timeout: float) -> None:
     """Wait until every Celery worker says it is ready (its log)."""
-    deadline = time.monotonic() + timeout
-    logs = [celery.run_dir / f"worker-{number}.log" for number in range(1, celery.settings.workers + 1)]
-    while not all(log.exists() and " ready." in log.read_text(encoding="utf-8", errors="replace") for log in logs):
-        assert time.monotonic() < deadline, f"the Celery workers were not ready within {timeout:.0f}s: see {logs}"
-        time.sleep(2)
+    logs = [celery.supervisor.log(name) for name in celery.settings.worker_names()]
+    wait_until(lambda: all(log.exists() and " ready." in log.read_text(encoding="utf-8", errors="replace")
+                           for log in logs), timeout, f"the Celery workers ready (see {logs})", interval=2)

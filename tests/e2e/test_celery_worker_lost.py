@@ -5,9 +5,9 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 from pathlib import Path
 
+import mlflow
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
@@ -16,10 +16,11 @@ from categories_classification.records import experiment_name
 from categories_classification.tracking.artifacts import load_model
 from categories_classification.tracking.registry import champion_version
 from scripts import services
-from scripts.celery_stack import CeleryStack, Settings, manual_runs_only
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.helpers import FEATURES, client_entry, read_manifest, write_config
+from scripts.profiles.celery import CeleryStack, Settings, manual_runs_only
+from scripts.supervisor import free_ports
+from tests.helpers import FEATURES, client_entry, read_manifest, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def celery_profile(tmp_path, monkeypatch):
     manual_runs_only(dags, retry_delay="timedelta(seconds=5)")
     # Not under pytest's temp folder: that one is private to root, and PostgreSQL runs as another user.
     run_dir = Path(tempfile.mkdtemp(prefix="categories_celery_tests_"))
-    ports = [services.free_port() for _ in range(4)]
+    ports = free_ports(4)
     settings = Settings(run_dir=run_dir, dags_folder=dags, airflow_port=ports[0], mlflow_port=ports[1],
                         postgres_port=ports[2], redis_port=ports[3], postgres_url="", redis_url="",
                         workers=2, worker_concurrency=1, data_prefix=data, spark_connect=False,  # training only
@@ -51,8 +52,6 @@ def celery_profile(tmp_path, monkeypatch):
     try:
         celery.start()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_url)
-        import mlflow  # pylint: disable=import-outside-toplevel
-
         mlflow.set_tracking_uri(settings.mlflow_url)
         yield celery, data
     finally:
@@ -81,13 +80,9 @@ def test_a_worker_lost_mid_training_is_retried_on_the_other_worker_and_nothing_h
     stack, data = celery_profile
     airflow, mlflow_client = stack.client(), MlflowClient()
     run_id = airflow.trigger("small_a-training")
-    deadline = time.monotonic() + 300
-    victim = None
-    while victim is None and time.monotonic() < deadline:  # the task's MLflow run exists: it is training
-        if _runs(mlflow_client):
-            victim = stack.workers_of("small_a-training", run_id).get(1)
-        time.sleep(0.2)
-    assert victim is not None, "the training task never started on a worker"
+    # The task's MLflow run exists: it is training, on this worker.
+    victim = wait_until(lambda: _runs(mlflow_client) and stack.workers_of("small_a-training", run_id).get(1), 300,
+                        "the training task started on a worker", interval=0.2)
     assert airflow.state("small_a-training", run_id) == "running"
     _kill_worker_machine(stack.pid(victim))
 

@@ -3,10 +3,12 @@
 The training DAG's ``publish_champion`` task emits the client's champion asset only when
 ``champion-from-run`` says that this DAG run's training took the alias (exit 0); otherwise it
 exits 99, the task is skipped and no event is emitted. First that command on a real MLflow store,
-then the whole flow on a real stack through Airflow's REST API (``local_stack.prove_prediction_follows_promotion``).
+then the whole flow on a real stack through Airflow's REST API: ``scripts.airflow_e2e.prove``, the one
+proof that `make e2e-airflow` runs too (CI runs it here, for the standalone profile).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,10 +18,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.records import NOT_CHAMPION_EXIT_CODE
-from scripts import local_stack
+from scripts import airflow_e2e
 from scripts.generate_dags import main as generate_dags
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.e2e.conftest import ROOT, running_stack
+from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 CLIENT = "small_p"
@@ -56,7 +58,7 @@ def test_champion_from_run_says_yes_only_to_the_dag_run_whose_training_took_the_
     assert code == 0 and "version 1 was promoted by small_p-training run run_1" in output
     assert _champion_from_run(env, "run_0")[0] == NOT_CHAMPION_EXIT_CODE  # another DAG run: not its model
 
-    _train(env, "run_2", json.dumps(local_stack.WEAK_MODEL_PARAMS))  # loses the gate
+    _train(env, "run_2", json.dumps(airflow_e2e.WEAK_MODEL_PARAMS))  # loses the gate
     code, output = _champion_from_run(env, "run_2")
     assert code == NOT_CHAMPION_EXIT_CODE and "version 1, from small_p-training run run_1, not promoted by" in output
     versions = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions(f"name = '{CLIENT}_model'")
@@ -64,16 +66,38 @@ def test_champion_from_run_says_yes_only_to_the_dag_run_whose_training_took_the_
         1: "promoted", 2: "rejected"}
 
 
-def test_a_promotion_starts_the_prediction_and_a_lost_gate_does_not(stack_env, tmp_path):
+def test_on_other_ports_a_new_dag_file_shows_at_once_a_promotion_starts_the_prediction_and_a_lost_gate_does_not(
+        stack_env, tmp_path):
+    # The demo config's 20 DAGs (issue #18: the DAG processor's settings for a demo folder) and the proven client's.
     config = tmp_path / "clients.yaml"
-    config.write_text(f"{CLIENT}:\n  features: [f0, f1, f2, f3, f4]\n  params: {{n_estimators: 20}}\n", encoding="utf-8")
-    assert generate_dags(["--config", str(config), "--output-dir", stack_env["DAGS_FOLDER"]]) == 0
-    write_client(ClientSpec(CLIENT, 5, n_train=800, n_predict=300, n_categories=8), Path(stack_env["DATA_PREFIX"]))
+    config.write_text((ROOT / "conf" / "clients_config.yaml").read_text(encoding="utf-8")
+                      + f"{CLIENT}:\n  features: [f0, f1, f2, f3, f4]\n  params: {{n_estimators: 20}}\n", encoding="utf-8")
+    dags, data = Path(stack_env["DAGS_FOLDER"]), Path(stack_env["DATA_PREFIX"])
+    assert generate_dags(["--config", str(config), "--output-dir", str(dags)]) == 0
+    write_client(ClientSpec(CLIENT, 5, n_train=800, n_predict=300, n_categories=8), data)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("client_new:\n  features: [f0, f1]\n", encoding="utf-8")
+    assert generate_dags(["--config", str(extra), "--output-dir", str(tmp_path / "extra_dags")]) == 0
 
     started = time.monotonic()
-    with running_stack(stack_env) as stack:
-        proof = local_stack.prove_prediction_follows_promotion(
-            stack, local_stack.api_token(stack), CLIENT, Path(stack_env["DATA_PREFIX"]), timeout=600)
+    with airflow_e2e.standalone_stack(stack_env) as stack:
+        assert stack.airflow_port != 8080 and stack.mlflow_port != 5000  # issue #15: tasks follow the ports
+        client = stack.client()
+        client.wait_for_dag("client_9-prediction", 120)
+        staged = dags / ".client_new_training.py.tmp"
+        shutil.copyfile(tmp_path / "extra_dags" / "client_new_training.py", staged)
+        appeared = time.monotonic()
+        os.replace(staged, dags / "client_new_training.py")
+        client.wait_for_dag("client_new-training", 60)
+        assert time.monotonic() - appeared < 60
+
+        # Raises on any failure: version 2 or more promoted, an asset-triggered prediction run that wrote
+        # parquet files with it, on the stack's shared Spark service; a weak retraining starts nothing.
+        proof = airflow_e2e.prove(stack, client, CLIENT, data, timeout=600)
+        through_server = MlflowClient(stack.mlflow_url)
+        assert through_server.search_model_versions(f"name = '{CLIENT}_model'")
+        # Local paths, which the CLI on the SQLite store can read too (issue #15).
+        assert through_server.get_experiment_by_name(f"categories_{CLIENT}").artifact_location.startswith("file:")
     print(f"stack started, flow proven and stopped in {time.monotonic() - started:.0f}s")
 
     assert int(proof["version"]) >= 2  # after the first training's (and a scheduled one's, if the DAG owed one)

@@ -1,6 +1,6 @@
 """Issue #15: the CLI on the SQLite store and the stack's MLflow server share one store, in both orders.
 
-The server is started exactly as `make start-airflow` starts it (`local_stack.start_mlflow`);
+The server is started exactly as `make start-airflow` starts it (`scripts.profiles.standalone.start_mlflow`);
 the CLI runs once through it (what a DAG's task does) and once on the store directly (what
 `make demo` does), each time training (whose promotion gate loads the champion the other side
 logged) and predicting.
@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.e2e.conftest import run_cli, running_stack
+from tests.e2e.conftest import run_cli, running_mlflow
 
 pytestmark = pytest.mark.slow
 CLIENT = "small_a"
@@ -34,7 +34,7 @@ def test_the_cli_and_the_stacks_server_read_each_others_models(stack_env, server
     through_server = {**direct, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{stack_env['MLFLOW_PORT']}"}
     if not server_first:
         _train(direct, "2026-11-20")
-    with running_stack(stack_env, action="start_mlflow"):
+    with running_mlflow(stack_env):
         _train(through_server, "2026-11-21")
         _predict(through_server, "2026-11-21")
     _train(direct, "2026-11-22")

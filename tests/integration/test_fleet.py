@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from categories_classification.errors import InputDataError, ModelNotFoundError
 from categories_classification.prediction.predictor import predict_categories, predict_clients
 from scripts.generate_example_data import ClientSpec
-from scripts.spark_cluster import free_ports
+from scripts.supervisor import free_ports
 from scripts.spark_connect import Service, start_service
 from tests.helpers import (client_entry, non_parquet_in_dataset, output_folder, read_manifest, read_output, run_cli,
                            staging_leftovers, write_config, write_and_train)

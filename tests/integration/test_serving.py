@@ -23,7 +23,7 @@ from categories_classification.tracking.runs import ensure_experiment
 from categories_classification.serving import TopKCategories
 from categories_classification.training.fitting import fit_model
 from categories_classification.training.trainer import train_model
-from scripts._processes import free_port, spawn_detached, stop_group, wait_for_http
+from scripts.supervisor import free_port, spawn_detached, stop_group, wait_for_http
 from scripts.generate_example_data import ClientSpec, write_client
 from tests.helpers import DATE, FEATURES, ROOT, exploded, read_output
 

@@ -17,7 +17,8 @@ import pytest
 
 from categories_classification.prediction.predictor import predict_categories
 from scripts.generate_example_data import ClientSpec
-from scripts.spark_cluster import Cluster, free_ports, start_cluster
+from scripts.spark_cluster import Cluster, start_cluster
+from scripts.supervisor import free_ports
 from tests.helpers import (client_entry, non_parquet_in_dataset, output_folder, read_manifest, read_output, run_cli,
                            staging_leftovers, start_cli, write_config, write_and_train)
 
