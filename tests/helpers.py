@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -92,6 +93,23 @@ def start_cli(args: Sequence[str], env: Mapping[str, str], stdout: Any = subproc
     """Start the CLI in its own process group (so a test can kill it with its JVM and workers)."""
     return subprocess.Popen([sys.executable, str(CLI), *args], cwd=ROOT, env=dict(env),  # pylint: disable=consider-using-with
                             stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+
+
+def caught_mid_run(process: subprocess.Popen, started: Callable[[], Any], what: str, timeout: float = 300) -> Any:
+    """Wait until ``started()`` is truthy while ``process`` still runs: a test's moment to kill it, or to cut
+    something from under it, mid-run. Fails if the process ends first or ``what`` is not seen within
+    ``timeout`` s; returns what ``started`` returned."""
+    seen = wait_until(lambda: process.poll() is not None or started(), timeout, what, interval=0.05)
+    assert process.poll() is None, f"{what}: the process ended (exit {process.returncode}) before it was caught mid-run"
+    return seen
+
+
+def kill_mid_run(process: subprocess.Popen, started: Callable[[], Any], what: str, timeout: float = 300) -> None:
+    """:func:`caught_mid_run`, then SIGKILL to the process's whole group (a CLI started by :func:`start_cli`,
+    with its JVM and workers): nothing of it runs a ``finally``."""
+    caught_mid_run(process, started, what, timeout)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
 
 
 def train_args(client_id: str, features: Sequence[str] = tuple(FEATURES), params: str = "{}",
