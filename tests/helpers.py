@@ -82,10 +82,17 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the CLI as users and Airflow do (a subprocess from the project root); never raises on failure."""
-    return subprocess.run([sys.executable, str(CLI), *args], cwd=ROOT, env=dict(env), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run the CLI as users and Airflow do (a subprocess from the project root, in exactly ``env``).
+
+    A failure is the caller's to look at, unless ``check``: then anything but exit 0 fails the test with the
+    end of the command's output."""
+    result = subprocess.run([sys.executable, str(CLI), *args], cwd=ROOT, env=dict(env), capture_output=True,
+                            text=True, timeout=timeout, check=False)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 def start_cli(args: Sequence[str], env: Mapping[str, str], stdout: Any = subprocess.PIPE,
