@@ -6,16 +6,15 @@ import time
 import psutil
 
 from scripts._processes import group_running, stop_group, stop_groups
+from tests.helpers import wait_until
 
 
 def _zombie_leader() -> subprocess.Popen:
     """A process group whose only process has exited and is not reaped: what a stack's server looks like
     to `stop` once it ended on SIGTERM, when its adoptive parent (init) has not collected it yet."""
     process = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)  # pylint: disable=consider-using-with
-    deadline = time.monotonic() + 30
-    while psutil.Process(process.pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "the child did not exit"
-        time.sleep(0.05)
+    wait_until(lambda: psutil.Process(process.pid).status() == psutil.STATUS_ZOMBIE, 30, "the child exited",
+               interval=0.05)
     return process
 
 
