@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -82,10 +83,17 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the CLI as users and Airflow do (a subprocess from the project root); never raises on failure."""
-    return subprocess.run([sys.executable, str(CLI), *args], cwd=ROOT, env=dict(env), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run the CLI as users and Airflow do (a subprocess from the project root, in exactly ``env``).
+
+    A failure is the caller's to look at, unless ``check``: then anything but exit 0 fails the test with the
+    end of the command's output."""
+    result = subprocess.run([sys.executable, str(CLI), *args], cwd=ROOT, env=dict(env), capture_output=True,
+                            text=True, timeout=timeout, check=False)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 def start_cli(args: Sequence[str], env: Mapping[str, str], stdout: Any = subprocess.PIPE,
@@ -93,6 +101,23 @@ def start_cli(args: Sequence[str], env: Mapping[str, str], stdout: Any = subproc
     """Start the CLI in its own process group (so a test can kill it with its JVM and workers)."""
     return subprocess.Popen([sys.executable, str(CLI), *args], cwd=ROOT, env=dict(env),  # pylint: disable=consider-using-with
                             stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+
+
+def caught_mid_run(process: subprocess.Popen, started: Callable[[], Any], what: str, timeout: float = 300) -> Any:
+    """Wait until ``started()`` is truthy while ``process`` still runs: a test's moment to kill it, or to cut
+    something from under it, mid-run. Fails if the process ends first or ``what`` is not seen within
+    ``timeout`` s; returns what ``started`` returned."""
+    seen = wait_until(lambda: process.poll() is not None or started(), timeout, what, interval=0.05)
+    assert process.poll() is None, f"{what}: the process ended (exit {process.returncode}) before it was caught mid-run"
+    return seen
+
+
+def kill_mid_run(process: subprocess.Popen, started: Callable[[], Any], what: str, timeout: float = 300) -> None:
+    """:func:`caught_mid_run`, then SIGKILL to the process's whole group (a CLI started by :func:`start_cli`,
+    with its JVM and workers): nothing of it runs a ``finally``."""
+    caught_mid_run(process, started, what, timeout)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
 
 
 def train_args(client_id: str, features: Sequence[str] = tuple(FEATURES), params: str = "{}",
@@ -259,31 +284,72 @@ def write_and_train(specs: Sequence[Any], root: Path, n_estimators: int, date: s
     return root
 
 
+# Each event is a line "<event> <time.monotonic()>": CLOCK_MONOTONIC is one clock for every process of the machine.
 _LOCK_TAKER = """\
 import sys, time
 from pathlib import Path
 from categories_classification.tracking.locks import promotion_lock
+def note(event):
+    with Path(sys.argv[2]).open("a", encoding="utf-8") as log:
+        log.write(f"{event} {time.monotonic()!r}\\n")
+note("trying")
 with promotion_lock(sys.argv[1]):
-    Path(sys.argv[2]).write_text("acquired")
+    note("enter")
     time.sleep(float(sys.argv[3]))
+    note("exit")
 """
 
 
-def lock_taker(client_id: str, marker: Path, hold: float = 0.0) -> subprocess.Popen:
-    """A process that takes ``client_id``'s promotion lock, writes ``marker`` and holds the lock ``hold`` s."""
+def lock_taker(client_id: str, log: Path, hold: float = 0.0) -> subprocess.Popen:
+    """A process that takes ``client_id``'s promotion lock and holds it ``hold`` s, noting in ``log`` when it
+    tried, entered (lock taken) and exited (lock still held): see :func:`lock_events`."""
     return subprocess.Popen(  # pylint: disable=consider-using-with  # the caller waits or kills it
-        [sys.executable, "-c", _LOCK_TAKER, client_id, str(marker), str(hold)])
+        [sys.executable, "-c", _LOCK_TAKER, client_id, str(log), str(hold)])
+
+
+def lock_events(log: Path) -> dict[str, float]:
+    """What a :func:`lock_taker` noted so far: ``{"trying"|"enter"|"exit": time.monotonic()}``."""
+    if not log.exists():
+        return {}
+    return {event: float(at) for event, at in (line.split() for line in log.read_text(encoding="utf-8").splitlines())}
+
+
+def waits_for_a_promotion_lock(pid: int) -> bool:
+    """True while process ``pid`` is blocked taking a promotion lock, as the lock's owner sees it (no timing): a
+    waiter of a file lock in ``/proc/locks`` (SQLite store), or an advisory lock not yet granted on the lock's
+    PostgreSQL database (``MLFLOW_TRACKING_URI`` or ``CATEGORIES_LOCK_URL``; the test's own database)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:"):
+        return any(line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid)
+                   for line in Path("/proc/locks").read_text(encoding="utf-8").splitlines())
+    import psycopg2  # pylint: disable=import-outside-toplevel  # only the PostgreSQL tests need the driver
+
+    url = urlparse(uri if uri.startswith("postgres") else os.environ["CATEGORIES_LOCK_URL"])
+    with psycopg2.connect(url._replace(scheme="postgresql").geturl(), connect_timeout=10) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE locktype = 'advisory'"
+                           " AND NOT granted AND application_name = 'categories promotion lock'")
+            waiting = cursor.fetchone()[0] > 0
+    connection.close()
+    return waiting
 
 
 def assert_one_gate_at_a_time_per_client(folder: Path) -> None:
-    """While this process holds client_0's promotion lock, another process waits for it; client_1's is free."""
-    same, other = folder / "same", folder / "other"
+    """While this process holds client_0's promotion lock, another process is seen blocked in it and gets in only
+    after it is released (event order, not "still waiting after a while"); client_1's lock is free meanwhile."""
+    same, other = folder / "same.log", folder / "other.log"
     with promotion_lock("client_0"):
+        held_from = time.monotonic()
         blocked, free = lock_taker("client_0", same), lock_taker("client_1", other)
-        assert free.wait(timeout=60) == 0 and other.exists()  # another client's gate is not held up
-        time.sleep(1.0)
-        assert blocked.poll() is None and not same.exists()
-    assert blocked.wait(timeout=60) == 0 and same.exists()
+        assert free.wait(timeout=60) == 0  # another client's gate is not held up: in and out while this one holds
+        wait_until(lambda: "enter" in lock_events(same) or waits_for_a_promotion_lock(blocked.pid), 60,
+                   "client_0's second taker blocked in the lock")
+        assert "enter" not in lock_events(same), "a second process took client_0's lock while this one held it"
+        held_until = time.monotonic()  # still held
+    assert blocked.wait(timeout=60) == 0
+    events, free_events = lock_events(same), lock_events(other)
+    assert events["trying"] < held_until < events["enter"] < events["exit"], (held_from, held_until, events)
+    assert held_from < free_events["enter"] < free_events["exit"] < held_until, (held_from, held_until, free_events)
 
 
 def listening_sockets(pids: Iterable[int]) -> dict[tuple[str, int], str]:

@@ -55,14 +55,6 @@ def dags_test(env: dict[str, str], dag_id: str, conf: Optional[dict] = None) -> 
     return result.stdout + result.stderr
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
-    """Run the project's CLI in a fresh process; asserts exit 0, returns stdout + stderr."""
-    result = subprocess.run([sys.executable, str(ROOT / "categories_classification_cli.py"), *args],
-                            env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
 @pytest.fixture()
 def stack_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a local stack of its own: temp AIRFLOW_HOME, DAGs folder, run dir, store; free ports."""

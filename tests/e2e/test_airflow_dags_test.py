@@ -8,8 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from categories_classification.records import experiment_name
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.e2e.conftest import dags_test, run_cli
-from tests.helpers import read_manifest, train_args
+from tests.e2e.conftest import dags_test
+from tests.helpers import read_manifest, run_cli, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +48,9 @@ def test_training_then_prediction_dag_run_the_cli(airflow_env):
 
 def test_the_prediction_dag_and_predict_all_score_a_client_with_the_same_settings(airflow_env):
     env, tmp_path = airflow_env
-    run_cli(train_args("e2e_client", params='{"n_estimators": 8}'), env)
+    run_cli(train_args("e2e_client", params='{"n_estimators": 8}'), env, check=True)
     dags_test(env, "e2e_client-prediction")  # writes 2026-11-23
-    run_cli(["predict-all", f"--config={tmp_path / 'clients.yaml'}", "--inference_date=2026-11-24"], env)
+    run_cli(["predict-all", f"--config={tmp_path / 'clients.yaml'}", "--inference_date=2026-11-24"], env, check=True)
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name(experiment_name("e2e_client"))

@@ -11,19 +11,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.e2e.conftest import run_cli, running_mlflow
+from tests.e2e.conftest import running_mlflow
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 CLIENT = "small_a"
 
 
-def _train(env: dict[str, str], date: str) -> str:
-    return run_cli(["trainer", f"--client_id={CLIENT}", '--features=["f0", "f1", "f2", "f3", "f4"]',
-                    '--model_params={"n_estimators": 5}', f"--training_date={date}"], env)
+def _train(env: dict[str, str], date: str) -> None:
+    run_cli(["trainer", f"--client_id={CLIENT}", '--features=["f0", "f1", "f2", "f3", "f4"]',
+             '--model_params={"n_estimators": 5}', f"--training_date={date}"], env, check=True)
 
 
-def _predict(env: dict[str, str], date: str) -> str:
-    return run_cli(["predictor", f"--client_id={CLIENT}", f"--inference_date={date}"], env)
+def _predict(env: dict[str, str], date: str) -> None:
+    run_cli(["predictor", f"--client_id={CLIENT}", f"--inference_date={date}"], env, check=True)
 
 
 @pytest.mark.parametrize("server_first", [True, False], ids=["dag_then_cli", "cli_then_dag"])

@@ -1,6 +1,5 @@
 """Runs left RUNNING by a killed process are closed as FAILED by the client's next run; others are not."""
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from categories_classification.records import (
 from categories_classification.tracking.runs import close_abandoned_runs, ensure_experiment
 from categories_classification.tracking.store import configure_tracking
 from categories_classification.training.trainer import train_model
-from tests.helpers import DATE, FEATURES, start_cli, train_args
+from tests.helpers import DATE, FEATURES, kill_mid_run, start_cli, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +34,7 @@ def test_a_killed_training_is_closed_as_failed_by_the_next_training(small_data):
     experiment_id = ensure_experiment("small_a")
     client = MlflowClient()
     victim = start_cli(train_args("small_a", params='{"n_estimators": 200}'), dict(os.environ, DATA_PREFIX=str(small_data)))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and victim.poll() is None and not _running_trainings(client, experiment_id):
-        time.sleep(0.05)
-    assert victim.poll() is None, "the training finished before it could be killed mid-run"
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=60)
+    kill_mid_run(victim, lambda: _running_trainings(client, experiment_id), "the training's RUNNING run")
     (killed,) = _running_trainings(client, experiment_id)
     host = socket.gethostname()
     assert killed.data.tags[HOST_TAG] == host and killed.data.tags[PID_TAG] == str(victim.pid)

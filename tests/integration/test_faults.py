@@ -2,19 +2,21 @@
 two trainings of one client at once (SQLite store, and an MLflow server on PostgreSQL)."""
 import os
 import signal
-import time
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from sklearn.pipeline import Pipeline
 
-from categories_classification.records import CHAMPION_BEFORE_TAG, PROMOTION_DECISION_TAG, experiment_name
+from categories_classification.records import CHAMPION_BEFORE_TAG, MODEL_FAMILY_PARAM, PROMOTION_DECISION_TAG, experiment_name
 from categories_classification.tracking.artifacts import load_model
 from categories_classification.tracking.registry import champion_version
 from categories_classification.tracking.store import configure_tracking
+from categories_classification.config import FOREST_FAMILIES, estimator_class
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.helpers import DATE, FEATURES, output_folder, read_manifest, staging_leftovers, start_cli, train_args
+from tests.helpers import (DATE, FEATURES, caught_mid_run, kill_mid_run, output_folder, read_manifest, staging_leftovers,
+                           start_cli, train_args)
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +42,8 @@ def test_predictor_killed_mid_write_keeps_previous_output_and_next_run_replaces_
     manifest = read_manifest(prefix, "big")
 
     victim = _predictor(env)
-    deadline = time.monotonic() + 300
-    while not staging_leftovers(prefix, "big") and time.monotonic() < deadline and victim.poll() is None:
-        time.sleep(0.05)
-    assert victim.poll() is None, "the predictor finished before it could be killed mid-write"
-    os.killpg(victim.pid, signal.SIGKILL)  # the driver and its JVM and Python workers
-    victim.wait(timeout=60)
+    # SIGKILL to the driver and its JVM and Python workers, once it writes its staging folder.
+    kill_mid_run(victim, lambda: staging_leftovers(prefix, "big"), "the predictor writing its staged output")
 
     pd.testing.assert_frame_equal(_sorted(pd.read_parquet(folder / f"date={DATE}")), previous)
     assert read_manifest(prefix, "big") == manifest
@@ -70,10 +68,7 @@ def test_mlflow_server_stopped_during_training_fails_clearly_and_a_retry_succeed
                MLFLOW_HTTP_REQUEST_TIMEOUT="10")
     client = MlflowClient(server.url)
     victim = _trainer(env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and victim.poll() is None and not _runs(client, "small_a"):
-        time.sleep(0.05)
-    assert victim.poll() is None, "the training finished before the server could be stopped"
+    caught_mid_run(victim, lambda: _runs(client, "small_a"), "the training's MLflow run")
     server.stop(signal.SIGKILL)  # the run exists: the server dies while the run is being logged
 
     _, stderr = victim.communicate(timeout=300)
@@ -94,8 +89,24 @@ def test_mlflow_server_stopped_during_training_fails_clearly_and_a_retry_succeed
     champion = champion_version("small_a")
     assert champion is not None and f"version {champion.version} " in stdout
     model, features = load_model(champion)
-    # Loaded against its digest: whole. A forest has the CLI's trees (HistGradientBoosting, if chosen, has none).
-    assert features == FEATURES and getattr(model.estimator, "n_estimators", 60) == 60
+    # Loaded against its digest: whole, and the model the retry's run recorded, trained with the CLI's params.
+    assert features == FEATURES
+    assert_is_the_recorded_model(model, MlflowClient(server.url).get_run(champion.run_id).data.params, n_estimators=60)
+
+
+def assert_is_the_recorded_model(model, params, n_estimators):
+    """``model`` (a loaded champion) is of the family its run's ``model_family`` param names (an ensemble:
+    ``a+b``, each member), and each forest member has the ``n_estimators`` it was given, every tree fitted."""
+    members = params[MODEL_FAMILY_PARAM].split("+")
+    inner = model.estimator
+    steps = [inner] if len(members) == 1 else [member.estimator for member in inner.estimators]
+    assert len(steps) == len(members), (members, inner)
+    for family, step in zip(members, steps):
+        final = step.steps[-1][1] if isinstance(step, Pipeline) else step
+        assert isinstance(final, estimator_class(family)), (family, type(final))
+        if family in FOREST_FAMILIES:
+            assert final.n_estimators == len(final.estimators_) == n_estimators
+            assert params.get("n_estimators" if len(members) == 1 else f"{family}.n_estimators") == str(n_estimators)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -2,8 +2,6 @@
 the JSON, the terminal table and the HTML page as a person sees it in a real headless browser."""
 import json
 import os
-import signal
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +14,8 @@ from categories_classification.fleet import FLAG_LABELS
 from categories_classification.prediction.predictor import predict_categories
 from categories_classification.training.trainer import train_model
 from scripts.generate_example_data import ClientSpec, write_client
-from tests.helpers import FEATURES, client_entry, run_cli, shift_prediction_feature, start_cli, train_args, write_config
+from tests.helpers import (FEATURES, client_entry, kill_mid_run, run_cli, shift_prediction_feature, start_cli, train_args,
+                           write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -68,13 +67,8 @@ def _runs(client_id: str, stage: str) -> list:
 
 def _kill_a_training_mid_run(client_id: str, env: dict[str, str]) -> None:
     victim = start_cli(train_args(client_id, params='{"n_estimators": 200}', date=TODAY), env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and victim.poll() is None and not any(
-            run.info.status == "RUNNING" for run in _runs(client_id, "training")):
-        time.sleep(0.05)
-    assert victim.poll() is None, "the training finished before it could be killed mid-run"
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=60)
+    kill_mid_run(victim, lambda: any(run.info.status == "RUNNING" for run in _runs(client_id, "training")),
+                 f"{client_id}'s training RUNNING")
 
 
 def _env() -> dict[str, str]:

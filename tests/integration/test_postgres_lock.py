@@ -1,12 +1,10 @@
 """promotion_lock on PostgreSQL: an advisory lock per client that holds across processes (and machines),
 taken on the MLflow database itself (``MLFLOW_TRACKING_URI=postgresql://``) or on ``CATEGORIES_LOCK_URL``."""
-import time
-
 import pytest
 
 from categories_classification.tracking.locks import promotion_lock
 from categories_classification.errors import TrackingError
-from tests.helpers import assert_one_gate_at_a_time_per_client, lock_taker
+from tests.helpers import assert_one_gate_at_a_time_per_client, lock_events, lock_taker, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +23,14 @@ def test_a_second_process_waits_for_the_same_clients_lock_on_postgresql(where, p
 
 def test_the_lock_is_released_when_its_holder_dies(postgres_database, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_database)
-    holder = lock_taker("client_0", tmp_path / "held", hold=600)
+    holder = lock_taker("client_0", tmp_path / "held.log", hold=600)
     try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "held").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert (tmp_path / "held").exists()
+        wait_until(lambda: "enter" in lock_events(tmp_path / "held.log"), 60, "the holder taking client_0's lock")
     finally:
         holder.kill()  # a training's process lost with the lock held (SIGKILL: nothing runs its finally)
         holder.wait(timeout=30)
-    waiter = lock_taker("client_0", tmp_path / "after")
-    assert waiter.wait(timeout=60) == 0 and (tmp_path / "after").exists()
+    waiter = lock_taker("client_0", tmp_path / "after.log")
+    assert waiter.wait(timeout=60) == 0 and "exit" in lock_events(tmp_path / "after.log")
 
 
 def test_an_unreachable_lock_database_is_one_line_without_its_password(postgres_database, monkeypatch):

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -19,8 +18,8 @@ from categories_classification.prediction.predictor import predict_categories
 from scripts.generate_example_data import ClientSpec
 from scripts.spark_cluster import Cluster, start_cluster
 from scripts.supervisor import free_ports
-from tests.helpers import (client_entry, non_parquet_in_dataset, output_folder, read_manifest, read_output, run_cli,
-                           staging_leftovers, start_cli, write_config, write_and_train)
+from tests.helpers import (caught_mid_run, client_entry, non_parquet_in_dataset, output_folder, read_manifest, read_output,
+                           run_cli, staging_leftovers, start_cli, write_config, write_and_train)
 
 pytestmark = pytest.mark.slow
 LOCAL_DATE, CLUSTER_DATE, FLEET_DATE = "2026-11-22", "2026-11-23", "2026-11-24"
@@ -164,11 +163,7 @@ def test_worker_lost_mid_scoring_is_retried_on_the_other_worker(cluster, prefix,
 
     run = predict_on(BIG.client_id)
     # Not a fixed sleep: wait until a worker's executor is scoring, however many tasks the job has.
-    deadline, scoring = time.monotonic() + 300, None
-    while scoring is None and run.poll() is None and time.monotonic() < deadline:
-        scoring = _scoring_worker(cluster, staging)
-        time.sleep(0.05)
-    assert scoring is not None and run.poll() is None, "the scoring job was not caught running"
+    scoring = caught_mid_run(run, lambda: _scoring_worker(cluster, staging), "a worker's executor scoring")
     # A lost machine: the Worker daemon, its executor JVM and their Python workers, all at once.
     for group in (scoring[0].pid, *scoring[1]):
         os.killpg(group, signal.SIGKILL)

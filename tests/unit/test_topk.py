@@ -25,10 +25,11 @@ def test_five_rows_per_product_best_first():
 def test_the_docs_say_rank_counts_from_0_as_it_does():
     ranks = ranked(np.array(["p"]), np.array([[0.5, 0.3, 0.2]]), np.array(["a", "b", "c"]))["rank"].tolist()
     assert ranks == [0, 1, 2]
-    # Where the README describes the output (the data layout and the ranking rule), and data/README.md.
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "pred_score, rank (0-4)" in readme and "`rank` counts from 0" in readme
-    assert "`rank` counting from 0" in readme and "rank (0-4)" in (ROOT / "data" / "README.md").read_text(encoding="utf-8")
+    # Where the docs describe the output (the data layout, the ranking rule), the README and data/README.md.
+    output, prediction = ((ROOT / "docs" / page).read_text(encoding="utf-8") for page in ("output.md", "prediction.md"))
+    assert "pred_score, rank (0-4)" in output and "`rank` counts from 0" in output
+    assert "`rank` counting from 0" in prediction and "rank (0-4)" in (ROOT / "data" / "README.md").read_text(encoding="utf-8")
+    assert "rank 0 is the best" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_ties_are_broken_by_label_position():
