@@ -70,7 +70,7 @@ class _Json(click.ParamType):
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Show info logs (MLflow, Spark stay at warnings).")
 def cli(verbose: bool) -> None:
-    """Train per-client RandomForest categorisers in MLflow and predict top-5 categories with Spark."""
+    """Train per-client categorisers (the best model family per client) in MLflow and predict top-5 categories with Spark."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # MLflow sets its own level when imported (later, lazily): tell it through its variable.

@@ -231,7 +231,7 @@ def _notes(section: Section, results: Mapping[str, dict[str, Any]], quick: bool)
         "reproducible comparison (the design left it unset).",
         f"Sizes in MB of 10^6 bytes. Pickled = pickle protocol {pickle.HIGHEST_PROTOCOL} of the fitted forest "
         f"(the design's total here: {megabytes(design)}; the issue quotes 3.66 GB). The registry stores the "
-        "skops file deflated (registry.log_and_register re-zips what MLflow's sklearn flavour writes; loading is "
+        "skops file deflated (tracking.flavor.log_and_register re-zips what MLflow's sklearn flavour writes; loading is "
         "unchanged): that is what disk, upload and download pay. In memory, and in Spark, the forest takes its "
         "pickled size; both are held to the 3% target. Deflating the design's models too would shrink them "
         "about 20x, hence the 'both sides' row.",

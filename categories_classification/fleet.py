@@ -156,7 +156,7 @@ def fleet_rows(config: ClientsConfig, records: FleetRecords, today: date, infere
 
 
 def _row(client: ClientConfig, records: FleetRecords, today: date, checked: Optional[str]) -> FleetRow:
-    """One client's row and flags (see the README's "Fleet operations" for what each flag means)."""
+    """One client's row and flags (docs/fleet.md says what each flag means)."""
     cid = client.client_id
     values: dict[str, Any] = {"client_id": cid, "drift_threshold": client.drift_threshold}
     flags = []

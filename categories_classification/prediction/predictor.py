@@ -7,7 +7,7 @@ one client is a fleet of one. The steps: :mod:`.plan` (version, model file, head
 reference), :mod:`.job` (the Spark job), :mod:`.checks` (pure verdicts over the job's counts),
 :mod:`.lineage` (the MLflow run, the manifest) and :mod:`.output` (the atomic swap). How the
 single gzip partition is scored, the duplicate ``product_id`` rule and the atomic swap are
-explained in the README ("How prediction works").
+explained in docs/prediction.md.
 """
 import logging
 import time

@@ -25,7 +25,7 @@ DAG_IDS = ["small_a-prediction", "small_a-training"]
 def celery_profile(tmp_path):
     """The whole profile (Spark Connect included) started on free ports; always stopped at teardown."""
     if not (services.postgres_available() and services.redis_available()):
-        pytest.skip("needs the PostgreSQL 15 server binaries and redis-server (see the README)")
+        pytest.skip("needs the PostgreSQL 15 server binaries and redis-server (see docs/celery.md)")
     dags = tmp_path / "dags"
     config = write_config(tmp_path / "clients.yaml", {"small_a": client_entry(features=FEATURES[:2])})
     assert generate_dags(["--config", str(config), "--output-dir", str(dags)]) == 0

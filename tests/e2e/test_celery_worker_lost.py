@@ -30,7 +30,7 @@ def celery_profile(tmp_path, monkeypatch):
     """A started Celery profile on free loopback ports, with client small_a's data and DAGs; always stopped at
     teardown. Yields the stack and the data prefix."""
     if not (services.postgres_available() and services.redis_available() and shutil.which("pipenv")):
-        pytest.skip("needs the PostgreSQL 15 server binaries, redis-server and pipenv (see the README)")
+        pytest.skip("needs the PostgreSQL 15 server binaries, redis-server and pipenv (see docs/celery.md)")
     data, dags = tmp_path / "data", tmp_path / "dags"
     write_client(ClientSpec("small_a", 101, n_train=900, n_predict=400, n_categories=12), data)
     config = write_config(tmp_path / "clients.yaml", {"small_a": client_entry(n_estimators=300, family="random_forest")})
