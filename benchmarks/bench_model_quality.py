@@ -36,13 +36,8 @@ from categories_classification.serialization import dump_model
 from categories_classification.training.calibration import expected_calibration_error
 from categories_classification.training.data import load_training_data
 from categories_classification.training.evaluation import top_k_accuracy
-from categories_classification.training.fitting import (
-    CANDIDATE_FIT_ROWS,
-    CANDIDATE_TREES,
-    FAMILY_ORDER,
-    fit_forest,
-    fit_model,
-)
+from categories_classification.training.candidates import CANDIDATE_FIT_ROWS, CANDIDATE_TREES
+from categories_classification.training.fitting import FAMILY_ORDER, fit_forest, fit_model
 from categories_classification.training.sizing import model_memory_bytes
 from categories_classification.training.trainer import TEST_SIZE
 
