@@ -79,7 +79,7 @@ def _score_together(spark: SparkSession, files: output.Files, plans: Sequence[Cl
     scored = (_products(spark, plans).mapInArrow(scorer, schema=SPARK_OUTPUT_SCHEMA)
               .observe(observed, F.collect_list(STATS).alias("stats"))
               .where(F.col(STATS).isNull()).drop(STATS))
-    token = uuid.uuid4().hex[:12]
+    token = output.claim_staging(files, [plan.place for plan in plans])  # owner records beside the staging folders
     stagings = [plan.place.staging(token) for plan in plans]
     try:
         if len(plans) == 1:

@@ -7,26 +7,56 @@ is a rename), strips what is not parquet (checksums, markers), then swaps it in;
 to ``_manifests/client_id=<id>/date=<date>.json`` right after. A failed or killed run never leaves
 a half-written ``date=`` folder: the previous output of that date stays until the new one is
 complete, and the next run cleans up after a killed one (its staging folder, or a swap cut between
-its renames). With a classic Spark session, paths go through Hadoop's file system, so
-``DATA_PREFIX`` may be a ``file:``, ``s3a:`` or ``hdfs:`` URI; behind Spark Connect this process
-has no JVM, and the output must be a path it can reach.
+its renames).
+
+One run per client and date at a time: :func:`date_locks` takes an exclusive ``flock`` on
+``_staging/client_id=<id>/date=<date>.lock`` for the job and the swap; a second run waits for it
+(``CATEGORIES_PREDICTION_LOCK_WAIT`` seconds, default 600; 0 fails at once), then replaces the output
+whole, or fails on one line naming the holder. Each staging folder has an owner record beside it
+(``<staging>.owner``: host, pid, process start); recovery removes only staging whose owner is gone,
+and the swap refuses a staging folder that is missing or not its own. On a prefix that is not
+local (``s3a:``, ``hdfs:``) the lock file is in this machine's temporary folder: it keeps runs of
+one machine apart, not runs of two machines (an Airflow deployment runs a client's prediction
+DAG one run at a time; run ``predict-all`` on the same machine as the DAGs, or not at the same time).
+
+With a classic Spark session, paths go through Hadoop's file system, so ``DATA_PREFIX`` may be a
+``file:``, ``s3a:`` or ``hdfs:`` URI; behind Spark Connect this process has no JVM, and the output
+must be a path it can reach.
 """
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Optional, Protocol, Sequence, TypeVar
 
+from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
-from categories_classification.errors import ConfigError, InfrastructureError
+from categories_classification.errors import CategoriesError, ConfigError, InfrastructureError, one_line
 from categories_classification.paths import is_uri, manifest_path, output_path, staging_root
 from categories_classification.prediction.spark import is_connect
+from categories_classification.records import HOST_TAG, PID_TAG
+from categories_classification.tracking.runs import abandoned, process_started
 
+LOGGER = logging.getLogger(__name__)
 PREVIOUS_PREFIX = "_previous-"
 DATA_SUFFIX = ".parquet"  # the only files that go into the dataset
 LEGACY_STAGING_PREFIX = "_staging-"  # where versions before the _staging/ tree staged: inside the dataset
+OWNER_SUFFIX = ".owner"  # <staging>.owner: which process writes that staging folder
+LOCK_SUFFIX = ".lock"  # <work>/date=<date>.lock: held by the one run of that client and date
+LOCK_WAIT_VARIABLE = "CATEGORIES_PREDICTION_LOCK_WAIT"
+DEFAULT_LOCK_WAIT = 600.0  # seconds a run waits for another run of the same client and date
+LOCK_POLL = 0.2
 
 
 @dataclass(frozen=True)
@@ -59,6 +89,25 @@ class Placement:
         """Where the output being replaced waits until the new one is in place."""
         return f"{self.work}/{PREVIOUS_PREFIX}{self.name}-{token}"
 
+    def owner(self, token: str) -> str:
+        """The staging folder's owner record (host, pid, process start), beside it."""
+        return f"{self.staging(token)}{OWNER_SUFFIX}"
+
+    @property
+    def lock(self) -> str:
+        """``<work>/date=<date>.lock``: the lock of this client and date (see :func:`date_locks`)."""
+        return f"{self.work}/{self.name}{LOCK_SUFFIX}"
+
+    @property
+    def date(self) -> str:
+        """The output's date."""
+        return self.name.split("=", 1)[1]
+
+    @property
+    def client_id(self) -> str:
+        """The output's client."""
+        return self.work.rsplit("=", 1)[1]
+
 
 def placement(client_id: str, inference_date: str, prefix: str) -> Placement:
     """The :class:`Placement` of a client's output for a date under ``prefix``."""
@@ -82,7 +131,10 @@ class Files(Protocol):
         """Paths matching ``pattern`` (``*`` in the last part only)."""
 
     def write_text(self, path: str, text: str) -> None:
-        """Create ``path`` (and its folder) holding ``text``."""
+        """Create ``path`` holding ``text``; its folder must exist (a missing one is never recreated)."""
+
+    def read_text(self, path: str) -> Optional[str]:
+        """The text of the file ``path``, None if there is none."""
 
     def mkdirs(self, path: str) -> None:
         """Create the folder ``path`` and its parents if missing."""
@@ -116,9 +168,21 @@ class HadoopFiles:
         return [status.getPath().toString() for status in self._fs(pattern).globStatus(self._path(pattern)) or []]
 
     def write_text(self, path: str, text: str) -> None:
+        parent = path.rsplit("/", 1)[0]
+        if not self.exists(parent):  # create() would make it: a removed staging area must stay removed
+            raise FileNotFoundError(f"{parent}: no such folder")
         stream = self._fs(path).create(self._path(path), True)
         try:
             stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+
+    def read_text(self, path: str) -> Optional[str]:
+        if not self.exists(path):
+            return None
+        stream = self._fs(path).open(self._path(path))
+        try:
+            return str(self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
         finally:
             stream.close()
 
@@ -130,37 +194,42 @@ class LocalFiles:
     """This machine's file system (Spark Connect: no JVM here; the service shares the disk)."""
 
     @staticmethod
-    def _local(path: str) -> Path:
+    def local(path: str) -> Path:
+        """``path`` (a plain path or a ``file:`` URI) as a local path."""
         return Path(path[len("file:"):] if path.startswith("file:") else path)
 
     def exists(self, path: str) -> bool:
-        return self._local(path).exists()
+        return self.local(path).exists()
 
     def rename(self, source: str, target: str) -> bool:
         try:
-            os.rename(self._local(source), self._local(target))
+            os.rename(self.local(source), self.local(target))
         except OSError:
             return False
         return True
 
     def delete(self, path: str) -> None:
-        local = self._local(path)
+        local = self.local(path)
         if local.is_dir():
             shutil.rmtree(local)
         elif local.exists():
             local.unlink()
 
     def glob(self, pattern: str) -> list[str]:
-        local = self._local(pattern)
+        local = self.local(pattern)
         return sorted(str(path) for path in local.parent.glob(local.name))
 
     def write_text(self, path: str, text: str) -> None:
-        local = self._local(path)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text(text, encoding="utf-8")
+        self.local(path).write_text(text, encoding="utf-8")  # never creates its folder
+
+    def read_text(self, path: str) -> Optional[str]:
+        try:
+            return self.local(path).read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
 
     def mkdirs(self, path: str) -> None:
-        self._local(path).mkdir(parents=True, exist_ok=True)
+        self.local(path).mkdir(parents=True, exist_ok=True)
 
 
 def files_for(spark: SparkSession, prefix: str) -> Files:
@@ -173,31 +242,242 @@ def files_for(spark: SparkSession, prefix: str) -> Files:
     return LocalFiles()
 
 
+class ConcurrentRunError(CategoriesError):
+    """Another run of the same client and date held the lock for longer than this run would wait."""
+
+
+class _Planned(Protocol):  # what :func:`date_locks` needs of a plan (prediction.plan.ClientPlan)
+    @property
+    def client_id(self) -> str:
+        """The plan's client."""
+
+    @property
+    def place(self) -> Placement:
+        """Where the plan's output goes."""
+
+
+PlanT = TypeVar("PlanT", bound=_Planned)
+
+
+def lock_wait() -> float:
+    """Seconds a run waits for another run of the same client and date (``CATEGORIES_PREDICTION_LOCK_WAIT``)."""
+    text = os.environ.get(LOCK_WAIT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_LOCK_WAIT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"environment variable {LOCK_WAIT_VARIABLE}: expected a number of seconds >= 0 "
+                          f"(0: fail at once if another run holds the date), found {text!r}")
+    return value
+
+
+@contextmanager
+def date_locks(files: Files, plans: Sequence[PlanT], refused: dict[str, Exception],
+               wait: Optional[float] = None) -> Iterator[list[PlanT]]:
+    """Hold the lock of each plan's client and date for the block; yield the plans whose lock is held.
+
+    Locks are taken in one order (by path), all within one deadline of ``wait`` seconds (default
+    :func:`lock_wait`). A plan whose lock another run holds past it gets a one-line
+    :class:`ConcurrentRunError` in ``refused`` (by client id) and is left out: that client's failure
+    only. On leaving, whatever this process staged for a held date and did not swap in is removed,
+    then the lock is released (and its file removed).
+    """
+    deadline = time.monotonic() + (lock_wait() if wait is None else wait)
+    held: dict[int, tuple[PlanT, int]] = {}
+    try:
+        for plan in sorted(plans, key=lambda plan: plan.place.lock):
+            taken = _acquire(plan, deadline, lock_wait() if wait is None else wait)
+            if isinstance(taken, Exception):
+                refused[plan.client_id] = taken
+            else:
+                held[id(plan)] = (plan, taken)
+        yield [plan for plan in plans if id(plan) in held]
+    finally:
+        for plan, descriptor in held.values():
+            try:
+                discard_own_staging(files, plan.place)
+            except (OSError, CategoriesError, Py4JError) as exc:
+                LOGGER.warning("client %s: could not remove this run's staging of %s (%s): the next run will",
+                               plan.client_id, plan.place.date, one_line(exc))
+            finally:
+                _release(_lock_path(plan.place), descriptor)
+
+
+def _lock_path(place: Placement) -> Path:
+    """The lock file: beside the staging folders on a local prefix; else in this machine's temp folder."""
+    if not is_uri(place.lock) or place.lock.startswith("file:"):
+        return LocalFiles.local(place.lock)
+    digest = hashlib.sha256(place.lock.encode("utf-8")).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / "categories_locks" / f"{digest}{LOCK_SUFFIX}"
+
+
+def _acquire(plan: _Planned, deadline: float, wait: float) -> Any:
+    """A descriptor holding the plan's lock, or the :class:`ConcurrentRunError` saying who held it."""
+    path = _lock_path(plan.place)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(path)
+            os.close(descriptor)
+            if time.monotonic() >= deadline:
+                return ConcurrentRunError(
+                    f"another prediction of {plan.place.date} is running ({holder}); waited {wait:g} s for it "
+                    f"({LOCK_WAIT_VARIABLE}); nothing written, the output of {plan.place.date} is left to that run",
+                    plan.client_id)
+            time.sleep(LOCK_POLL)
+            continue
+        try:
+            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:  # the holder removed it while releasing: lock the file now at that path
+            os.close(descriptor)
+            continue
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, json.dumps(owner_record()).encode("utf-8"))
+        return descriptor
+
+
+def _holder(path: Path) -> str:
+    """``pid N on host H since <time>`` from a lock file's record."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        since = datetime.fromtimestamp(float(record["created"]), timezone.utc).isoformat(timespec="seconds")
+        return f"pid {record['pid']} on host {record['host']} since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its holder is starting"
+
+
+def _release(path: Path, descriptor: int) -> None:
+    """Remove the lock file if it is still this lock's, then unlock (waiters on the old file try again)."""
+    try:
+        if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def owner_record() -> dict[str, Any]:
+    """Who this process is: host, pid, when it started and when the record was made (epoch seconds)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "process_started": process_started(os.getpid()),
+            "created": time.time()}
+
+
+def owner_gone(record: Optional[str], now: Optional[float] = None, host: Optional[str] = None,
+               started_at: Any = process_started) -> Optional[str]:
+    """Why the owner of a staging folder is gone (its record's text), or None if it may still be running.
+
+    Same host: its pid is gone, a zombie, or reused by a newer process. Another host: only after
+    ``tracking.runs.FOREIGN_RUN_LIMIT_SECONDS`` (its process cannot be checked from here).
+    """
+    if record is None:
+        return "no owner record"
+    try:
+        owner = json.loads(record)
+        tags, created = {HOST_TAG: str(owner["host"]), PID_TAG: str(owner["pid"])}, float(owner["created"])
+    except (ValueError, KeyError, TypeError):
+        return "unreadable owner record"
+    return abandoned(tags, created, time.time() if now is None else now, host or socket.gethostname(), started_at)
+
+
+def _is_mine(record: Optional[str]) -> bool:
+    if record is None:
+        return False
+    try:
+        owner = json.loads(record)
+    except ValueError:
+        return False
+    return isinstance(owner, dict) and owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()
+
+
+def claim_staging(files: Files, places: Sequence[Placement]) -> str:
+    """A new token for a job that writes the staging folders of ``places``; this process's owner record goes
+    beside each before anything is written."""
+    token = uuid.uuid4().hex[:12]
+    record = json.dumps(owner_record())
+    for place in places:
+        files.mkdirs(place.work)
+        files.write_text(place.owner(token), record)
+    return token
+
+
+def _token(place: Placement, path: str) -> str:
+    """The token of a staging folder, its manifest or owner record, or a ``_previous-`` folder."""
+    name = path.rsplit("/", 1)[-1]
+    name = name[len(PREVIOUS_PREFIX):] if name.startswith(PREVIOUS_PREFIX) else name
+    token = name[len(place.name) + 1:]
+    for suffix in (".json", OWNER_SUFFIX):
+        if token.endswith(suffix):
+            return token[:-len(suffix)]
+    return token
+
+
+def _tokens(files: Files, place: Placement) -> list[str]:
+    paths = files.glob(f"{place.work}/{place.name}-*") + files.glob(f"{place.work}/{PREVIOUS_PREFIX}{place.name}-*")
+    return sorted({_token(place, path) for path in paths})
+
+
 def recover_interrupted_swap(files: Files, place: Placement) -> None:
-    """Finish or undo what a run killed mid-write left for ``place``: staging folders, a half-done swap."""
-    for staged in files.glob(f"{place.work}/{place.name}-*.json"):
-        if files.exists(staged[:-len(".json")]) or not files.exists(place.target):
-            files.delete(staged)  # killed before its data was swapped in
-        else:
-            _publish(files, staged, place.manifest)  # killed after: the data is in, its lineage goes with it
-    for leftover in files.glob(f"{place.work}/{place.name}-*"):
-        files.delete(leftover)
+    """Finish or undo what a run that is gone left for ``place``: its staging folder, a half-done swap.
+
+    A staging folder whose owner still runs (see :func:`owner_gone`) is left alone, with its manifest
+    and swap; one without an owner record (a version before records) counts as gone.
+    """
+    for token in _tokens(files, place):
+        if owner_gone(files.read_text(place.owner(token))) is not None:
+            _clean_token(files, place, token)
     parent = place.target.rsplit("/", 1)[0]
     # A run of an earlier version, killed, left these inside the dataset.
     for leftover in files.glob(f"{parent}/{LEGACY_STAGING_PREFIX}{place.name}-*"):
         files.delete(leftover)
-    for folder in (place.work, parent):
-        previous = files.glob(f"{folder}/{PREVIOUS_PREFIX}{place.name}-*")
-        if previous and not files.exists(place.target):
-            # Killed between the two renames: the old output is intact under its temporary name.
-            files.rename(previous[0], place.target)
-        for leftover in files.glob(f"{folder}/{PREVIOUS_PREFIX}{place.name}-*"):
-            files.delete(leftover)
+    previous = files.glob(f"{parent}/{PREVIOUS_PREFIX}{place.name}-*")
+    if previous and not files.exists(place.target):
+        files.rename(previous[0], place.target)
+    for leftover in files.glob(f"{parent}/{PREVIOUS_PREFIX}{place.name}-*"):
+        files.delete(leftover)
+
+
+def discard_own_staging(files: Files, place: Placement) -> None:
+    """Remove what this process staged for ``place`` and did not swap in (a failed job, check or swap)."""
+    for token in _tokens(files, place):
+        if _is_mine(files.read_text(place.owner(token))):
+            _clean_token(files, place, token)
+
+
+def _clean_token(files: Files, place: Placement, token: str) -> None:
+    """Undo (or finish) one run's staging: before its data went in, drop it; after, its manifest follows."""
+    staging, staged, previous = place.staging(token), place.staged_manifest(token), place.previous(token)
+    if files.exists(staged):
+        if files.exists(staging) or not files.exists(place.target):
+            files.delete(staged)  # stopped before its data was swapped in
+        else:
+            _publish(files, staged, place.manifest)  # stopped after: the data is in, its lineage goes with it
+    files.delete(staging)
+    if files.exists(previous) and not files.exists(place.target):
+        files.rename(previous, place.target)  # stopped between the two renames: the old output comes back
+    files.delete(previous)
+    files.delete(place.owner(token))
 
 
 def swap_in(files: Files, place: Placement, token: str, manifest: dict[str, Any]) -> None:
-    """Swap the run's staging folder in as ``place.target``, then put its manifest in place."""
+    """Swap the run's staging folder in as ``place.target``, then put its manifest in place.
+
+    The staging folder must exist and be this process's (its owner record): one that was removed
+    is never recreated, and another run's is never swapped in.
+    """
     staging, staged = place.staging(token), place.staged_manifest(token)
+    if not files.exists(staging) or not _is_mine(files.read_text(place.owner(token))):
+        found = "is gone" if not files.exists(staging) else "belongs to another process"
+        raise InfrastructureError(f"output {place.target}: this run's staging folder {staging} {found}; nothing "
+                                  f"written, the output of {place.date} is left as it was")
     for path in files.glob(f"{staging}/*"):
         if not path.endswith(DATA_SUFFIX):  # .crc checksums, _SUCCESS: only data goes into the dataset
             files.delete(path)
@@ -215,6 +495,7 @@ def swap_in(files: Files, place: Placement, token: str, manifest: dict[str, Any]
                                   "the previous output of this date is left as it was")
     _publish(files, staged, place.manifest)
     files.delete(previous)
+    files.delete(place.owner(token))
 
 
 def _publish(files: Files, staged: str, target: str) -> None:

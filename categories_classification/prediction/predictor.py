@@ -107,10 +107,12 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     if plans:
         spark = spark or get_spark()
         files = output.files_for(spark, prefix)
-        runs = lineage.open_runs(plans, describe(spark))
-        scored = job.score(spark, files, plans, date)
-        for plan, run, result in zip(plans, runs, scored):
-            outcomes[plan.client_id] = _finish(spark, files, plan, run, result, started)
+        # One run per client and date: a client whose date another run holds fails alone (its outcome).
+        with output.date_locks(files, plans, outcomes) as held:
+            runs = lineage.open_runs(held, describe(spark)) if held else []
+            scored = job.score(spark, files, held, date) if held else []
+            for plan, run, result in zip(held, runs, scored):
+                outcomes[plan.client_id] = _finish(spark, files, plan, run, result, started)
     return {client_id: outcomes[client_id] for client_id in client_ids}
 
 
