@@ -318,6 +318,7 @@ def _acquire(plan: _Planned, deadline: float, wait: float) -> Any:
     """A descriptor holding the plan's lock, or the :class:`ConcurrentRunError` saying who held it."""
     path = _lock_path(plan.place)
     path.parent.mkdir(parents=True, exist_ok=True)
+    waiting, holder = 0.0, ""
     while True:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -325,6 +326,10 @@ def _acquire(plan: _Planned, deadline: float, wait: float) -> Any:
         except BlockingIOError:
             holder = _holder(path)
             os.close(descriptor)
+            if not waiting and time.monotonic() < deadline:
+                waiting = time.monotonic()
+                LOGGER.info("client %s: another prediction of %s is running (%s): waiting for it, up to %g s (%s)",
+                            plan.client_id, plan.place.date, holder, wait, LOCK_WAIT_VARIABLE)
             if time.monotonic() >= deadline:
                 return ConcurrentRunError(
                     f"another prediction of {plan.place.date} is running ({holder}); waited {wait:g} s for it "
@@ -341,6 +346,9 @@ def _acquire(plan: _Planned, deadline: float, wait: float) -> Any:
             continue
         os.ftruncate(descriptor, 0)
         os.write(descriptor, json.dumps(owner_record()).encode("utf-8"))
+        if waiting:  # why this run took longer than usual (a failed wait is its one error line instead)
+            LOGGER.warning("client %s: waited %.0f s for another prediction of %s (%s) to end; its output is replaced",
+                           plan.client_id, time.monotonic() - waiting, plan.place.date, holder)
         return descriptor
 
 
