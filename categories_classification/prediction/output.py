@@ -285,11 +285,12 @@ def date_locks(files: Files, plans: Sequence[PlanT], refused: dict[str, Exceptio
     only. On leaving, whatever this process staged for a held date and did not swap in is removed,
     then the lock is released (and its file removed).
     """
-    deadline = time.monotonic() + (lock_wait() if wait is None else wait)
+    seconds = lock_wait() if wait is None else wait
+    deadline = time.monotonic() + seconds
     held: dict[int, tuple[PlanT, int]] = {}
     try:
         for plan in sorted(plans, key=lambda plan: plan.place.lock):
-            taken = _acquire(plan, deadline, lock_wait() if wait is None else wait)
+            taken = _acquire(plan, deadline, seconds)
             if isinstance(taken, Exception):
                 refused[plan.client_id] = taken
             else:
