@@ -107,13 +107,13 @@ class Bookkeeping:
         try:
             runs.close_abandoned_runs(*(plan.client_id for plan in plans))
         except TrackingError as exc:
-            return [self._failed(plan.client_id, exc, "before the prediction") for plan in plans]
+            return [self.client_error(plan.client_id, exc, "before the prediction") for plan in plans]
         opened: list[Union[PredictionRun, CategoriesError]] = []
         for plan in plans:
             try:
                 opened.append(self._check() or _open_run(plan, spark))
             except TrackingError as exc:
-                opened.append(self._failed(plan.client_id, exc, "before the prediction"))
+                opened.append(self.client_error(plan.client_id, exc, "before the prediction"))
         return opened
 
     def close_finished(self, run: PredictionRun, plan: ClientPlan, stats: Stats, seconds: float,
@@ -123,7 +123,7 @@ class Bookkeeping:
             self._check()
             close_finished(run, plan, stats, seconds, report)
         except TrackingError as exc:
-            return self._failed(run.client_id, exc, "while recording the prediction's lineage")
+            return self.client_error(run.client_id, exc, "while recording the prediction's lineage")
         return None
 
     def close_failed(self, run: PredictionRun, report: Optional[drift.DriftReport]) -> None:
@@ -133,7 +133,7 @@ class Bookkeeping:
                 close_failed(run, report)
                 return
             except TrackingError as exc:
-                self._failed(run.client_id, exc, "")
+                self.client_error(run.client_id, exc, "")
         LOGGER.info("client %s: run %s left RUNNING (MLflow lost: %s); the next prediction closes it",
                     run.client_id, run.run_id, self.lost)
 
@@ -142,7 +142,7 @@ class Bookkeeping:
         if self.lost is not None:
             raise TrackingError(f"MLflow at {display_tracking_uri()} failed: {self.lost}")
 
-    def _failed(self, client_id: str, error: TrackingError, when: str) -> CategoriesError:
+    def client_error(self, client_id: str, error: TrackingError, when: str) -> CategoriesError:
         """The client's one line for ``error``; a lost connection marks the store lost for the clients after."""
         reason = self.lost or connection_reason(error_text(error.__cause__ or error))
         if reason is None:
