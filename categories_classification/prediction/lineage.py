@@ -1,10 +1,11 @@
 """Lineage of a prediction: its MLflow run and its manifest.
 
 Each client's prediction is an MLflow run ``prediction_<date>`` in the client's experiment, opened
-before the Spark job (so that the manifest can name it) and closed after the output is swapped in
-or discarded: ``FINISHED`` with the rows and drift scores, or ``FAILED``. The manifest (model,
-version, training and prediction runs, input, rows, drift) is what ``output.swap_in`` stages before
-the data goes in and publishes right after, so an output is never in place without its lineage.
+before the Spark job (so that the manifest can name it) and closed before the output is swapped in
+(``FINISHED`` with the rows and drift scores: a run that cannot be closed keeps its output out), or
+when it is discarded (``FAILED``). The manifest (model, version, training and prediction runs, input,
+rows, drift) is what ``output.swap_in`` stages before the data goes in and publishes right after, so
+an output is never in place without its lineage.
 The names this record uses (tags, metrics, manifest keys) are written once, below.
 """
 import logging
