@@ -81,7 +81,7 @@ def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Ca
     try:
         results = predict_clients(clients, inference_date, drift_thresholds=thresholds, fail_on_drift=fail_on_drift)
     except CategoriesError as exc:  # the date, the store: nothing could start for any client
-        results = {client_id: exc for client_id in clients}
+        results = {client_id: _for_client(exc, client_id) for client_id in clients}
     seconds = (time.perf_counter() - started) / max(1, len(clients))  # the job's time, shared
     outcomes = []
     for client_id in clients:
@@ -95,6 +95,15 @@ def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Ca
             outcome = Outcome(client_id, result.seconds, result)
         outcomes.append(_report(outcome, on_done))
     return outcomes
+
+
+def _for_client(error: CategoriesError, client_id: str) -> CategoriesError:
+    """``error`` told as ``client_id``'s (one cause shared by every client, each line naming its own client)."""
+    if error.client_id == client_id:
+        return error
+    named = CategoriesError(error.detail, client_id)
+    named.exit_code = error.exit_code
+    return named
 
 
 def _train_one(client: ClientConfig, training_date: str, threads: int) -> Outcome:

@@ -164,3 +164,38 @@ def unexpected(error: BaseException, client_id: Optional[str] = None) -> str:
     prefix = f"client {client_id!r}: " if client_id else ""
     # The first line only: an unexpected error's text may carry a whole (Java) stack trace.
     return f"{prefix}unexpected {type(error).__name__}: {first_line(str(error))}"
+
+
+class ServiceLostError(InfrastructureError):
+    """A service the command was using (Spark Connect, MLflow) went away while work was under way."""
+
+
+# How a lost connection shows in a library's error text (gRPC, urllib3, the OS), in a few words.
+_CONNECTION_REASONS = (
+    ("connection reset", "connection reset"),
+    ("connection refused", "connection refused"),
+    ("socket closed", "connection closed"),
+    ("broken pipe", "connection closed"),
+    ("remotedisconnected", "connection closed"),
+    ("connection aborted", "connection closed"),
+    ("timed out", "timed out"),
+    ("deadline_exceeded", "timed out"),
+    ("name or service not known", "host not found"),
+)
+
+
+def connection_reason(text: str) -> Optional[str]:
+    """What a lost connection's error text says happened, in a few words (``connection reset``, ``timed out``...);
+    None if the text does not tell of a lost connection."""
+    lowered = text.lower()
+    return next((reason for marker, reason in _CONNECTION_REASONS if marker in lowered), None)
+
+
+def service_lost(client_id: str, service: str, when: str, reason: str, date: str) -> ServiceLostError:
+    """The one line of a client whose work stopped because ``service`` went away ``when``: nothing of it was written.
+
+    ``client 'client_3': Spark Connect at sc://127.0.0.1:15002 was lost during scoring (connection reset);
+    nothing written, the output of 2026-12-01 is left as it was``
+    """
+    return ServiceLostError(f"{service} was lost {when} ({reason}); nothing written, "
+                            f"the output of {date} is left as it was", client_id)

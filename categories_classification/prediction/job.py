@@ -21,12 +21,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from categories_classification.errors import CategoriesError, one_line
+from categories_classification.errors import CategoriesError, one_line, service_lost
 from categories_classification.prediction import checks, output
 from categories_classification.prediction.failures import spark_failure
 from categories_classification.prediction.plan import ClientPlan
 from categories_classification.prediction.scoring import CLIENT, FEATURES, HASH, MALFORMED, OUTPUT_SCHEMA, STATS, Scorer, read_stats
-from categories_classification.prediction.spark import is_connect, ship_file
+from categories_classification.prediction.spark import connection_lost, describe, give_up, is_connect, ship_file
 from categories_classification.topk import TOP_K
 
 LOGGER = logging.getLogger(__name__)
@@ -49,14 +49,25 @@ def score(spark: SparkSession, files: output.Files, plans: Sequence[ClientPlan],
     together = _attempt(spark, files, plans, date)
     if not isinstance(together, Exception):
         return together
-    if len(plans) == 1:
-        return [Scored(error=_spark_error(plans[0], together))]
+    if _lost(spark, together) or len(plans) == 1:
+        return [Scored(error=_spark_error(spark, plan, together)) for plan in plans]
     LOGGER.warning("the job over %d clients failed (%s): scoring each client alone", len(plans), one_line(together))
     scored: list[Scored] = []
+    lost: Optional[Exception] = None
     for plan in plans:
-        alone = _attempt(spark, files, [plan], date)
-        scored.append(Scored(error=_spark_error(plan, alone)) if isinstance(alone, Exception) else alone[0])
+        alone = lost or _attempt(spark, files, [plan], date)
+        if isinstance(alone, Exception) and _lost(spark, alone):
+            lost = alone  # the service is gone: the clients after this one are not tried
+        scored.append(Scored(error=_spark_error(spark, plan, alone)) if isinstance(alone, Exception) else alone[0])
     return scored
+
+
+def _lost(spark: SparkSession, error: Exception) -> bool:
+    """True if ``error`` says the Spark Connect service went away; then nothing waits on it any more."""
+    if connection_lost(error) is None:
+        return False
+    give_up(spark)
+    return True
 
 
 def _attempt(spark: SparkSession, files: output.Files, plans: Sequence[ClientPlan],
@@ -129,10 +140,13 @@ def _cores(spark: SparkSession) -> int:
     return spark.sparkContext.defaultParallelism
 
 
-def _spark_error(plan: ClientPlan, exc: Exception) -> Exception:
-    """A failed job, told as one line about this client (its input, or the infrastructure's root cause)."""
+def _spark_error(spark: SparkSession, plan: ClientPlan, exc: Exception) -> Exception:
+    """A failed job, told as one line about this client (its input, a lost service, or the root cause)."""
     if isinstance(exc, CategoriesError) or not isinstance(exc, (PySparkException, Py4JJavaError)):
         return exc
+    reason = connection_lost(exc)
+    if reason is not None:
+        return service_lost(plan.client_id, f"Spark Connect at {describe(spark)}", "during scoring", reason, plan.date)
     return spark_failure(plan.client_id, plan.source, plan.target, exc)
 
 

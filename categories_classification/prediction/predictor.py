@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
 from categories_classification.config import validate_client_id
@@ -106,41 +108,70 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     plans, outcomes = plan_clients(client_ids, date, prefix, model_versions or {}, drift_thresholds or {}, fail_on_drift)
     if plans:
         spark = spark or get_spark()
-        files = output.files_for(spark, prefix)
+        files, book = output.files_for(spark, prefix), lineage.Bookkeeping(date)
         # One run per client and date: a client whose date another run holds fails alone (its outcome).
         with output.date_locks(files, plans, outcomes) as held:
-            runs = lineage.open_runs(held, describe(spark)) if held else []
-            scored = job.score(spark, files, held, date) if held else []
-            for plan, run, result in zip(held, runs, scored):
-                outcomes[plan.client_id] = _finish(spark, files, plan, run, result, started)
+            ready = []
+            for plan, run in zip(held, book.open_runs(held, describe(spark)) if held else []):
+                if isinstance(run, Exception):
+                    outcomes[plan.client_id] = run
+                else:
+                    ready.append((plan, run))
+            scored = job.score(spark, files, [plan for plan, _ in ready], date) if ready else []
+            for (plan, run), result in zip(ready, scored):
+                outcomes[plan.client_id] = _finish(spark, files, book, Step(plan, run, result, started))
     return {client_id: outcomes[client_id] for client_id in client_ids}
 
 
-def _finish(spark: SparkSession, files: output.Files, plan: ClientPlan, run: lineage.PredictionRun,
-            scored: job.Scored, started: float) -> Outcome:
-    """Check what the job saw of this client; swap its output in with its manifest, or discard it; close its run."""
+@dataclass(frozen=True)
+class Step:
+    """One client's part of the job: its plan, its open run, what the job did for it, when the command started."""
+
+    plan: ClientPlan
+    run: lineage.PredictionRun
+    scored: job.Scored
+    started: float
+
+
+# What one client's checks, bookkeeping and swap may raise: that client's failure, never the others'.
+CLIENT_FAULTS = (CategoriesError, OSError, PySparkException, Py4JError)
+
+
+def _finish(spark: SparkSession, files: output.Files, book: lineage.Bookkeeping, step: Step) -> Outcome:
+    """Check what the job saw of this client; close its run, then swap its output in; or discard it."""
+    plan, run, scored = step.plan, step.run, step.scored
     error, verdict = scored.error, checks.DriftVerdict()
-    if error is None:
-        try:
+    try:
+        if error is None:
             verdict = _verify(spark, plan, scored.stats)
             error = verdict.problem
+        if error is None:
+            # The lineage first: an output goes in only once its run is FINISHED.
+            error = book.close_finished(run, plan, scored.stats, time.perf_counter() - step.started, verdict.report)
             if error is None:
                 output.swap_in(files, plan.place, scored.token, lineage.manifest(plan, run, scored.stats, verdict.report))
-        except CategoriesError as exc:
-            error = exc
+    except CLIENT_FAULTS as exc:
+        error = exc
     if error is not None:
-        if scored.staging:
-            files.delete(scored.staging)
-        lineage.close_failed(run, verdict.report)
+        _discard(files, scored.staging)
+        book.close_failed(run, verdict.report)
         return error
-    seconds = time.perf_counter() - started
-    lineage.close_finished(run, plan, scored.stats, seconds, verdict.report)
     written, skipped = checks.count(scored.stats, "written"), checks.count(scored.stats, "skipped")
     if skipped:
         LOGGER.warning("client %s: skipped %d product(s) with a missing feature value in %s", plan.client_id, skipped,
                        plan.source)
-    return PredictionResult(plan.client_id, plan.date, plan.target, plan.ref, written, skipped, seconds, run.run_id,
-                            checks.drift_record(plan.drift, verdict.report))
+    return PredictionResult(plan.client_id, plan.date, plan.target, plan.ref, written, skipped,
+                            time.perf_counter() - step.started, run.run_id, checks.drift_record(plan.drift, verdict.report))
+
+
+def _discard(files: output.Files, staging: str) -> None:
+    """Remove a failed client's staging folder (a file system that fails here leaves it to the next run)."""
+    if not staging:
+        return
+    try:
+        files.delete(staging)
+    except CLIENT_FAULTS as exc:
+        LOGGER.warning("staging folder %s not removed (%s): the next run of this date removes it", staging, exc)
 
 
 def _verify(spark: SparkSession, plan: ClientPlan, stats: checks.Stats) -> checks.DriftVerdict:

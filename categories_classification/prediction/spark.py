@@ -10,20 +10,25 @@ import os
 import socket
 import sys
 import tempfile
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 from urllib.parse import urlparse
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
+from pyspark.sql.connect.client.retries import DefaultPolicy
 
-from categories_classification.errors import InfrastructureError
+from categories_classification.errors import ConfigError, InfrastructureError, connection_reason, error_text
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # categories_classification/
 DEFAULT_CONNECT_PORT = 15002  # Spark Connect's own default
 CONNECT_PROBE_SECONDS = 5.0
+# How long a lost Spark Connect service may keep a command waiting (pyspark's own retries: ~30 min).
+TIMEOUT_VARIABLE = "CATEGORIES_SPARK_TIMEOUT"
+DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_CONF = {
     # mapInArrow moves data as Arrow batches; ~10k rows keep a batch's per-tree predict_proba arrays
     # in cache (fewer CPU cycles per row than larger batches).
@@ -167,9 +172,80 @@ def _connect(remote: str, app_name: str) -> SparkSession:
             f"Spark Connect service at {host}:{port} (SPARK_REMOTE) is not reachable ({exc.strerror or exc}): "
             "start it (make start-airflow, or python -m scripts.spark_connect start), or unset SPARK_REMOTE "
             "to run Spark in this process") from None
+    policy = retry_policy(timeout_seconds())
     session = SparkSession.builder.remote(remote).appName(app_name).getOrCreate()  # pylint: disable=no-member
+    session.client.set_retry_policies([policy])
+    _POLICIES[id(session)] = policy
+    if not os.environ.get("SPARK_LOG_LEVEL"):  # --verbose shows them
+        warnings.filterwarnings("ignore", message=r"\[RETRIES_EXCEEDED\]")
     _ship_package(session)
     return session
+
+
+_POLICIES: dict[int, DefaultPolicy] = {}  # id(session) -> its retry policy (see give_up)
+
+
+def timeout_seconds() -> float:
+    """``$CATEGORIES_SPARK_TIMEOUT`` (seconds, a positive number), else :data:`DEFAULT_TIMEOUT_SECONDS`."""
+    raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"environment variable {TIMEOUT_VARIABLE}: expected a positive number of seconds, found {raw!r}")
+    return value
+
+
+def retry_policy(budget: float) -> DefaultPolicy:
+    """pyspark's retry policy with its waits cut to at most half of ``budget`` seconds in all (jitter included).
+
+    pyspark retries an unavailable service 15 times with waits of up to 60 s (about 10 minutes per
+    call, and a command makes several). The other half of the budget is for what follows the
+    loss: the failed call's cleanup, the session's release, the exit.
+    """
+    limit = budget / 2
+    policy = DefaultPolicy(max_retries=0, max_backoff=max(50, int(limit * 1000 / 3)))
+    while policy.max_retries < 15 and sum(retry_waits(DefaultPolicy(
+            max_retries=policy.max_retries + 1, max_backoff=policy.max_backoff))) <= limit:
+        policy.max_retries += 1
+    return policy
+
+
+def retry_waits(policy: DefaultPolicy) -> list[float]:
+    """The longest waits (seconds, jitter included) ``policy`` makes before giving up on a call."""
+    waits, wait = [], float(policy.initial_backoff)
+    for _ in range(policy.max_retries or 0):
+        jitter = policy.jitter if wait >= policy.min_jitter_threshold else 0
+        waits.append((wait + jitter) / 1000)
+        wait = min(float(policy.max_backoff or wait), wait * policy.backoff_multiplier)
+    return waits
+
+
+def connection_lost(error: BaseException) -> Optional[str]:
+    """Why a Spark Connect call failed if the service went away (``connection reset``...), else None."""
+    status = getattr(error, "getGrpcStatusCode", None)
+    if status is None or getattr(status(), "name", "") != "UNAVAILABLE":
+        return None
+    return connection_reason(error_text(error)) or "unavailable"
+
+
+def give_up(session: SparkSession) -> None:
+    """Stop waiting on a lost Spark Connect service: no more retries, the session stopped (nothing left at exit).
+
+    Every retry loop still running (a release in the background, pyspark's exit hook) ends at its
+    next wait; stopping the session closes its channel, so its exit hook makes no call at all.
+    """
+    if not is_connect(session):
+        return
+    policy = _POLICIES.pop(id(session), None)
+    if policy is not None:
+        policy.max_retries = 0
+    else:
+        session.client.set_retry_policies([DefaultPolicy(max_retries=0)])
+    session.stop()  # best effort, never raises (pyspark's word); its release now fails at once
 
 
 def _ship_package(session: SparkSession) -> None:

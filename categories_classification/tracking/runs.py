@@ -34,15 +34,26 @@ SEARCH_PAGE = 1000  # results per MLflow search page (MLflow allows up to 50,000
 FOREIGN_RUN_LIMIT_SECONDS = 24 * 3600.0
 
 
+def store_client() -> MlflowClient:
+    """A client of the store MLflow is pointed at, its registry named too: MLflow never asks Spark for it.
+
+    Without a registry URI, ``MlflowClient()`` reads ``spark.mlflow.modelRegistryUri`` from the
+    active Spark session: a call to a Spark Connect service, retried for minutes if it is lost.
+    """
+    uri = mlflow.get_tracking_uri()
+    return MlflowClient(uri, registry_uri=uri)
+
+
 def ensure_experiment(client_id: str) -> str:
     """Id of the client's experiment, created (tagged with the client id) if it does not exist."""
     name = experiment_name(client_id)
     with tracking_errors(client_id):
-        existing = mlflow.get_experiment_by_name(name)
+        client = store_client()
+        existing = client.get_experiment_by_name(name)
         if existing is not None:
             return existing.experiment_id
         try:
-            return mlflow.create_experiment(
+            return client.create_experiment(
                 name,
                 artifact_location=local_artifact_location(name),
                 tags={CLIENT_ID_TAG: client_id,
@@ -52,7 +63,7 @@ def ensure_experiment(client_id: str) -> str:
             # Another process (a parallel training) created it between our lookup and create.
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            return mlflow.get_experiment_by_name(name).experiment_id
+            return client.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager
@@ -71,7 +82,7 @@ def training_run(record: TrainingRecord) -> Iterator[str]:
 def record_failed_run(record: TrainingRecord) -> str:
     """A run that failed before it could start (its record names why), ended FAILED at once; its id."""
     with tracking_errors(record.client_id):
-        client = MlflowClient()
+        client = store_client()
         run = client.create_run(ensure_experiment(record.client_id), run_name=training_run_name(record.training_date),
                                 tags=record.start_tags())
         client.set_terminated(run.info.run_id, "FAILED")
@@ -82,16 +93,16 @@ def open_run(client_id: str, run_name: str, tags: Mapping[str, str]) -> str:
     """A run of the client's experiment left open (not MLflow's active run): its id, for :func:`close_run`."""
     with tracking_errors(client_id):
         experiment_id = ensure_experiment(client_id)
-        run = MlflowClient().create_run(experiment_id, run_name=run_name,
+        run = store_client().create_run(experiment_id, run_name=run_name,
                                         tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
     return run.info.run_id
 
 
 def close_run(client_id: str, run_id: str, metrics: Mapping[str, float], failed: bool = False) -> None:
     """Log ``metrics`` on a run of :func:`open_run` and end it FINISHED (or FAILED), in one batch and one update."""
-    client = MlflowClient()
     now = int(time.time() * 1000)
     with tracking_errors(client_id):
+        client = store_client()
         if metrics:
             client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
         client.set_terminated(run_id, "FAILED" if failed else "FINISHED", end_time=now)
@@ -110,9 +121,9 @@ def close_abandoned_runs(*client_ids: str) -> list[str]:
     context = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
     context.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
     os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps(context)
-    client = MlflowClient()
     closed: list[str] = []
     with tracking_errors(client_ids[0] if len(client_ids) == 1 else None):
+        client = store_client()
         experiments = _experiment_ids(client, client_ids)
         if not experiments:
             return closed
