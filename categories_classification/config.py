@@ -309,3 +309,24 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancesto
                 raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def seconds_setting(variable: str, default: float, *, zero_means: Optional[str] = None) -> float:
+    """A duration in seconds from the environment variable ``variable`` (``default`` when unset or empty).
+
+    Positive and finite; 0 too when ``zero_means`` says what it does. Anything else is a
+    :class:`ConfigError` naming the variable, what was expected and what was found.
+    """
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    lowest_ok = 0 <= value if zero_means is not None else 0 < value
+    if not (lowest_ok and value < float("inf")):
+        expected = (f"a number of seconds >= 0 (0: {zero_means})" if zero_means is not None
+                    else "a positive number of seconds")
+        raise ConfigError(f"environment variable {variable}: expected {expected}, found {raw!r}")
+    return value

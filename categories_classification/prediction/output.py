@@ -42,6 +42,7 @@ from typing import Any, Iterator, Optional, Protocol, Sequence, TypeVar
 from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
+from categories_classification.config import seconds_setting
 from categories_classification.errors import CategoriesError, ConfigError, InfrastructureError, one_line
 from categories_classification.paths import is_uri, manifest_path, output_path, staging_root
 from categories_classification.prediction.spark import is_connect
@@ -261,17 +262,7 @@ PlanT = TypeVar("PlanT", bound=_Planned)
 
 def lock_wait() -> float:
     """Seconds a run waits for another run of the same client and date (``CATEGORIES_PREDICTION_LOCK_WAIT``)."""
-    text = os.environ.get(LOCK_WAIT_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_LOCK_WAIT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise ConfigError(f"environment variable {LOCK_WAIT_VARIABLE}: expected a number of seconds >= 0 "
-                          f"(0: fail at once if another run holds the date), found {text!r}")
-    return value
+    return seconds_setting(LOCK_WAIT_VARIABLE, DEFAULT_LOCK_WAIT, zero_means="fail at once if another run holds the date")
 
 
 @contextmanager

@@ -21,7 +21,8 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 from pyspark.sql.connect.client.retries import DefaultPolicy
 
-from categories_classification.errors import ConfigError, InfrastructureError, connection_reason, error_text
+from categories_classification.config import seconds_setting
+from categories_classification.errors import InfrastructureError, connection_reason, error_text
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # categories_classification/
 DEFAULT_CONNECT_PORT = 15002  # Spark Connect's own default
@@ -187,16 +188,7 @@ _POLICIES: dict[int, DefaultPolicy] = {}  # id(session) -> its retry policy (see
 
 def timeout_seconds() -> float:
     """``$CATEGORIES_SPARK_TIMEOUT`` (seconds, a positive number), else :data:`DEFAULT_TIMEOUT_SECONDS`."""
-    raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise ConfigError(f"environment variable {TIMEOUT_VARIABLE}: expected a positive number of seconds, found {raw!r}")
-    return value
+    return seconds_setting(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS)
 
 
 def retry_policy(budget: float) -> DefaultPolicy:

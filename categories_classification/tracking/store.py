@@ -8,7 +8,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from categories_classification.errors import ConfigError, ModelNotFoundError, TrackingError, describe_os_error, one_line
+from categories_classification.config import seconds_setting
+from categories_classification.errors import ModelNotFoundError, TrackingError, describe_os_error, one_line
 from categories_classification.tracking.locks import file_lock, lock_file
 from categories_classification.tracking.uri import display_tracking_uri, sqlite_file, tracking_uri
 
@@ -42,16 +43,7 @@ def configure_tracking() -> str:
 
 def timeout_seconds() -> float:
     """``$CATEGORIES_MLFLOW_TIMEOUT`` (seconds, a positive number), else :data:`DEFAULT_TIMEOUT_SECONDS`."""
-    raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise ConfigError(f"environment variable {TIMEOUT_VARIABLE}: expected a positive number of seconds, found {raw!r}")
-    return value
+    return seconds_setting(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS)
 
 
 def http_limits(budget: float) -> dict[str, str]:

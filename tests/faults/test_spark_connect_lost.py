@@ -9,7 +9,6 @@ succeeds.
 import json
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from categories_classification.paths import manifest_path, staging_root
 from categories_classification.records import experiment_name
 from categories_classification.topk import TOP_K
 from scripts.generate_example_data import ClientSpec
-from scripts.spark_cluster import free_ports
-from scripts.spark_connect import start_service
+from scripts.spark_connect import NAME, start_service
+from scripts.supervisor import free_ports
 from tests.helpers import (DATE, client_entry, output_folder, read_manifest, snapshot, staging_leftovers, start_cli,
                            wait_until, write_and_train, write_config)
 
@@ -72,13 +71,12 @@ def test_a_killed_spark_connect_service_fails_each_client_on_one_line_within_the
         wait_until(lambda: process.poll() is not None or (staging.exists() and any(staging.iterdir())), 120,
                    "the job writing into _staging/")
         assert process.poll() is None, f"the job ended before it could be caught: {process.communicate()}"
-        os.killpg(service.process.pid, signal.SIGKILL)
+        service.supervisor.kill(NAME)  # SIGKILL to its process group, waited for
         killed = time.monotonic()
-        service.process.wait(timeout=10)
         _, stderr = process.communicate(timeout=DEADLINE + 60)
         elapsed = time.monotonic() - killed
     finally:
-        service.stop(grace=5)
+        service.stop()
 
     assert process.returncode == 1, stderr
     assert elapsed < DEADLINE + 15, f"ended {elapsed:.0f} s after the loss (deadline {DEADLINE} s)"
