@@ -1,36 +1,70 @@
 """How the tracking store is reached: MLflow pointed at it once per command, every request bounded in
-time, and MLflow's failures told as one line naming the store (without credentials)."""
+time, a database connection lost for a few seconds retried, and MLflow's failures told as one line
+naming the store (without credentials)."""
+import logging
 import os
+import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from categories_classification.errors import ConfigError, ModelNotFoundError, TrackingError, describe_os_error, one_line
+from categories_classification.errors import (
+    ConfigError,
+    ModelNotFoundError,
+    TrackingError,
+    describe_os_error,
+    first_line,
+    one_line,
+)
 from categories_classification.tracking.locks import file_lock, lock_file
-from categories_classification.tracking.uri import display_tracking_uri, sqlite_file, tracking_uri
+from categories_classification.tracking.uri import display_tracking_uri, masked, sqlite_file, tracking_uri
+
+LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How long one MLflow request may take in all, retries included, before a command fails (seconds).
 TIMEOUT_VARIABLE = "CATEGORIES_MLFLOW_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 30.0
+# Backoff between attempts of an operation whose database connection was lost (seconds, doubling).
+FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 0.5, 4.0
+# What a lost database connection raises, by the qualified names of the classes in an error's chain
+# (SQLAlchemy's, and the driver's below it): the operation is worth another try once it is back.
+_CONNECTION_ERRORS = frozenset({
+    "sqlalchemy.exc.OperationalError", "sqlalchemy.exc.InterfaceError",
+    "psycopg2.OperationalError", "psycopg2.InterfaceError",
+})
+# Loggers that print a lost connection's stack trace (MLflow's session maker logs it with
+# logger.exception, SQLAlchemy's pool when it drops a dead connection): the one line says it.
+_STORE_LOGGERS = ("mlflow.store.db.utils", "sqlalchemy.pool")
 # The SQLite stores this process has created or migrated (a train-all worker trains many clients into one).
 _READY_STORES: set[str] = set()
 
 
-def configure_tracking() -> str:
+def configure_tracking(client_id: Optional[str] = None) -> str:
     """Point MLflow's fluent API at :func:`~categories_classification.tracking.uri.tracking_uri`
     (called by entry points, never on import).
 
     A SQLite store is created (or migrated) under an exclusive file lock: two commands starting
     at once on a new store would otherwise both run MLflow's schema migrations, and one would
     fail with "duplicate column name" (seen with parallel DAG runs on a fresh install).
+    A database server (PostgreSQL) is waited for within :func:`timeout_seconds`, and MLflow's
+    stores are made then, while it answers (for ``client_id``'s messages).
     """
     uri = tracking_uri()
-    for name, value in http_limits(timeout_seconds()).items():
+    budget = timeout_seconds()
+    for name, value in http_limits(budget).items():
         os.environ.setdefault(name, value)  # what the user set wins
+    # libpq waits forever for a server that does not answer: bound each connection attempt.
+    os.environ.setdefault("PGCONNECT_TIMEOUT", str(max(2, int(min(10.0, budget / 3)))))
+    quiet_store_logs()
     mlflow.set_tracking_uri(uri)
+    if is_sql_database(uri):
+        # MLflow creates its engines on first use, retrying 10 times over about 100 s: wait for the
+        # database within our own bound first, and have them made while it answers.
+        retrying(client_id, lambda: _open_stores(uri))
     database = sqlite_file(uri)
     if database is not None and not (uri in _READY_STORES and database.exists()):
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -79,4 +113,111 @@ def tracking_errors(client_id: Optional[str]) -> Iterator[None]:
         detail = describe_os_error(exc) if isinstance(exc, OSError) else one_line(exc)
         if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise ModelNotFoundError(f"MLflow at {display_tracking_uri()}: {detail}", client_id) from exc
+        if connection_lost(exc):
+            detail = _driver_reason(exc)
         raise TrackingError(f"MLflow at {display_tracking_uri()} failed: {detail}", client_id) from exc
+    except Exception as exc:
+        # SQLAlchemy's own error, where MLflow does not wrap it (its stores' set-up).
+        if connection_lost(exc):
+            raise TrackingError(f"MLflow at {display_tracking_uri()} failed: {_driver_reason(exc)}", client_id) from exc
+        raise
+
+
+class DatabaseLostError(TrackingError):
+    """MLflow's database stayed unreachable for the whole budget (retried already: not again)."""
+
+
+def is_sql_database(uri: str) -> bool:
+    """True when ``uri`` is a database server MLflow reaches through SQLAlchemy (not SQLite, not a tracking server)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    return scheme in ("postgresql", "postgres", "mysql", "mssql")
+
+
+def quiet_store_logs() -> None:
+    """Hide the stack traces MLflow's and SQLAlchemy's store layers log for a lost connection, unless
+    the command logs at INFO (``--verbose``): the retry, or the one-line error after it, says what happened."""
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
+    for name in _STORE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """True when ``error`` (or an error in its chain) is a database connection lost or refused."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(f"{cls.__module__}.{cls.__qualname__}" in _CONNECTION_ERRORS for cls in type(current).__mro__):
+            return True
+        if getattr(current, "connection_invalidated", False):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retrying(client_id: Optional[str], operation: Callable[[], T], sleep: Callable[[float], None] = time.sleep,
+             clock: Callable[[], float] = time.monotonic) -> T:
+    """``operation()``, tried again with backoff while MLflow's database connection is lost, for at most
+    :func:`timeout_seconds` after the first loss; then one line naming the database.
+
+    Only a SQL database store is retried here (a tracking server has its own HTTP retries; SQLite is
+    a local file). The operations given are idempotent, or nearly: a step that failed half-way
+    left nothing (one transaction), or is written again with the same values.
+    """
+    uri = tracking_uri()
+    if not is_sql_database(uri):
+        with tracking_errors(client_id):
+            return operation()
+    budget = timeout_seconds()
+    deadline, delay, attempt = None, FIRST_BACKOFF_SECONDS, 0
+    while True:
+        attempt += 1
+        try:
+            with tracking_errors(client_id):
+                return operation()
+        except DatabaseLostError:
+            raise  # an inner step already waited out its budget: never twice
+        except TrackingError as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            if not connection_lost(cause):
+                raise
+            now = clock()
+            deadline = now + budget if deadline is None else deadline
+            if now + delay > deadline:
+                raise DatabaseLostError(
+                    f"MLflow's database at {masked(uri)} was lost and did not come back within {budget:g} s "
+                    f"({TIMEOUT_VARIABLE}; {attempt} attempts): {_driver_reason(cause)}", client_id) from cause
+            LOGGER.info("client %s: MLflow's database at %s was lost (%s): trying again in %.1f s",
+                        client_id or "-", masked(uri), _driver_reason(cause), delay)
+            sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+
+def _driver_reason(error: BaseException) -> str:
+    """The driver's own words for a lost connection (libpq's first line), without SQLAlchemy's wrapping."""
+    current: Optional[BaseException] = error
+    while current is not None:
+        original = getattr(current, "orig", None)
+        if original is not None:
+            return first_line(str(original)) or type(original).__name__
+        if type(current).__module__.startswith("psycopg2"):
+            return first_line(str(current)) or type(current).__name__
+        current = current.__cause__ or current.__context__
+    return first_line(str(error))
+
+
+def _open_stores(uri: str) -> None:
+    """One connection to the store's database (closed at once), then MLflow's tracking and registry stores."""
+    import sqlalchemy  # pylint: disable=import-outside-toplevel  # MLflow imports it anyway; only SQL stores come here
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise TrackingError(f"MLflow's database at {masked(uri)} failed: {_driver_reason(exc)}") from exc
+    finally:
+        engine.dispose()
+    client = MlflowClient(uri)
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
