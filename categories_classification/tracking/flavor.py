@@ -208,30 +208,38 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
 
 def discard_version(ref: ModelRef) -> None:
     """Delete a version registered by a training that then failed, so that no gate, list or fleet view
-    shows it; a failure to do so is logged, never raised (the training's own error is the one to tell)."""
+    shows it; a failure to do so is logged (``--verbose``), never raised (the training's own error is the one to tell)."""
     try:
         retrying(ref.client_id, lambda: MlflowClient().delete_model_version(ref.name, str(ref.version)))
     except CategoriesError as exc:
-        LOGGER.warning("client %s: model %s version %s of the failed training could not be deleted: %s",
+        LOGGER.info("client %s: model %s version %s of the failed training could not be deleted: %s",
                        ref.client_id, ref.name, ref.version, exc)
 
 
-def discard_artifacts(client_id: str, run_id: str, logged: Optional[LoggedModel]) -> None:
-    """Remove what a failed training wrote in the artifact store: its run's files and its logged model's.
+def discard_artifacts(client_id: str, run_id: str) -> None:
+    """Remove what a failed training wrote in the artifact store: its run's files, and its logged models
+    (also one whose logging failed half-way) with their files.
 
-    The run itself stays (FAILED, with its failure reason); a failure to remove is logged, never raised.
+    The run itself stays (FAILED, with its failure reason); a failure to remove is logged (``--verbose``),
+    never raised: the training's own error is the one line to tell.
     """
     client = MlflowClient()
+
+    def find() -> tuple[list[str], list[str]]:
+        run = client.get_run(run_id)
+        models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        return [run.info.artifact_uri, *(model.artifact_location for model in models)], [m.model_id for m in models]
+
     try:
-        locations = [retrying(client_id, lambda: client.get_run(run_id).info.artifact_uri)]
-        if logged is not None:
-            locations.append(retrying(client_id, lambda: client.get_logged_model(logged.model_id).artifact_location))
+        locations, model_ids = retrying(client_id, find)
         for location in locations:
             with tracking_errors(client_id):
                 get_artifact_repository(location).delete_artifacts()
                 _remove_empty_parent(location)
+        for model_id in model_ids:
+            retrying(client_id, lambda model_id=model_id: client.delete_logged_model(model_id))
     except CategoriesError as exc:
-        LOGGER.warning("client %s: the files of failed run %s could not be removed from the artifact store: %s",
+        LOGGER.info("client %s: the files of failed run %s could not be removed from the artifact store: %s",
                        client_id, run_id, exc)
 
 

@@ -39,6 +39,8 @@ _CONNECTION_ERRORS = frozenset({
 # Loggers that print a lost connection's stack trace (MLflow's session maker logs it with
 # logger.exception, SQLAlchemy's pool when it drops a dead connection): the one line says it.
 _STORE_LOGGERS = ("mlflow.store.db.utils", "sqlalchemy.pool")
+# The SQL databases this process gave up on (until an operation succeeds again): no second wait.
+_GIVEN_UP: set[str] = set()
 # The SQLite stores this process has created or migrated (a train-all worker trains many clients into one).
 _READY_STORES: set[str] = set()
 
@@ -162,19 +164,23 @@ def retrying(client_id: Optional[str], operation: Callable[[], T], sleep: Callab
 
     Only a SQL database store is retried here (a tracking server has its own HTTP retries; SQLite is
     a local file). The operations given are idempotent, or nearly: a step that failed half-way
-    left nothing (one transaction), or is written again with the same values.
+    left nothing (one transaction), or is written again with the same values. Once the database
+    was given up on, later operations of this process (the failed training's clean-up, a worker's
+    next client) get one attempt each until one succeeds: a command waits out an outage once.
     """
     uri = tracking_uri()
     if not is_sql_database(uri):
         with tracking_errors(client_id):
             return operation()
-    budget = timeout_seconds()
+    budget = 0.0 if uri in _GIVEN_UP else timeout_seconds()
     deadline, delay, attempt = None, FIRST_BACKOFF_SECONDS, 0
     while True:
         attempt += 1
         try:
             with tracking_errors(client_id):
-                return operation()
+                result = operation()
+            _GIVEN_UP.discard(uri)
+            return result
         except DatabaseLostError:
             raise  # an inner step already waited out its budget: never twice
         except TrackingError as exc:
@@ -184,9 +190,10 @@ def retrying(client_id: Optional[str], operation: Callable[[], T], sleep: Callab
             now = clock()
             deadline = now + budget if deadline is None else deadline
             if now + delay > deadline:
+                _GIVEN_UP.add(uri)
                 raise DatabaseLostError(
-                    f"MLflow's database at {masked(uri)} was lost and did not come back within {budget:g} s "
-                    f"({TIMEOUT_VARIABLE}; {attempt} attempts): {_driver_reason(cause)}", client_id) from cause
+                    f"MLflow's database at {masked(uri)} was lost and did not come back within "
+                    f"{timeout_seconds():g} s ({TIMEOUT_VARIABLE}): {_driver_reason(cause)}", client_id) from cause
             LOGGER.info("client %s: MLflow's database at %s was lost (%s): trying again in %.1f s",
                         client_id or "-", masked(uri), _driver_reason(cause), delay)
             sleep(delay)

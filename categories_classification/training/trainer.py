@@ -32,7 +32,6 @@ from categories_classification.records import (
 )
 from categories_classification.tracking.artifacts import load_model
 from categories_classification.tracking.flavor import (
-    LoggedModel,
     discard_artifacts,
     discard_version,
     log_model,
@@ -156,7 +155,6 @@ def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: S
     system failure of the artifact store (ENOSPC) is told as one line naming the store.
     """
     chosen = fitted.chosen
-    logged: Optional[LoggedModel] = None
     ref: Optional[ModelRef] = None
     try:
         retrying(client_id, lambda: _log_run_details(chosen, fitted.metrics, features))
@@ -170,7 +168,7 @@ def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: S
         error = _artifact_store_error(client_id, exc)
         if ref is not None:
             discard_version(ref)
-        discard_artifacts(client_id, run_id, logged)
+        discard_artifacts(client_id, run_id)
         try:
             retrying(client_id, lambda: mlflow.set_tag(FAILURE_REASON_TAG, str(error or exc)))
         except CategoriesError as tagging:
