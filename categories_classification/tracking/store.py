@@ -12,6 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from categories_classification.errors import (
+    CategoriesError,
     ConfigError,
     ModelNotFoundError,
     TrackingError,
@@ -118,6 +119,8 @@ def tracking_errors(client_id: Optional[str]) -> Iterator[None]:
         if connection_lost(exc):
             detail = _driver_reason(exc)
         raise TrackingError(f"MLflow at {display_tracking_uri()} failed: {detail}", client_id) from exc
+    except CategoriesError:
+        raise  # already one line (a database given up on, a missing model)
     except Exception as exc:
         # SQLAlchemy's own error, where MLflow does not wrap it (its stores' set-up).
         if connection_lost(exc):
