@@ -20,7 +20,7 @@ from categories_classification.errors import (
     first_line,
     one_line,
 )
-from categories_classification.tracking.locks import file_lock, lock_file
+from categories_classification.tracking.locks import LOCK_URL_VARIABLE, file_lock, lock_file
 from categories_classification.tracking.uri import display_tracking_uri, masked, sqlite_file, tracking_uri
 
 LOGGER = logging.getLogger(__name__)
@@ -165,14 +165,16 @@ def retrying(client_id: Optional[str], operation: Callable[[], T], sleep: Callab
     """``operation()``, tried again with backoff while MLflow's database connection is lost, for at most
     :func:`timeout_seconds` after the first loss; then one line naming the database.
 
-    Only a SQL database store is retried here (a tracking server has its own HTTP retries; SQLite is
-    a local file). The operations given are idempotent, or nearly: a step that failed half-way
+    Only a lost connection to a database server is retried here: MLflow's SQL store, or the
+    promotion lock's PostgreSQL (``CATEGORIES_LOCK_URL``) beside a tracking server, whose HTTP
+    requests have their own retries; a SQLite store is a local file (MLflow waits on its locks).
+    The operations given are idempotent, or nearly: a step that failed half-way
     left nothing (one transaction), or is written again with the same values. Once the database
     was given up on, later operations of this process (the failed training's clean-up, a worker's
     next client) get one attempt each until one succeeds: a command waits out an outage once.
     """
     uri = tracking_uri()
-    if not is_sql_database(uri):
+    if sqlite_file(uri) is not None:
         with tracking_errors(client_id):
             return operation()
     budget = 0.0 if uri in _GIVEN_UP else timeout_seconds()
@@ -195,12 +197,19 @@ def retrying(client_id: Optional[str], operation: Callable[[], T], sleep: Callab
             if now + delay > deadline:
                 _GIVEN_UP.add(uri)
                 raise DatabaseLostError(
-                    f"MLflow's database at {masked(uri)} was lost and did not come back within "
+                    f"{_lost_database(uri)} was lost and did not come back within "
                     f"{timeout_seconds():g} s ({TIMEOUT_VARIABLE}): {_driver_reason(cause)}", client_id) from cause
-            LOGGER.info("client %s: MLflow's database at %s was lost (%s): trying again in %.1f s",
-                        client_id or "-", masked(uri), _driver_reason(cause), delay)
+            LOGGER.info("client %s: %s was lost (%s): trying again in %.1f s",
+                        client_id or "-", _lost_database(uri), _driver_reason(cause), delay)
             sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+
+def _lost_database(uri: str) -> str:
+    """Which database a lost connection was to: MLflow's store, else the promotion lock's."""
+    if is_sql_database(uri):
+        return f"MLflow's database at {masked(uri)}"
+    return f"the promotion lock's database at {masked(os.environ.get(LOCK_URL_VARIABLE, ''))}"
 
 
 def _driver_reason(error: BaseException) -> str:

@@ -40,6 +40,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_session_left(postgres):
+    """At the end, a fast restart ends the sessions this test process's MLflow clients keep in their pools:
+    the server then stops at once at the end of the run (a smart shutdown waits for every session)."""
+    yield
+    _stop_server(postgres)
+    _start_server(postgres)
+
+
 @pytest.fixture()
 def env(postgres_database: str, data: Path, tmp_path: Path) -> dict[str, str]:
     """The CLI's environment on a new PostgreSQL database as MLflow's store (and lock), artifacts under tmp_path."""

@@ -126,13 +126,30 @@ def test_other_failures_are_not_retried():
     assert len(calls) == 1
 
 
-def test_stores_that_are_not_a_database_server_are_not_retried(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+def test_a_sqlite_store_is_not_retried(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     operation, calls = _flaky(1)
     with pytest.raises(TrackingError):
         retrying("c", operation, _Clock().sleep)
     assert len(calls) == 1
-    assert not is_sql_database("sqlite:///mlflow.db") and is_sql_database(DATABASE)
+    assert not is_sql_database("sqlite:///mlflow.db") and not is_sql_database("http://h:5000")
+    assert is_sql_database(DATABASE)
+
+
+def test_beside_a_tracking_server_the_lock_database_is_retried_and_named(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("CATEGORIES_LOCK_URL", DATABASE)
+    monkeypatch.setenv(TIMEOUT_VARIABLE, "3")
+    clock = _Clock()
+    with pytest.raises(DatabaseLostError, match=r"^client 'c': the promotion lock's database at "
+                                                r"postgresql\+psycopg2://\*\*\*@127.0.0.1:5433/mlflow was lost"):
+        retrying("c", _flaky(1000)[0], clock.sleep, lambda: clock.now)
+    assert retrying("c", _flaky(0)[0], clock.sleep, lambda: clock.now) == "done"
+    # An MLflow server's own failure is not a lost database connection: not retried here.
+    http, calls = _flaky(1, lambda: TrackingError("MLflow at http://127.0.0.1:5000 failed: 503"))
+    with pytest.raises(TrackingError):
+        retrying("c", http, clock.sleep, lambda: clock.now)
+    assert len(calls) == 1
 
 
 def test_a_lost_lock_session_counts_as_a_lost_connection():
