@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, TypeVar
 
 import mlflow
+import sqlalchemy
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -215,7 +216,9 @@ def _lost_database(uri: str) -> str:
 def _driver_reason(error: BaseException) -> str:
     """The driver's own words for a lost connection (libpq's first line), without SQLAlchemy's wrapping."""
     current: Optional[BaseException] = error
-    while current is not None:
+    for _ in range(20):  # a chain is a few errors long (and never loops forever)
+        if current is None:
+            break
         original = getattr(current, "orig", None)
         if original is not None:
             return first_line(str(original)) or type(original).__name__
@@ -227,8 +230,6 @@ def _driver_reason(error: BaseException) -> str:
 
 def _open_stores(uri: str) -> None:
     """One connection to the store's database (closed at once), then MLflow's tracking and registry stores."""
-    import sqlalchemy  # pylint: disable=import-outside-toplevel  # MLflow imports it anyway; only SQL stores come here
-
     engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect():

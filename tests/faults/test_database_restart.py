@@ -84,16 +84,20 @@ def _stop_server(server) -> None:
 
 def _start_server(server) -> None:
     """Start the server again with the command line it last ran with (``postmaster.opts``, as pg_ctl restart does)."""
-    data = server.log.parent / "data"
+    server.process = _spawn_postmaster(server.log)  # the fixture stops this one at the end of the run
+    wait_until(lambda: _answers(server.url), 60, "PostgreSQL started again")
+
+
+def _spawn_postmaster(log: Path) -> subprocess.Popen:
+    data = log.parent / "data"
     command = shlex.split((data / "postmaster.opts").read_text(encoding="utf-8"))
     owner = data.stat()
     as_owner = os.geteuid() == 0  # the server runs as its data folder's owner (initdb refuses root)
-    with server.log.open("ab") as log:
-        server.process = subprocess.Popen(  # pylint: disable=consider-using-with  # stopped by the fixture
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            cwd=server.log.parent, user=owner.st_uid if as_owner else None, group=owner.st_gid if as_owner else None,
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=log.parent, user=owner.st_uid if as_owner else None, group=owner.st_gid if as_owner else None,
             extra_groups=[] if as_owner else None)
-    wait_until(lambda: _answers(server.url), 60, "PostgreSQL started again")
 
 
 def _answers(url: str) -> bool:
