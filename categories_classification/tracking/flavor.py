@@ -10,17 +10,21 @@ import logging
 import shutil
 import tempfile
 from contextlib import redirect_stderr
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow.models import ModelSignature
 from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from categories_classification import serving
+from categories_classification.errors import CategoriesError
 from categories_classification.records import (
     CLIENT_ID_TAG,
     COMPANION_DIGEST_SUFFIX,
@@ -32,7 +36,7 @@ from categories_classification.serialization import DIGEST_TAG, SKOPS_TRUSTED_TY
 from categories_classification.topk import TOP_K
 from categories_classification.tracking.locks import promotion_lock
 from categories_classification.tracking.registry import ModelRef
-from categories_classification.tracking.store import tracking_errors
+from categories_classification.tracking.store import retrying, tracking_errors
 
 LOGGER = logging.getLogger(__name__)
 PACKAGE = Path(serving.__file__).resolve().parent
@@ -115,20 +119,31 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in SERVING_DISTRIBUTIONS]
 
 
-def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any,
-                     companions: Optional[Mapping[str, str]] = None) -> ModelRef:
-    """Log ``model`` (deflated skops) in the active run and register it as a new version of the client's model.
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model logged in the training's run, not registered yet: where it is and its files' digests."""
 
-    Logs the stored file's size as the run's ``model_size_bytes`` metric and tags the version with
-    the file's SHA-256 (``model_sha256``). ``companions`` (file name -> text) are stored in the
-    model's folder, beside the model file (the drift reference).
+    client_id: str
+    run_id: str
+    model_id: str
+    model_uri: str  # models:/<model id>
+    digest: str
+    companion_digests: tuple[tuple[str, str], ...]
+    stored_bytes: int
+
+
+def log_model(client_id: str, model: Any, input_example: Any, signature: Any,
+              companions: Optional[Mapping[str, str]] = None) -> LoggedModel:
+    """Log ``model`` (deflated skops) in the active run, without registering it (see :func:`register`).
+
+    Logs the stored file's size as the run's ``model_size_bytes`` metric. ``companions`` (file
+    name -> text) are stored in the model's folder, beside the model file (the drift reference).
+    A lost database connection is tried again (a failed attempt's logged model stays unregistered).
     """
-    name = model_name(client_id)
-    chatter = io.StringIO()
     flavor = _DeflatedSklearnFlavor(client_id, companions)
-    # MLflow prints "Successfully registered model ..." straight to stderr: keep it for debug logs.
-    with tracking_errors(client_id), redirect_stderr(chatter):
-        info = mlflow.models.Model.log(
+
+    def log() -> Any:
+        return mlflow.models.Model.log(
             artifact_path=None,  # deprecated in favour of name=, but still a positional parameter
             flavor=flavor,
             sk_model=model,
@@ -137,7 +152,6 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
             skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
             signature=signature,
             input_example=input_example,
-            registered_model_name=name,
             # Explicit requirements: MLflow would otherwise re-load the model in a subprocess to
             # infer them, which costs seconds per training for a known answer. The numeric
             # libraries are pinned too: a served score is then the batch's to the last bit.
@@ -146,14 +160,27 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
             # served: this project's loaders (the gate, prediction) read it back anyway.
             validate_serving_input=False,
         )
+
+    info = retrying(client_id, log)
+    retrying(client_id, lambda: mlflow.log_metric(MODEL_SIZE_METRIC, float(flavor.stored_bytes)))
+    return LoggedModel(client_id, mlflow.active_run().info.run_id, info.model_id, f"models:/{info.model_id}",
+                       flavor.digest, tuple(sorted(flavor.companion_digests.items())), flavor.stored_bytes)
+
+
+def register(logged: LoggedModel) -> ModelRef:
+    """Register a model of :func:`log_model` as a new version of the client's model, tagged with its
+    files' SHA-256 (``model_sha256``, ``<companion>.sha256``) and the client id."""
+    client_id, name = logged.client_id, model_name(logged.client_id)
+    chatter = io.StringIO()
+    # MLflow prints "Successfully registered model ..." straight to stderr: keep it for debug logs.
+    with redirect_stderr(chatter):
+        version = retrying(client_id, lambda: mlflow.register_model(logged.model_uri, name).version)
     LOGGER.debug("%s", chatter.getvalue().strip())
-    with tracking_errors(client_id):
-        mlflow.log_metric(MODEL_SIZE_METRIC, float(flavor.stored_bytes))
-        client = MlflowClient()
-        run_id = mlflow.active_run().info.run_id
-        version = info.registered_model_version
-        client.set_model_version_tag(name, str(version), DIGEST_TAG, flavor.digest)
-        for companion, digest in flavor.companion_digests.items():
+    client = MlflowClient()
+
+    def tag() -> None:
+        client.set_model_version_tag(name, str(version), DIGEST_TAG, logged.digest)
+        for companion, digest in logged.companion_digests:
             client.set_model_version_tag(name, str(version), companion + COMPANION_DIGEST_SUFFIX, digest)
         # The registered model's own tag is read-then-inserted by MLflow: two trainings of one client
         # at once collide on PostgreSQL (a unique-key violation). One at a time, under the client's lock.
@@ -163,4 +190,66 @@ def log_and_register(client_id: str, model: Any, input_example: Any, signature: 
                                                      "the model family is chosen at each training).")
             client.set_registered_model_tag(name, CLIENT_ID_TAG, client_id)
         client.set_model_version_tag(name, str(version), CLIENT_ID_TAG, client_id)
-    return ModelRef(client_id, name, int(version), run_id, flavor.digest, tuple(sorted(flavor.companion_digests.items())))
+
+    ref = ModelRef(client_id, name, int(version), logged.run_id, logged.digest, logged.companion_digests)
+    try:
+        retrying(client_id, tag)
+    except CategoriesError:
+        discard_version(ref)  # a version without its digest would be refused by every load
+        raise
+    return ref
+
+
+def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any,
+                     companions: Optional[Mapping[str, str]] = None) -> ModelRef:
+    """:func:`log_model` then :func:`register` (for callers with nothing to log in between)."""
+    return register(log_model(client_id, model, input_example, signature, companions))
+
+
+def discard_version(ref: ModelRef) -> None:
+    """Delete a version registered by a training that then failed, so that no gate, list or fleet view
+    shows it; a failure to do so is logged (``--verbose``), never raised (the training's own error is the one to tell)."""
+    try:
+        retrying(ref.client_id, lambda: MlflowClient().delete_model_version(ref.name, str(ref.version)))
+    except CategoriesError as exc:
+        LOGGER.info("client %s: model %s version %s of the failed training could not be deleted: %s",
+                       ref.client_id, ref.name, ref.version, exc)
+
+
+def discard_artifacts(client_id: str, run_id: str) -> None:
+    """Remove what a failed training wrote in the artifact store: its run's files, and its logged models
+    (also one whose logging failed half-way) with their files.
+
+    The run itself stays (FAILED, with its failure reason); a failure to remove is logged (``--verbose``),
+    never raised: the training's own error is the one line to tell.
+    """
+    client = MlflowClient()
+
+    def find() -> tuple[list[str], list[str]]:
+        run = client.get_run(run_id)
+        models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        return [run.info.artifact_uri, *(model.artifact_location for model in models)], [m.model_id for m in models]
+
+    try:
+        locations, model_ids = retrying(client_id, find)
+        for location in locations:
+            with tracking_errors(client_id):
+                get_artifact_repository(location).delete_artifacts()
+                _remove_empty_parent(location)
+        for model_id in model_ids:
+            retrying(client_id, lambda model_id=model_id: client.delete_logged_model(model_id))
+    except CategoriesError as exc:
+        LOGGER.info("client %s: the files of failed run %s could not be removed from the artifact store: %s",
+                       client_id, run_id, exc)
+
+
+def _remove_empty_parent(location: str) -> None:
+    """The ``<run id>`` (or ``models/<model id>``) folder of a local ``.../artifacts`` location, if now empty."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file"):
+        folder = Path(unquote(parsed.path))
+        for parent in (folder, folder.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                return

@@ -50,9 +50,20 @@ def _advisory_lock(url: str, key: str, client_id: str) -> Iterator[None]:
         raise TrackingError(f"promotion lock at {masked(url)} failed: {one_line(exc)}", client_id) from None
     try:
         connection.autocommit = True  # a session lock: no transaction left open while the gate runs
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"categories.promotion:{key}",))
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"categories.promotion:{key}",))
+        except psycopg2.Error as exc:
+            raise TrackingError(f"promotion lock at {masked(url)} failed: {one_line(exc)}", client_id) from None
         yield
+        # A restart of the server ends the session, and the lock with it: then the block did not
+        # run alone, and is run again by the caller's retry (the error keeps libpq's in its context).
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except psycopg2.Error as exc:
+            raise TrackingError(f"promotion lock at {masked(url)} was lost while it was held: {one_line(exc)}",
+                                client_id) from None
     finally:
         # Closing the session releases the lock, also when the block raised or the lock query failed.
         connection.close()

@@ -24,7 +24,8 @@ from categories_classification.records import (
     experiment_name,
     training_run_name,
 )
-from categories_classification.tracking.store import tracking_errors
+from categories_classification.errors import CategoriesError
+from categories_classification.tracking.store import retrying, tracking_errors
 from categories_classification.tracking.uri import local_artifact_location
 
 LOGGER = logging.getLogger(__name__)
@@ -70,13 +71,41 @@ def ensure_experiment(client_id: str) -> str:
 def training_run(record: TrainingRecord) -> Iterator[str]:
     """The training's run (MLflow's active run for the block, its id yielded): FINISHED, or FAILED if the block raises.
 
-    MLflow failures inside the block are one-line errors (:func:`~categories_classification.tracking.store.tracking_errors`).
+    MLflow failures inside the block are one-line errors (:func:`~categories_classification.tracking.store.tracking_errors`);
+    opening and ending the run are tried again while MLflow's database connection is lost
+    (:func:`~categories_classification.tracking.store.retrying`).
     """
-    experiment_id = ensure_experiment(record.client_id)
-    with tracking_errors(record.client_id), mlflow.start_run(
-            experiment_id=experiment_id, run_name=training_run_name(record.training_date),
-            tags=record.start_tags()) as run:
-        yield run.info.run_id
+    client_id = record.client_id
+    experiment_id = retrying(client_id, lambda: ensure_experiment(client_id))
+    run_id = retrying(client_id, lambda: mlflow.start_run(
+        experiment_id=experiment_id, run_name=training_run_name(record.training_date),
+        tags=record.start_tags()).info.run_id)
+    try:
+        with tracking_errors(client_id):
+            yield run_id
+    except BaseException:
+        _end_active_run(client_id, run_id, "FAILED", quiet=True)
+        raise
+    _end_active_run(client_id, run_id, "FINISHED", quiet=False)
+
+
+def _end_active_run(client_id: str, run_id: str, status: str, quiet: bool) -> None:
+    """End the active run ``run_id`` with ``status`` and take it off MLflow's stack of active runs.
+
+    ``quiet``: the block already failed, and its error is the one to tell; a run that cannot be
+    ended now is closed by the client's next command (:func:`close_abandoned_runs`).
+    """
+    try:
+        retrying(client_id, lambda: MlflowClient().set_terminated(run_id, status))
+    except CategoriesError as exc:
+        if not quiet:
+            raise
+        LOGGER.info("client %s: run %s could not be ended %s now: %s", client_id, run_id, status, exc)
+    finally:
+        try:
+            mlflow.end_run(status)  # off the stack first, then the same status again
+        except (MlflowException, OSError):
+            pass
 
 
 def record_failed_run(record: TrainingRecord) -> str:

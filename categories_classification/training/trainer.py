@@ -16,6 +16,7 @@ from categories_classification.records import (
     CHALLENGER_SCORE,
     CHAMPION_BEFORE_TAG,
     EVALUATION_ARTIFACTS,
+    FAILURE_REASON_TAG,
     MODEL_CHOICE_FILE,
     MODEL_FAMILY_PARAM,
     MODEL_MEMORY_METRIC,
@@ -30,12 +31,18 @@ from categories_classification.records import (
     TrainingRecord,
 )
 from categories_classification.tracking.artifacts import load_model
-from categories_classification.tracking.flavor import log_and_register, serving_signature
+from categories_classification.tracking.flavor import (
+    discard_artifacts,
+    discard_version,
+    log_model,
+    register,
+    serving_signature,
+)
 from categories_classification.tracking.locks import promotion_lock
 from categories_classification.tracking.registry import ModelRef, champion_version, describe_version, set_champion
 from categories_classification.tracking.runs import close_abandoned_runs, record_failed_run, training_run
-from categories_classification.tracking.store import configure_tracking
-from categories_classification.errors import CategoriesError, InputDataError
+from categories_classification.tracking.store import configure_tracking, retrying
+from categories_classification.errors import CategoriesError, InfrastructureError, InputDataError, describe_os_error
 from categories_classification.config import (
     validate_client_id,
     validate_family,
@@ -109,45 +116,102 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         LOGGER.warning("client %s: the %s model takes %.1f MB in memory, over its %.1f MB budget (%s)", client_id,
                        chosen.family, metrics[MODEL_MEMORY_METRIC] / MB, chosen.budget_bytes / MB,
                        _tags(chosen).get("size_choice", chosen.describe()["family_choice"]))
-    configure_tracking()
-    close_abandoned_runs(client_id)  # runs a killed process left RUNNING
-    with training_run(TrainingRecord(client_id, date, path)):
-        mlflow.log_params(chosen.estimator_params())
-        mlflow.log_params({"features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
-                           MODEL_FAMILY_PARAM: chosen.family,
-                           "family_rule": "pinned" if chosen.pinned else FAMILY_RULE,
-                           **(chosen.forest.size_params() if chosen.forest is not None else
-                              {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})})
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(_tags(chosen))
-        example = fitted.x_train.head(5)
-        ref = log_and_register(
-            client_id, chosen.model, example, serving_signature(list(example.columns)),
-            companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))},
-        )
-        _log_evaluation_artifacts(client_id, fitted)
-        # One gate at a time per client (two DAG runs, or a manual run beside one): read the
-        # champion, compare and move the alias as one step, so the alias never goes back.
-        with promotion_lock(client_id):
-            decision = _promotion_gate(client_id, ref, fitted, tolerance)
-            if decision.promote:
-                set_champion(client_id, ref.version)
-        mlflow.set_tags({PROMOTION_DECISION_TAG: decision.label, PROMOTION_REASON_TAG: decision.reason,
-                         CHAMPION_BEFORE_TAG: str(decision.champion_version or "")})
-        mlflow.log_metrics({CHALLENGER_SCORE: decision.challenger_score,
-                            PROMOTION_TOLERANCE_METRIC: tolerance,
-                            **({PREVIOUS_SCORE: decision.champion_score}
-                               if decision.champion_score is not None else {})})
-        describe_version(
+    configure_tracking(client_id)
+    retrying(client_id, lambda: close_abandoned_runs(client_id))  # runs a killed process left RUNNING
+    with training_run(TrainingRecord(client_id, date, path)) as run_id:
+        # The whole record first (parameters, metrics, model, evaluation files), the version last:
+        # a training that fails half-way registers nothing and leaves none of its files.
+        ref = _write_record(client_id, run_id, fitted, features)
+
+        def gate() -> Decision:
+            # One gate at a time per client (two DAG runs, or a manual run beside one): read the
+            # champion, compare and move the alias as one step, so the alias never goes back.
+            with promotion_lock(client_id):
+                decision = _promotion_gate(client_id, ref, fitted, tolerance)
+                if decision.promote:
+                    set_champion(client_id, ref.version)
+            return decision
+
+        decision = retrying(client_id, gate)
+        retrying(client_id, lambda: _log_decision(decision, tolerance))
+        retrying(client_id, lambda: describe_version(
             ref,
             f"Trained {date} on {len(fitted.x_train)} rows ({', '.join(features)}); test top-5 accuracy "
             f"{metrics[TEST_TOP_5_METRIC]:.4f}. Gate: {decision.label}, {decision.reason}.",
             {TRAINING_DATE_TAG: date, PROMOTION_DECISION_TAG: decision.label},
-        )
+        ))
     LOGGER.info("client %s: registered %s version %s (run %s), %s", client_id, ref.name, ref.version, ref.run_id,
                 decision.label)
     return TrainingResult(client_id, ref.name, ref.version, ref.run_id, metrics, decision,
                           {"family": chosen.family, **chosen.params}, len(data.labels))
+
+
+def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: Sequence[str]) -> ModelRef:
+    """Log the run's parameters, metrics and tags, the model and the evaluation files, then register the
+    model: the version exists only once its whole training record does.
+
+    If any of it fails, what was written is undone (the version deleted, the run's and the logged
+    model's files removed), the run gets a ``failure_reason`` tag, and the error is raised; a file
+    system failure of the artifact store (ENOSPC) is told as one line naming the store.
+    """
+    chosen = fitted.chosen
+    ref: Optional[ModelRef] = None
+    try:
+        retrying(client_id, lambda: _log_run_details(chosen, fitted.metrics, features))
+        example = fitted.x_train.head(5)
+        logged = log_model(client_id, chosen.model, example, serving_signature(list(example.columns)),
+                           companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))})
+        retrying(client_id, lambda: _log_evaluation_artifacts(client_id, fitted))
+        ref = register(logged)
+        return ref
+    except CategoriesError as exc:
+        error = _artifact_store_error(client_id, exc)
+        if ref is not None:
+            discard_version(ref)
+        discard_artifacts(client_id, run_id)
+        try:
+            retrying(client_id, lambda: mlflow.set_tag(FAILURE_REASON_TAG, str(error or exc)))
+        except CategoriesError as tagging:
+            LOGGER.info("client %s: run %s: the failure reason could not be recorded: %s", client_id, run_id, tagging)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _artifact_store_error(client_id: str, error: CategoriesError) -> Optional[InfrastructureError]:
+    """The one line for a file system failure while the training's files were written (a full artifact
+    store), naming the store, the errno and the path; None for any other failure."""
+    cause = error.__cause__
+    if not isinstance(cause, OSError):
+        return None
+    run = mlflow.active_run()
+    # <experiment's artifact location>/<run id>/artifacts
+    store = run.info.artifact_uri.rsplit("/", 2)[0] if run is not None and run.info.artifact_uri else "?"
+    return InfrastructureError(
+        f"the artifact store at {store} failed while the training was written: {describe_os_error(cause)}; "
+        "this attempt's files were removed and nothing was registered, the champion is unchanged", client_id)
+
+
+def _log_run_details(chosen: FittedModel, metrics: Mapping[str, float], features: Sequence[str]) -> None:
+    """The run's parameters (family, size, split), metrics and decision tags."""
+    mlflow.log_params(chosen.estimator_params())
+    mlflow.log_params({"features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
+                       MODEL_FAMILY_PARAM: chosen.family,
+                       "family_rule": "pinned" if chosen.pinned else FAMILY_RULE,
+                       **(chosen.forest.size_params() if chosen.forest is not None else
+                          {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})})
+    mlflow.log_metrics(metrics)
+    mlflow.set_tags(_tags(chosen))
+
+
+def _log_decision(decision: Decision, tolerance: float) -> None:
+    """The gate's decision and both scores, on the training's run."""
+    mlflow.set_tags({PROMOTION_DECISION_TAG: decision.label, PROMOTION_REASON_TAG: decision.reason,
+                     CHAMPION_BEFORE_TAG: str(decision.champion_version or "")})
+    mlflow.log_metrics({CHALLENGER_SCORE: decision.challenger_score,
+                        PROMOTION_TOLERANCE_METRIC: tolerance,
+                        **({PREVIOUS_SCORE: decision.champion_score}
+                           if decision.champion_score is not None else {})})
 
 
 def _record_failed_training(client_id: str, date: str, path: str, error: InputDataError) -> None:
