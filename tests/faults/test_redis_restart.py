@@ -1,8 +1,8 @@
 """Redis, the Celery profile's broker, killed (SIGKILL) and restarted on its port within seconds while training
 tasks run and others wait in its queue (issue #25, case 6). The queued messages come back with Redis (its
-append-only file), the running tasks carry on, the workers reconnect: every DAG run succeeds within minutes, well
-before the scheduler's requeue of lost tasks (``task_queued_timeout``) could have played a part, and each client's
-MLflow record is whole."""
+append-only file), the running tasks carry on, the workers reconnect: every DAG run succeeds within minutes, each
+task on its first try, none requeued by the scheduler (``task_queued_timeout``), and each client's MLflow record is
+whole."""
 import shutil
 from collections import Counter
 import tempfile
@@ -24,7 +24,7 @@ from scripts.supervisor import free_ports
 from tests.helpers import client_entry, wait_until, write_config
 
 pytestmark = pytest.mark.slow
-CLIENTS = [f"redis_{number}" for number in range(6)]  # 6 trainings on 2 workers x 2 slots: 2 wait in the queue
+CLIENTS = [f"redis_{number}" for number in range(3)]  # 3 trainings on 2 workers x 1 slot: 1 waits in the queue
 OUTAGE = 5.0  # seconds from the kill to the restart
 QUEUE = "default"  # Airflow's [operators] default_queue: the Redis list the queued messages wait in
 
@@ -37,9 +37,9 @@ def celery_profile(tmp_path, monkeypatch):
         pytest.skip("needs the PostgreSQL 15 server binaries, redis-server and pipenv (see docs/celery.md)")
     data, dags = tmp_path / "data", tmp_path / "dags"
     for number, client in enumerate(CLIENTS):
-        write_client(ClientSpec(client, 200 + number, n_train=1500, n_predict=100, n_categories=10), data)
+        write_client(ClientSpec(client, 200 + number, n_train=600, n_predict=50, n_categories=6), data)
     config = write_config(tmp_path / "clients.yaml",
-                          {client: client_entry(n_estimators=200, family="random_forest") for client in CLIENTS})
+                          {client: client_entry(n_estimators=30, family="random_forest") for client in CLIENTS})
     assert generate_dags(["--config", str(config), "--output-dir", str(dags)]) == 0
     for prediction in dags.glob("*_prediction.py"):  # a promotion would start a prediction: not this test's
         prediction.unlink()
@@ -49,7 +49,7 @@ def celery_profile(tmp_path, monkeypatch):
     ports = free_ports(4)
     settings = Settings(run_dir=run_dir, dags_folder=dags, airflow_port=ports[0], mlflow_port=ports[1],
                         postgres_port=ports[2], redis_port=ports[3], postgres_url="", redis_url="",
-                        workers=2, worker_concurrency=2, data_prefix=data, spark_connect=False)
+                        workers=2, worker_concurrency=1, data_prefix=data, spark_connect=False)
     for key in broker_recovery():  # the profile's own recovery settings, whatever this shell says
         monkeypatch.delenv(key, raising=False)
     celery = CeleryStack(settings)
@@ -89,8 +89,8 @@ def test_a_redis_restart_loses_no_queued_task_and_every_run_succeeds_within_minu
     runs = {f"{client}-training": airflow.trigger(f"{client}-training") for client in CLIENTS}
 
     # Every slot busy with a training, the rest waiting in Redis's list.
-    wait_until(lambda: Counter(_train_model_states(airflow, runs)) == {"running": 4, "queued": 2}, 300,
-               "4 trainings running and 2 queued", interval=0.5)
+    wait_until(lambda: Counter(_train_model_states(airflow, runs)) == {"running": 2, "queued": 1}, 300,
+               "2 trainings running and 1 queued", interval=0.5)
     waiting = broker.llen(QUEUE)
     stack.supervisor.kill("redis")
     killed = time.monotonic()
@@ -100,8 +100,9 @@ def test_a_redis_restart_loses_no_queued_task_and_every_run_succeeds_within_minu
     restarted = time.monotonic()
     assert broker.llen(QUEUE) == waiting  # the queued messages came back with Redis (its append-only file)
 
-    # Well under the profile's task_queued_timeout: nothing waited for the scheduler to requeue it.
-    bound = float(broker_recovery()["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"]) - 60
+    # Within the profile's task_queued_timeout: a lost message's task, requeued only after it (the scheduler's
+    # log says so), could not have ended by then.
+    bound = float(broker_recovery()["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"])
     states = {dag_id: airflow.wait(dag_id, run_id, timeout=bound) for dag_id, run_id in runs.items()}
     took = time.monotonic() - restarted
     print(f"outage {restarted - killed:.1f}s, {waiting} message(s) queued, every run ended {took:.0f}s after")
