@@ -149,7 +149,7 @@ def start_postgres(*, run_dir: Path = RUN_DIR / "postgres", port: int = POSTGRES
 
 def start_redis(*, run_dir: Path = RUN_DIR / "redis", port: int = REDIS_PORT, timeout: float = 30.0,
                 supervisor: Optional[Supervisor] = None) -> Server:
-    """Start Redis on 127.0.0.1:``port`` (password required, snapshots in ``run_dir``), recorded as ``redis`` by
+    """Start Redis on 127.0.0.1:``port`` (password required, append-only file in ``run_dir``), recorded as ``redis`` by
     ``supervisor`` (default: one over ``run_dir``)."""
     if not redis_available():
         raise ServiceError("redis-server not found: install the Debian package redis-server "
@@ -157,14 +157,26 @@ def start_redis(*, run_dir: Path = RUN_DIR / "redis", port: int = REDIS_PORT, ti
     if answers(port, HOST, 1.0):
         raise ServiceError(f"port {port} on {HOST} is in use (a server already running?)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    password = _secret(run_dir / "password")
-    config = run_dir / "redis.conf"
+    password, config = _secret(run_dir / "password"), run_dir / "redis.conf"
     # The password goes in a file of its own, not on the command line (visible to `ps`).
-    _write_private(config, "\n".join([f"bind {HOST}", f"port {port}", f"dir {run_dir}", "protected-mode yes",
-                                      f"requirepass {password}", "save 60 1", "daemonize no", ""]))
+    _write_private(config, redis_config(run_dir, port, password))
     supervisor = supervisor or Supervisor(run_dir, quiet=True)
     server = Server("Redis", f"redis://:{password}@{HOST}:{port}/0", supervisor.log("redis"), supervisor)
     return _started(server, ["redis-server", str(config)], port, timeout, _redis_ready, None)
+
+
+def redis_config(run_dir: Path, port: int, password: str) -> str:
+    """The throwaway Redis's ``redis.conf``: loopback, a password, and persistence a Celery broker needs.
+
+    A queued Celery message lives only in Redis: snapshots alone (``save 60 1``) lost the messages
+    written since the last one when Redis was killed, and their tasks waited for the scheduler's
+    ``task_queued_timeout`` (issue #25, case 6). The append-only file, written and fsynced before
+    each write is acknowledged (``appendfsync always``; the broker writes a few keys per task),
+    brings back every queued and unacknowledged message on restart.
+    """
+    return "\n".join([f"bind {HOST}", f"port {port}", f"dir {run_dir}", "protected-mode yes",
+                      f"requirepass {password}", "appendonly yes", "appendfsync always", "save 60 1",
+                      "daemonize no", ""])
 
 
 def existing_postgres(url: str) -> Postgres:

@@ -15,7 +15,6 @@ from mlflow.tracking import MlflowClient
 from categories_classification.config import seconds_setting
 from categories_classification.errors import (
     CategoriesError,
-    ConfigError,
     ModelNotFoundError,
     TrackingError,
     describe_os_error,

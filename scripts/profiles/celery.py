@@ -16,6 +16,7 @@ hence a data prefix of its own, filled with the example clients' files on first 
 starting throwaway ones. Tasks get ``CATEGORIES_LOCK_URL``
 (the MLflow database): trainings of one client on different workers take turns at the gate.
 """
+import json
 import os
 import re
 import secrets
@@ -191,7 +192,9 @@ class CeleryStack:
             "CATEGORIES_LOCK_URL": self._mlflow_db(),
             **({"SPARK_REMOTE": settings.spark_remote} if settings.spark_connect else {}),
         }
-        return airflow.airflow_env(os.environ, settings.dags_folder, profile, settings.extra_env)
+        # The broker's tuning is a default: the caller's AIRFLOW__* win (then the tests' extra_env).
+        tuning = {key: value for key, value in broker_recovery().items() if key not in os.environ}
+        return airflow.airflow_env(os.environ, settings.dags_folder, profile, {**tuning, **settings.extra_env})
 
     def _secret(self, name: str) -> str:
         path = self.run_dir / name
@@ -268,6 +271,43 @@ class CeleryStack:
                    if settings.spark_connect else "")
                 + f"Data:       {settings.data} (DATA_PREFIX of the tasks)\n"
                 f"Logs:       {self.run_dir}/*.log")
+
+
+def broker_recovery() -> dict[str, str]:
+    """How the profile's Airflow rides out a Redis restart, and bounds what is lost anyway (issue #25, case 6).
+
+    The throwaway Redis keeps queued messages across a restart (its append-only file,
+    ``services.redis_config``). What remains is bounded here, each setting a default the caller's
+    ``AIRFLOW__*`` overrides:
+
+    - a task whose message is lost anyway (a Redis without persistence, a machine lost) waits in
+      ``queued`` until the scheduler requeues it: after ``task_queued_timeout`` (Airflow: 600 s,
+      checked every 120 s, so up to 12 minutes), here 300 s checked every 30 s. It must stay
+      longer than a task may wait for a free worker slot (and it is also the lifetime of a queued
+      task's token): raise it for fleets whose trainings queue longer than 5 minutes;
+    - every broker call has a deadline: the Redis sockets time out (connect 10 s, read 30 s, with
+      keep-alive) instead of hanging on a half-open connection; workers reconnect on start-up too;
+    - a task the scheduler sends while Redis is down is not failed at once: each publish is cut at
+      ``[celery] operation_timeout`` (1 s) and retried at the next scheduler loop, up to 30 times
+      (Airflow: 3), which covers an outage of about half a minute;
+    - ``visibility_timeout``: a message taken by a worker that did not acknowledge it (a worker
+      lost before its task started) is sent again after this; it must exceed the longest task
+      (a running task's message is acknowledged when it ends), so Airflow's 24 h is kept, stated
+      (Airflow warns at every start otherwise).
+    """
+    return {
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "30",
+        "AIRFLOW__CELERY__BROKER_CONNECTION_RETRY_ON_STARTUP": "True",
+        "AIRFLOW__CELERY__TASK_PUBLISH_MAX_RETRIES": "30",
+        # Celery's own publish retries (default: 3 within about a second) run until operation_timeout cuts them.
+        "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps({"task_publish_retry_policy": {
+            "max_retries": 100, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}}),
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__SOCKET_CONNECT_TIMEOUT": "10",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__SOCKET_TIMEOUT": "30",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__SOCKET_KEEPALIVE": "True",
+    }
 
 
 def manual_runs_only(dags_folder: Path, retry_delay: Optional[str] = None) -> None:
