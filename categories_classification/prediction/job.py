@@ -23,6 +23,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from categories_classification.errors import CategoriesError, one_line, service_lost
 from categories_classification.prediction import checks, output
+from categories_classification.prediction.files import Files
 from categories_classification.prediction.failures import spark_failure
 from categories_classification.prediction.plan import ClientPlan
 from categories_classification.prediction.scoring import CLIENT, FEATURES, HASH, MALFORMED, OUTPUT_SCHEMA, STATS, Scorer, read_stats
@@ -44,7 +45,7 @@ class Scored:
     error: Optional[Exception] = None
 
 
-def score(spark: SparkSession, files: output.Files, plans: Sequence[ClientPlan], date: str) -> list[Scored]:
+def score(spark: SparkSession, files: Files, plans: Sequence[ClientPlan], date: str) -> list[Scored]:
     """Score ``plans`` in one Spark job (one :class:`Scored` per plan, in order); if it fails, each alone."""
     together = _attempt(spark, files, plans, date)
     if not isinstance(together, Exception):
@@ -70,7 +71,7 @@ def _lost(spark: SparkSession, error: Exception) -> bool:
     return True
 
 
-def _attempt(spark: SparkSession, files: output.Files, plans: Sequence[ClientPlan],
+def _attempt(spark: SparkSession, files: Files, plans: Sequence[ClientPlan],
              date: str) -> Union[list[Scored], Exception]:
     """:func:`_score_together`, or what made it fail."""
     try:
@@ -79,7 +80,7 @@ def _attempt(spark: SparkSession, files: output.Files, plans: Sequence[ClientPla
         return exc
 
 
-def _score_together(spark: SparkSession, files: output.Files, plans: Sequence[ClientPlan], date: str) -> list[Scored]:
+def _score_together(spark: SparkSession, files: Files, plans: Sequence[ClientPlan], date: str) -> list[Scored]:
     """One Spark job: read every plan's file, score each row with its client's model, write staging folders."""
     for plan in plans:
         output.recover_interrupted_swap(files, plan.place)

@@ -23,29 +23,19 @@ With a classic Spark session, paths go through Hadoop's file system, so ``DATA_P
 ``file:``, ``s3a:`` or ``hdfs:`` URI; behind Spark Connect this process has no JVM, and the output
 must be a path it can reach.
 """
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Optional, Sequence
 
-from py4j.protocol import Py4JError
-from pyspark.sql import SparkSession
 
-from categories_classification.config import seconds_setting
-from categories_classification.errors import CategoriesError, ConfigError, InfrastructureError, one_line
-from categories_classification.paths import is_uri, manifest_path, output_path, staging_root
-from categories_classification.prediction.spark import is_connect
+from categories_classification.errors import InfrastructureError
+from categories_classification.paths import manifest_path, output_path, staging_root
+from categories_classification.prediction.files import Files
 from categories_classification.records import HOST_TAG, PID_TAG
 from categories_classification.tracking.runs import abandoned, process_started
 
@@ -55,9 +45,6 @@ DATA_SUFFIX = ".parquet"  # the only files that go into the dataset
 LEGACY_STAGING_PREFIX = "_staging-"  # where versions before the _staging/ tree staged: inside the dataset
 OWNER_SUFFIX = ".owner"  # <staging>.owner: which process writes that staging folder
 LOCK_SUFFIX = ".lock"  # <work>/date=<date>.lock: held by the one run of that client and date
-LOCK_WAIT_VARIABLE = "CATEGORIES_PREDICTION_LOCK_WAIT"
-DEFAULT_LOCK_WAIT = 600.0  # seconds a run waits for another run of the same client and date
-LOCK_POLL = 0.2
 
 
 @dataclass(frozen=True)
@@ -114,255 +101,6 @@ def placement(client_id: str, inference_date: str, prefix: str) -> Placement:
     """The :class:`Placement` of a client's output for a date under ``prefix``."""
     return Placement(output_path(client_id, inference_date, prefix), manifest_path(client_id, inference_date, prefix),
                      f"{staging_root(prefix)}/client_id={client_id}")
-
-
-class Files(Protocol):
-    """The few file-system operations the swap needs."""
-
-    def exists(self, path: str) -> bool:
-        """True if ``path`` exists."""
-
-    def rename(self, source: str, target: str) -> bool:
-        """Move ``source`` to ``target``; False if it could not."""
-
-    def delete(self, path: str) -> None:
-        """Remove ``path`` (recursively) if it exists."""
-
-    def glob(self, pattern: str) -> list[str]:
-        """Paths matching ``pattern`` (``*`` in the last part only)."""
-
-    def write_text(self, path: str, text: str) -> None:
-        """Create ``path`` holding ``text``; its folder must exist (a missing one is never recreated)."""
-
-    def read_text(self, path: str) -> Optional[str]:
-        """The text of the file ``path``, None if there is none."""
-
-    def mkdirs(self, path: str) -> None:
-        """Create the folder ``path`` and its parents if missing."""
-
-
-class HadoopFiles:
-    """Hadoop's FileSystem through the session's JVM (any URI Spark can write)."""
-
-    def __init__(self, spark: SparkSession) -> None:
-        self._jvm = spark.sparkContext._jvm  # pylint: disable=protected-access
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # pylint: disable=protected-access
-
-    def _path(self, path: str) -> Any:
-        return self._jvm.org.apache.hadoop.fs.Path(path)
-
-    def _fs(self, path: str) -> Any:
-        fs = self._path(path).getFileSystem(self._conf)
-        # The checksummed local file system hides its .crc files from listings: act on the raw one.
-        return fs.getRawFileSystem() if fs.getClass().getName() == "org.apache.hadoop.fs.LocalFileSystem" else fs
-
-    def exists(self, path: str) -> bool:
-        return bool(self._fs(path).exists(self._path(path)))
-
-    def rename(self, source: str, target: str) -> bool:
-        return bool(self._fs(source).rename(self._path(source), self._path(target)))
-
-    def delete(self, path: str) -> None:
-        self._fs(path).delete(self._path(path), True)
-
-    def glob(self, pattern: str) -> list[str]:
-        return [status.getPath().toString() for status in self._fs(pattern).globStatus(self._path(pattern)) or []]
-
-    def write_text(self, path: str, text: str) -> None:
-        parent = path.rsplit("/", 1)[0]
-        if not self.exists(parent):  # create() would make it: a removed staging area must stay removed
-            raise FileNotFoundError(f"{parent}: no such folder")
-        stream = self._fs(path).create(self._path(path), True)
-        try:
-            stream.write(bytearray(text.encode("utf-8")))
-        finally:
-            stream.close()
-
-    def read_text(self, path: str) -> Optional[str]:
-        if not self.exists(path):
-            return None
-        stream = self._fs(path).open(self._path(path))
-        try:
-            return str(self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-        finally:
-            stream.close()
-
-    def mkdirs(self, path: str) -> None:
-        self._fs(path).mkdirs(self._path(path))
-
-
-class LocalFiles:
-    """This machine's file system (Spark Connect: no JVM here; the service shares the disk)."""
-
-    @staticmethod
-    def local(path: str) -> Path:
-        """``path`` (a plain path or a ``file:`` URI) as a local path."""
-        return Path(path[len("file:"):] if path.startswith("file:") else path)
-
-    def exists(self, path: str) -> bool:
-        return self.local(path).exists()
-
-    def rename(self, source: str, target: str) -> bool:
-        try:
-            os.rename(self.local(source), self.local(target))
-        except OSError:
-            return False
-        return True
-
-    def delete(self, path: str) -> None:
-        local = self.local(path)
-        if local.is_dir():
-            shutil.rmtree(local)
-        elif local.exists():
-            local.unlink()
-
-    def glob(self, pattern: str) -> list[str]:
-        local = self.local(pattern)
-        return sorted(str(path) for path in local.parent.glob(local.name))
-
-    def write_text(self, path: str, text: str) -> None:
-        self.local(path).write_text(text, encoding="utf-8")  # never creates its folder
-
-    def read_text(self, path: str) -> Optional[str]:
-        try:
-            return self.local(path).read_text(encoding="utf-8")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return None
-
-    def mkdirs(self, path: str) -> None:
-        self.local(path).mkdir(parents=True, exist_ok=True)
-
-
-def files_for(spark: SparkSession, prefix: str) -> Files:
-    """The file system to swap outputs under ``prefix`` with, for this kind of session."""
-    if not is_connect(spark):
-        return HadoopFiles(spark)
-    if is_uri(prefix) and not prefix.startswith("file:"):
-        raise ConfigError(f"DATA_PREFIX {prefix!r}: with Spark Connect (SPARK_REMOTE) the output must be a local path "
-                          "or file: URI shared with the service; unset SPARK_REMOTE to write to other file systems")
-    return LocalFiles()
-
-
-class ConcurrentRunError(CategoriesError):
-    """Another run of the same client and date held the lock for longer than this run would wait."""
-
-
-class _Planned(Protocol):  # what :func:`date_locks` needs of a plan (prediction.plan.ClientPlan)
-    @property
-    def client_id(self) -> str:
-        """The plan's client."""
-
-    @property
-    def place(self) -> Placement:
-        """Where the plan's output goes."""
-
-
-PlanT = TypeVar("PlanT", bound=_Planned)
-
-
-def lock_wait() -> float:
-    """Seconds a run waits for another run of the same client and date (``CATEGORIES_PREDICTION_LOCK_WAIT``)."""
-    return seconds_setting(LOCK_WAIT_VARIABLE, DEFAULT_LOCK_WAIT, zero_means="fail at once if another run holds the date")
-
-
-@contextmanager
-def date_locks(files: Files, plans: Sequence[PlanT], refused: dict[str, Exception],
-               wait: Optional[float] = None) -> Iterator[list[PlanT]]:
-    """Hold the lock of each plan's client and date for the block; yield the plans whose lock is held.
-
-    Locks are taken in one order (by path), all within one deadline of ``wait`` seconds (default
-    :func:`lock_wait`). A plan whose lock another run holds past it gets a one-line
-    :class:`ConcurrentRunError` in ``refused`` (by client id) and is left out: that client's failure
-    only. On leaving, whatever this process staged for a held date and did not swap in is removed,
-    then the lock is released (and its file removed).
-    """
-    seconds = lock_wait() if wait is None else wait
-    deadline = time.monotonic() + seconds
-    held: dict[int, tuple[PlanT, int]] = {}
-    try:
-        for plan in sorted(plans, key=lambda plan: plan.place.lock):
-            taken = _acquire(plan, deadline, seconds)
-            if isinstance(taken, Exception):
-                refused[plan.client_id] = taken
-            else:
-                held[id(plan)] = (plan, taken)
-        yield [plan for plan in plans if id(plan) in held]
-    finally:
-        for plan, descriptor in held.values():
-            try:
-                discard_own_staging(files, plan.place)
-            except (OSError, CategoriesError, Py4JError) as exc:
-                LOGGER.warning("client %s: could not remove this run's staging of %s (%s): the next run will",
-                               plan.client_id, plan.place.date, one_line(exc))
-            finally:
-                _release(_lock_path(plan.place), descriptor)
-
-
-def _lock_path(place: Placement) -> Path:
-    """The lock file: beside the staging folders on a local prefix; else in this machine's temp folder."""
-    if not is_uri(place.lock) or place.lock.startswith("file:"):
-        return LocalFiles.local(place.lock)
-    digest = hashlib.sha256(place.lock.encode("utf-8")).hexdigest()[:32]
-    return Path(tempfile.gettempdir()) / "categories_locks" / f"{digest}{LOCK_SUFFIX}"
-
-
-def _acquire(plan: _Planned, deadline: float, wait: float) -> Any:
-    """A descriptor holding the plan's lock, or the :class:`ConcurrentRunError` saying who held it."""
-    path = _lock_path(plan.place)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    waiting, holder = 0.0, ""
-    while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(path)
-            os.close(descriptor)
-            if not waiting and time.monotonic() < deadline:
-                waiting = time.monotonic()
-                LOGGER.info("client %s: another prediction of %s is running (%s): waiting for it, up to %g s (%s)",
-                            plan.client_id, plan.place.date, holder, wait, LOCK_WAIT_VARIABLE)
-            if time.monotonic() >= deadline:
-                return ConcurrentRunError(
-                    f"another prediction of {plan.place.date} is running ({holder}); waited {wait:g} s for it "
-                    f"({LOCK_WAIT_VARIABLE}); nothing written, the output of {plan.place.date} is left to that run",
-                    plan.client_id)
-            time.sleep(LOCK_POLL)
-            continue
-        try:
-            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
-        except FileNotFoundError:
-            current = False
-        if not current:  # the holder removed it while releasing: lock the file now at that path
-            os.close(descriptor)
-            continue
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, json.dumps(owner_record()).encode("utf-8"))
-        if waiting:  # why this run took longer than usual (a failed wait is its one error line instead)
-            LOGGER.warning("client %s: waited %.0f s for another prediction of %s (%s) to end; its output is replaced",
-                           plan.client_id, time.monotonic() - waiting, plan.place.date, holder)
-        return descriptor
-
-
-def _holder(path: Path) -> str:
-    """``pid N on host H since <time>`` from a lock file's record."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        since = datetime.fromtimestamp(float(record["created"]), timezone.utc).isoformat(timespec="seconds")
-        return f"pid {record['pid']} on host {record['host']} since {since}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "its holder is starting"
-
-
-def _release(path: Path, descriptor: int) -> None:
-    """Remove the lock file if it is still this lock's, then unlock (waiters on the old file try again)."""
-    try:
-        if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
-            path.unlink()
-    except FileNotFoundError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def owner_record() -> dict[str, Any]:

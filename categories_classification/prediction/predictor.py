@@ -23,6 +23,8 @@ from categories_classification.errors import CategoriesError
 from categories_classification.paths import data_prefix as resolve_prefix
 from categories_classification.paths import normalize_date
 from categories_classification.prediction import checks, job, lineage, output
+from categories_classification.prediction.files import Files, files_for
+from categories_classification.prediction.date_lock import date_locks
 from categories_classification.prediction.checks import DriftError
 from categories_classification.prediction.plan import ClientPlan, plan_clients
 from categories_classification.prediction.spark import describe, get_spark
@@ -108,9 +110,9 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     plans, outcomes = plan_clients(client_ids, date, prefix, model_versions or {}, drift_thresholds or {}, fail_on_drift)
     if plans:
         spark = spark or get_spark()
-        files, book = output.files_for(spark, prefix), lineage.Bookkeeping(date)
+        files, book = files_for(spark, prefix), lineage.Bookkeeping(date)
         # One run per client and date: a client whose date another run holds fails alone (its outcome).
-        with output.date_locks(files, plans, outcomes) as held:
+        with date_locks(files, plans, outcomes) as held:
             ready = []
             for plan, run in zip(held, book.open_runs(held, describe(spark)) if held else []):
                 if isinstance(run, Exception):
@@ -137,7 +139,7 @@ class Step:
 CLIENT_FAULTS = (CategoriesError, OSError, PySparkException, Py4JError)
 
 
-def _finish(spark: SparkSession, files: output.Files, book: lineage.Bookkeeping, step: Step) -> Outcome:
+def _finish(spark: SparkSession, files: Files, book: lineage.Bookkeeping, step: Step) -> Outcome:
     """Check what the job saw of this client; close its run, then swap its output in; or discard it."""
     plan, run, scored = step.plan, step.run, step.scored
     error, verdict = scored.error, checks.DriftVerdict()
@@ -164,7 +166,7 @@ def _finish(spark: SparkSession, files: output.Files, book: lineage.Bookkeeping,
                             time.perf_counter() - step.started, run.run_id, checks.drift_record(plan.drift, verdict.report))
 
 
-def _discard(files: output.Files, staging: str) -> None:
+def _discard(files: Files, staging: str) -> None:
     """Remove a failed client's staging folder (a file system that fails here leaves it to the next run)."""
     if not staging:
         return

@@ -14,13 +14,11 @@ from typing import Iterator
 import pytest
 
 from categories_classification.errors import ConfigError, InfrastructureError
+from categories_classification.prediction.date_lock import ConcurrentRunError, date_locks, lock_wait
+from categories_classification.prediction.files import LocalFiles
 from categories_classification.prediction.output import (
-    ConcurrentRunError,
-    LocalFiles,
     Placement,
     claim_staging,
-    date_locks,
-    lock_wait,
     owner_gone,
     owner_record,
     placement,
@@ -221,7 +219,9 @@ class _Plan:
 
 _HOLDER = """\
 import sys, time
-from categories_classification.prediction.output import LocalFiles, date_locks, placement
+from categories_classification.prediction.date_lock import date_locks
+from categories_classification.prediction.files import LocalFiles
+from categories_classification.prediction.output import placement
 from tests.unit.prediction.test_output import _Plan
 plan = _Plan(sys.argv[1], placement(sys.argv[1], sys.argv[2], sys.argv[3]))
 with date_locks(LocalFiles(), [plan], {}, wait=0) as held:
