@@ -33,12 +33,6 @@ class PredictionRun:
     spark: str
 
 
-def open_runs(plans: Sequence[ClientPlan], spark: str) -> list[PredictionRun]:
-    """One prediction run per plan (in order), after closing the runs a killed process left ``RUNNING``."""
-    runs.close_abandoned_runs(*(plan.client_id for plan in plans))
-    return [_open_run(plan, spark) for plan in plans]
-
-
 def _open_run(plan: ClientPlan, spark: str) -> PredictionRun:
     run_id = runs.open_run(plan.client_id, records.prediction_run_name(plan.date), run_tags(plan, spark))
     return PredictionRun(plan.client_id, run_id, spark)
@@ -104,7 +98,8 @@ class Bookkeeping:
         self.lost: Optional[str] = None  # why the store stopped answering, once it has
 
     def open_runs(self, plans: Sequence[ClientPlan], spark: str) -> list[Union[PredictionRun, CategoriesError]]:
-        """:func:`open_runs`, client by client: each plan's run, or its error."""
+        """One prediction run per plan (in order), after closing the runs a killed process left ``RUNNING``;
+        client by client: each plan's run, or its error."""
         try:
             runs.close_abandoned_runs(*(plan.client_id for plan in plans))
         except TrackingError as exc:
