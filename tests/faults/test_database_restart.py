@@ -78,13 +78,21 @@ def _running_runs(url: str) -> int:
 
 def _stop_server(server) -> None:
     """A fast shutdown (SIGINT): every session is ended at once, as a restart or a crash does."""
-    os.kill(server.process.pid, signal.SIGINT)
-    server.process.wait(timeout=60)
+    name = server.log.stem
+    process = server.supervisor.processes.get(name)
+    os.kill(server.supervisor.pid(name), signal.SIGINT)
+    if process is not None:
+        process.wait(timeout=60)
+    wait_until(lambda: not _answers(server.url), 60, "PostgreSQL stopped")
 
 
 def _start_server(server) -> None:
     """Start the server again with the command line it last ran with (``postmaster.opts``, as pg_ctl restart does)."""
-    server.process = _spawn_postmaster(server.log)  # the fixture stops this one at the end of the run
+    name = server.log.stem
+    process = _spawn_postmaster(server.log)
+    # Recorded as the supervisor's own, so the fixture stops this one at the end of the run.
+    server.supervisor.processes[name] = process
+    server.supervisor.pid_file(name).write_text(str(process.pid), encoding="utf-8")
     wait_until(lambda: _answers(server.url), 60, "PostgreSQL started again")
 
 
