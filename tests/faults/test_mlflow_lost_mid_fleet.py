@@ -20,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.paths import manifest_path, staging_root
+from categories_classification.prediction.output import OWNER_SUFFIX
 from categories_classification.records import experiment_name
 from scripts.generate_example_data import ClientSpec
 from tests.helpers import (DATE, client_entry, output_folder, read_manifest, snapshot, staging_leftovers, start_cli,
@@ -63,7 +64,7 @@ def test_a_killed_mlflow_server_fails_each_client_on_its_own_line_and_nothing_go
 
     process = start_cli(command, env)
     staging = Path(staging_root(str(data)))
-    wait_until(lambda: process.poll() is not None or (staging.exists() and any(staging.iterdir())), 120,
+    wait_until(lambda: process.poll() is not None or any(staging.rglob(f"*{OWNER_SUFFIX}")), 120,
                "the job writing into _staging/")
     assert process.poll() is None, f"the job ended before it could be caught: {process.communicate()}"
     server.stop(signal.SIGKILL)

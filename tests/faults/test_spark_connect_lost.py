@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification.paths import manifest_path, staging_root
+from categories_classification.prediction.output import OWNER_SUFFIX
 from categories_classification.records import experiment_name
 from categories_classification.topk import TOP_K
 from scripts.generate_example_data import ClientSpec
@@ -68,7 +69,7 @@ def test_a_killed_spark_connect_service_fails_each_client_on_one_line_within_the
     try:
         process = start_cli(command, env)
         staging = Path(staging_root(str(data)))
-        wait_until(lambda: process.poll() is not None or (staging.exists() and any(staging.iterdir())), 120,
+        wait_until(lambda: process.poll() is not None or any(staging.rglob(f"*{OWNER_SUFFIX}")), 120,
                    "the job writing into _staging/")
         assert process.poll() is None, f"the job ended before it could be caught: {process.communicate()}"
         service.supervisor.kill(NAME)  # SIGKILL to its process group, waited for
