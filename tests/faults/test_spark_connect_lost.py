@@ -93,7 +93,10 @@ def test_a_killed_spark_connect_service_fails_each_client_on_one_line_within_the
     assert not _running_runs(store_uri)
     for client_id in IDS:
         assert not staging_leftovers(data, client_id)
-    assert not [path.name for path in staging.iterdir()], "left in _staging/ by the killed job"
+    # Only the clients' (empty) work folders stay: no staged data, owner record, lock or Spark _temporary.
+    assert not [str(path.relative_to(staging)) for path in staging.rglob("*")
+                if not (path.is_dir() and path.parent == staging and path.name.startswith("client_id="))], \
+        "left in _staging/ by the killed job"
 
     with start_service(port=connect_port, master="local[2]", run_dir=tmp_path / "connect_again"):
         process = start_cli(command, env)
