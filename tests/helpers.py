@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -380,3 +381,13 @@ def _group_of(pid: int) -> Optional[int]:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def write_previous_output(data: Path, client_id: str, date: str = DATE) -> None:
+    """An earlier output of ``date`` (a parquet file and its manifest): what a failed run must leave byte for byte."""
+    folder = output_folder(data, client_id, date)
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"product_id": ["p1"], "pred_label": ["c1"]}), folder / "part-00000.parquet")
+    manifest = Path(manifest_path(client_id, date, str(data)))
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"client_id": client_id, "prediction_run_id": "earlier"}), encoding="utf-8")

@@ -24,6 +24,7 @@ from categories_classification.tracking.uri import display_tracking_uri
 
 LOGGER = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class PredictionRun:
     """A client's open prediction run, and where its Spark job runs (a shared Spark Connect service, or a master)."""

@@ -7,24 +7,21 @@ output goes in without its run closed FINISHED, so every client keeps its previo
 staging folder left; and with the server back, the next run closes the runs left RUNNING and
 succeeds.
 """
-import json
 import os
 import re
 import signal
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification.paths import manifest_path, staging_root
+from categories_classification.paths import staging_root
 from categories_classification.prediction.output import OWNER_SUFFIX
 from categories_classification.records import experiment_name
 from scripts.generate_example_data import ClientSpec
-from tests.helpers import (DATE, client_entry, output_folder, read_manifest, snapshot, staging_leftovers, start_cli,
-                           wait_until, write_and_train, write_config)
+from tests.helpers import (DATE, client_entry, read_manifest, snapshot, staging_leftovers, start_cli, wait_until,
+                           write_and_train, write_config, write_previous_output)
 
 pytestmark = pytest.mark.slow
 CLIENTS = tuple(ClientSpec(f"mlost_{index}", 400 + index, n_train=300, n_predict=8_000, n_categories=4)
@@ -33,16 +30,6 @@ IDS = [spec.client_id for spec in CLIENTS]
 # Seconds from the end of the Spark job (its staging folders in place), the first MLflow call after the loss,
 # to the end of the command: one MLflow request's budget (30 s by default), then the others fail at once.
 BOUND = 45
-
-
-def _previous_output(data: Path, client_id: str) -> None:
-    """An earlier output of ``DATE`` (a parquet file and its manifest): what a failed run must leave byte for byte."""
-    folder = output_folder(data, client_id)
-    folder.mkdir(parents=True)
-    pq.write_table(pa.table({"product_id": ["p1"], "pred_label": ["c1"]}), folder / "part-00000.parquet")
-    manifest = Path(manifest_path(client_id, DATE, str(data)))
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"client_id": client_id, "prediction_run_id": "earlier"}), encoding="utf-8")
 
 
 def _runs(store_uri: str, status: str) -> list[str]:
@@ -55,7 +42,7 @@ def test_a_killed_mlflow_server_fails_each_client_on_its_own_line_and_nothing_go
     server = mlflow_server_control
     data = write_and_train(CLIENTS, tmp_path / "data", n_estimators=3)
     for client_id in IDS:
-        _previous_output(data, client_id)
+        write_previous_output(data, client_id)
     config = write_config(tmp_path / "clients.yaml", {client_id: client_entry() for client_id in IDS})
     before = snapshot(data, server.url, IDS)
     env = {key: value for key, value in os.environ.items() if key != "SPARK_REMOTE"}

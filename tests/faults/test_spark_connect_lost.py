@@ -6,26 +6,23 @@ traceback or library warning on stderr, every previous output and the registry a
 prediction runs closed FAILED, no staging folder left; and with the service back, the next run
 succeeds.
 """
-import json
 import os
 import re
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification.paths import manifest_path, staging_root
+from categories_classification.paths import staging_root
 from categories_classification.prediction.output import OWNER_SUFFIX
 from categories_classification.records import experiment_name
 from categories_classification.topk import TOP_K
 from scripts.generate_example_data import ClientSpec
 from scripts.spark_connect import NAME, start_service
 from scripts.supervisor import free_ports
-from tests.helpers import (DATE, client_entry, output_folder, read_manifest, snapshot, staging_leftovers, start_cli,
-                           wait_until, write_and_train, write_config)
+from tests.helpers import (DATE, client_entry, read_manifest, snapshot, staging_leftovers, start_cli, wait_until,
+                           write_and_train, write_config, write_previous_output)
 
 pytestmark = pytest.mark.slow
 # Enough rows that the job is still writing when the service is killed (several seconds on 2 cores).
@@ -34,16 +31,6 @@ CLIENTS = (ClientSpec("lost_a", 301, n_train=600, n_predict=ROWS, n_categories=8
            ClientSpec("lost_b", 302, n_train=600, n_predict=ROWS, n_categories=5))
 IDS = [spec.client_id for spec in CLIENTS]
 DEADLINE = 10  # CATEGORIES_SPARK_TIMEOUT for this test (the default, 60 s, is the unit tests')
-
-
-def _previous_output(data: Path, client_id: str) -> None:
-    """An earlier output of ``DATE`` (a parquet file and its manifest): what a failed run must leave byte for byte."""
-    folder = output_folder(data, client_id)
-    folder.mkdir(parents=True)
-    pq.write_table(pa.table({"product_id": ["p1"], "pred_label": ["c1"]}), folder / "part-00000.parquet")
-    manifest = Path(manifest_path(client_id, DATE, str(data)))
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"client_id": client_id, "prediction_run_id": "earlier"}), encoding="utf-8")
 
 
 def _running_runs(store_uri: str) -> list[str]:
@@ -58,7 +45,7 @@ def test_a_killed_spark_connect_service_fails_each_client_on_one_line_within_the
     data = write_and_train(CLIENTS, tmp_path / "data", n_estimators=10)
     store_uri = os.environ["MLFLOW_TRACKING_URI"]
     for client_id in IDS:
-        _previous_output(data, client_id)
+        write_previous_output(data, client_id)
     config = write_config(tmp_path / "clients.yaml", {client_id: client_entry() for client_id in IDS})
     before = snapshot(data, store_uri, IDS)
     env = dict(os.environ, DATA_PREFIX=str(data), SPARK_REMOTE=f"sc://127.0.0.1:{connect_port}",
