@@ -1,17 +1,21 @@
 """Fleet scale: a client should cost its rows, not a fixed overhead.
 
-For N generated clients of 5,000 prediction rows each, side by side in one run:
+For N generated clients of 5,000 prediction rows each (N = 10, 100, 1,000), side by side in one run:
 
 - `predict-all` (one Spark job for the fleet) against a single-process fleet limit: for every
   client, fetch its champion from the registry, load it, read its CSV with pyarrow, score,
   top-5, write parquet (:func:`limit_side`, run as its own command like the CLI);
-- one client's `predictor` command in a fresh process, against a running Spark Connect
-  service and with no service (its own JVM), against that client's work inside the limit;
-- `train-all` for the fleet against fitting the same clients' models alone (the same choice and fit, no MLflow).
+- `train-all` for the fleet (each size in a fresh store) against fitting the same clients' models
+  alone (the same choice and fit, no MLflow);
+- one client's `predictor` command in a fresh process, against a running Spark Connect service
+  (MLflow a server, as a DAG task has it, and a SQLite file) and with no service (its own JVM),
+  against that client's work inside the limit; the CLI's `--help` and a DAG task's start
+  (`pipenv run ... --help`, what the BashOperator runs).
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -34,53 +38,70 @@ FEATURES = ["f0", "f1", "f2", "f3", "f4"]
 DATE = "2026-11-23"
 ROWS = 5_000
 RESULT_PREFIX = "RESULT "
-PREDICT_TARGET, OVERHEAD_TARGET, TRAIN_TARGET = 2.0, 3.0, 2.5
+PREDICT_TARGET, OVERHEAD_TARGET, TRAIN_TARGET = 1.5, 3.0, 2.5
 SAMPLES = 3  # per-client commands timed (each the same work): the median is reported (1 in a quick run)
 
 
 def run(ctx: BenchContext) -> Section:
-    """Train the fleet once, then predict it three ways at every size."""
+    """Train the fleet at every size, then predict it three ways at every size."""
     # BENCH_FLEET_CLIENTS lowers the largest fleet when a run must fit in less time (say so in the notes).
     sizes = (3, 6) if ctx.quick else (10, 100, int(os.environ.get("BENCH_FLEET_CLIENTS", "1000")))
     largest = sizes[-1]
     section = Section(
         f"Fleet scale: {largest} clients x {ROWS:,} products",
-        f"`predict-all` <= {PREDICT_TARGET:g}x a single-process fleet limit; one client's `predictor` command with "
-        f"the shared Spark service pays <= {OVERHEAD_TARGET:g} s of fixed overhead; `train-all` <= {TRAIN_TARGET:g}x "
-        "fitting the same models alone.",
+        f"`predict-all` <= {PREDICT_TARGET:g}x a single-process fleet limit at 100 and {largest} clients; one "
+        f"client's `predictor` task on the shared Spark service pays <= {OVERHEAD_TARGET:g} s over its work; "
+        f"`train-all` at {largest} clients <= {TRAIN_TARGET:g}x fitting the same models alone.",
     )
     data = ctx.scratch("data")
     specs = [ClientSpec(f"fleet_{i:04d}", 5000 + i, n_train=1000, n_predict=ROWS, n_categories=10) for i in range(largest)]
     for spec in specs:
         write_client(spec, data)
-    store = f"sqlite:///{ctx.scratch('mlflow') / 'mlflow.db'}"
-    env = {"DATA_PREFIX": str(data), "MLFLOW_TRACKING_URI": store, "SPARK_MASTER": "local[2]", "PYTHONWARNINGS": "ignore"}
+    env = {"DATA_PREFIX": str(data), "SPARK_MASTER": "local[2]", "PYTHONWARNINGS": "ignore"}
     cli = [ctx.python, "categories_classification_cli.py"]
     configs = {size: write_config(ctx.workdir / f"clients_{size}.yaml",
                                   {spec.client_id: {"features": FEATURES} for spec in specs[:size]}) for size in sizes}
 
-    trained = run_command([*cli, "train-all", f"--config={configs[largest]}", f"--training_date={DATE}"], env=env)
-    _check_all(trained.result, largest, "train-all")
-    fit_alone = fit_with_pool(data, [spec.client_id for spec in specs])
+    # Each size trains in a fresh store (a first training, no champion to compare with); the
+    # largest one's store is the one every prediction below reads.
+    trained, fit_alone = {}, {}
+    for size in sizes:
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{ctx.scratch(f'mlflow_{size}') / 'mlflow.db'}"
+        trained[size] = run_command([*cli, "train-all", f"--config={configs[size]}", f"--training_date={DATE}"], env=env)
+        _check_all(trained[size].result, size, "train-all")
+        fit_alone[size] = fit_with_pool(data, [spec.client_id for spec in specs[:size]])
 
     fleet, limits = _predict(ctx, cli, sizes, configs, env)
     alone = _per_client(ctx, cli, specs[0].client_id, env)
     _rows(section, sizes, fleet, limits, alone, specs[0].client_id)
-    section.rows.append(Row(
-        f"`train-all`, {largest} clients (2 workers: fit, evaluate, log, register, gate)", seconds(trained.seconds),
-        f"{seconds(fit_alone)}: fitting the same models alone (2 processes)",
-        ratio(trained.seconds, fit_alone), f"<= {TRAIN_TARGET:g}x", trained.seconds / fit_alone <= TRAIN_TARGET))
+    for size in sizes:
+        section.rows.append(Row(
+            f"`train-all`, {size} clients (2 workers: fit, evaluate, log, register, gate)", seconds(trained[size].seconds),
+            f"{seconds(fit_alone[size])}: fitting the same models alone (2 processes)",
+            ratio(trained[size].seconds, fit_alone[size]), f"<= {TRAIN_TARGET:g}x" if size == largest else "",
+            trained[size].seconds / fit_alone[size] <= TRAIN_TARGET if size == largest else None))
+    section.rows += [
+        Row("`categories_classification_cli.py --help` (Python start, click, the CLI module)", seconds(alone["help"]),
+            "", "", ""),
+        Row("a DAG task's start: `pipenv run python categories_classification_cli.py --help`",
+            seconds(alone["pipenv_help"]), f"{seconds(alone['help'])} without pipenv", "", ""),
+    ]
     section.notes += [
         f"Clients: {specs[0].n_train} training rows, {specs[0].n_categories} categories, {ROWS:,} prediction rows each "
-        "(the project's generator); a fresh SQLite MLflow store; Spark local[2].",
+        "(the project's generator); a fresh SQLite MLflow store per training size; Spark local[2].",
         "Limit: one Python process, for every client in turn: resolve the champion in the registry, download and "
         "load it, read the CSV with pyarrow, score with the predictor's own batch code on 2 threads, write parquet. "
         "It logs no MLflow run, writes no manifest and swaps nothing in.",
+        "Fit alone: the same `fit_model` calls (candidates, choice, final fit) in a pool of 2 warm processes, "
+        "clock started once the workers are up; `train-all` is timed as a whole command (start-up included).",
         "Per-client time per fleet size: " + "; ".join(
             f"{size}: fleet {seconds(fleet[size].seconds / size)}, limit {seconds(limits[size]['seconds'] / size)}"
             for size in sizes) + f"; per-client command {seconds(alone['local'])} (own JVM), "
-        f"{seconds(alone['connect'])} (shared service).",
-        "Every `predictor` sample: " + ", ".join(seconds(s) for s in alone["connect_samples"]) + " (service); "
+        f"{seconds(alone['connect'])} (shared service, MLflow server).",
+        "One client's task: a DAG task reaches MLflow through the stack's MLflow server (the target's row); the "
+        "SQLite row is the same command on the store file (each process pays SQLAlchemy's start on it).",
+        "Every `predictor` sample: " + ", ".join(seconds(s) for s in alone["connect_samples"]) + " (service, server); "
+        + ", ".join(seconds(s) for s in alone["sqlite_samples"]) + " (service, SQLite); "
         + ", ".join(seconds(s) for s in alone["local_samples"]) + " (own JVM).",
     ]
     section.plots.append(_plot(ctx, sizes, fleet, limits, alone))
@@ -106,22 +127,25 @@ def _predict(ctx: BenchContext, cli: list[str], sizes: tuple[int, ...], configs:
 
 def _rows(section: Section, sizes: tuple[int, ...], fleet: dict, limits: dict, alone: dict[str, Any],
           client_id: str) -> None:
-    largest = sizes[-1]
     for size in sizes:
         value = fleet[size].seconds / limits[size]["seconds"]
+        judged = size >= 100 or size == sizes[-1]
         section.rows.append(Row(
             f"`predict-all`, {size} clients (one command: start-up, one Spark job, {size} MLflow runs)",
             seconds(fleet[size].seconds), f"{seconds(limits[size]['seconds'])} limit",
             ratio(fleet[size].seconds, limits[size]["seconds"]),
-            f"<= {PREDICT_TARGET:g}x" if size == largest else "", value <= PREDICT_TARGET if size == largest else None))
-    one_client = limits[largest]["per_client"][client_id]
+            f"<= {PREDICT_TARGET:g}x" if judged else "", value <= PREDICT_TARGET if judged else None))
+    one_client = limits[sizes[-1]]["per_client"][client_id]
     overhead = alone["connect"] - one_client
+    samples = len(alone["connect_samples"])
     section.rows += [
-        Row(f"one client's `predictor` command, shared Spark Connect service (median of {len(alone['connect_samples'])})",
+        Row(f"one client's `predictor` task, shared Spark Connect service, MLflow server (median of {samples})",
             seconds(alone["connect"]), f"{seconds(one_client)}: its work inside the limit",
-            f"{seconds(overhead)} fixed overhead", f"<= {OVERHEAD_TARGET:g} s", overhead <= OVERHEAD_TARGET),
-        Row("the same command, no service (its own Spark JVM)", seconds(alone["local"]),
-            f"{seconds(one_client)}: its work inside the limit", f"{seconds(alone['local'] - one_client)} fixed overhead"),
+            f"{seconds(overhead)} over its work", f"<= {OVERHEAD_TARGET:g} s", overhead <= OVERHEAD_TARGET),
+        Row("the same command, shared service, MLflow on the SQLite file", seconds(alone["sqlite"]),
+            f"{seconds(one_client)}: its work inside the limit", f"{seconds(alone['sqlite'] - one_client)} over its work"),
+        Row("the same command, no service (its own Spark JVM), SQLite", seconds(alone["local"]),
+            f"{seconds(one_client)}: its work inside the limit", f"{seconds(alone['local'] - one_client)} over its work"),
     ]
 
 
@@ -140,18 +164,33 @@ def _limit(ctx: BenchContext, config: Path, env: dict[str, str]) -> dict[str, An
 
 
 def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str, str]) -> dict[str, Any]:
-    """The `predictor` command for one client, with the shared service and without (SAMPLES each)."""
+    """The `predictor` command for one client (SAMPLES each): shared service with an MLflow server and with
+    the SQLite file, and no service; the CLI's ``--help`` with and without ``pipenv run``."""
     # pylint: disable=import-outside-toplevel
-    from scripts.supervisor import free_ports
+    from scripts.profiles.test_servers import MlflowServer
     from scripts.spark_connect import start_service
+    from scripts.supervisor import free_ports
 
     command = [*cli, "predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]
     samples = 1 if ctx.quick else SAMPLES
-    local = [run_command(command, env=env).seconds for _ in range(samples)]
+
+    def timed(extra: dict[str, str]) -> list[float]:
+        return [run_command(command, env={**env, **extra}).seconds for _ in range(samples)]
+
+    local = timed({})
     with start_service(port=free_ports(1)[0], master="local[2]", run_dir=ctx.scratch("connect")) as service:
-        remote = [run_command(command, env={**env, "SPARK_REMOTE": service.url}).seconds for _ in range(samples)]
-    return {"local": statistics.median(local), "connect": statistics.median(remote), "local_samples": local,
-            "connect_samples": remote}
+        sqlite = timed({"SPARK_REMOTE": service.url})
+        with MlflowServer(ctx.scratch("mlflow_server"), backend_uri=env["MLFLOW_TRACKING_URI"]) as server:
+            server.start()
+            remote = timed({"SPARK_REMOTE": service.url, "MLFLOW_TRACKING_URI": server.url})
+    # The DAG's command: pipenv of the system's Python (as the Makefile installs it), the project's venv.
+    pipenv = [shutil.which("python3") or "python3", "-m", "pipenv", "run", "python", "categories_classification_cli.py", "--help"]
+    helps = [run_command([*cli, "--help"]).seconds for _ in range(samples)]
+    pipenv_helps = [run_command(pipenv, env={"PIPENV_VENV_IN_PROJECT": "1", "PIPENV_VERBOSITY": "-1"}).seconds
+                    for _ in range(samples)]
+    return {"local": statistics.median(local), "connect": statistics.median(remote),
+            "sqlite": statistics.median(sqlite), "local_samples": local, "connect_samples": remote,
+            "sqlite_samples": sqlite, "help": statistics.median(helps), "pipenv_help": statistics.median(pipenv_helps)}
 
 
 def _plot(ctx: BenchContext, sizes: tuple[int, ...], fleet: dict, limits: dict, alone: dict[str, Any]) -> str:
