@@ -61,17 +61,23 @@ def e2e_celery(client_id: str = "client_0") -> dict[str, str]:
     stack = celery.CeleryStack()
     try:
         stack.start()
-        proof = prove(stack.settings, stack.client(), client_id, stack.settings.data)
-        for dag_id, run_id in ((f"{client_id}-training", proof["promoted"]), (f"{client_id}-prediction", proof["predicted"])):
-            workers = stack.workers_of(dag_id, run_id)
-            if not workers:
-                raise ProofError(f"(celery) {dag_id} run {run_id} succeeded, but no Celery worker's log shows "
-                                 f"it: see {stack.run_dir}/worker-*.log")
-            print(f"{dag_id} run {run_id} ran on Celery {', '.join(sorted(set(workers.values())))}")
+        proof = prove_on_celery(stack, client_id)
         print(f"e2e (celery) ok: output in {proof['output']}, scored on {stack.settings.spark_remote}")
         return proof
     finally:
         stack.stop()
+
+
+def prove_on_celery(stack: celery.CeleryStack, client_id: str) -> dict[str, str]:
+    """:func:`prove` on a running Celery profile, then a Celery worker's log shows the training and the prediction."""
+    proof = prove(stack.settings, stack.client(), client_id, stack.settings.data)
+    for dag_id, run_id in ((f"{client_id}-training", proof["promoted"]), (f"{client_id}-prediction", proof["predicted"])):
+        workers = stack.workers_of(dag_id, run_id)
+        if not workers:
+            raise ProofError(f"(celery) {dag_id} run {run_id} succeeded, but no Celery worker's log shows "
+                             f"it: see {stack.run_dir}/worker-*.log")
+        print(f"{dag_id} run {run_id} ran on Celery {', '.join(sorted(set(workers.values())))}")
+    return proof
 
 
 def prove(stack: Endpoints, client: AirflowClient, client_id: str, data: Path, timeout: float = 900) -> dict[str, str]:

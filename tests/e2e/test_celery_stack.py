@@ -1,5 +1,7 @@
 """The Celery profile (`scripts/profiles/celery.py`) as it runs, on free loopback ports: every socket of it on
-loopback (no log server), its airflow.cfg agreeing with it, and `stop` ending it with SIGTERM (issue #24)."""
+loopback (no log server), its airflow.cfg agreeing with it, the proof of the Airflow flow with every task run by a
+Celery worker (`scripts.airflow_e2e.prove_on_celery`, what `make e2e-airflow PROFILE=celery` runs; CI runs it
+here), and `stop` ending it with SIGTERM (issues #13, #14, #24)."""
 import json
 import os
 import shutil
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import services
+from scripts import airflow_e2e, services
 from scripts.generate_dags import main as generate_dags
+from scripts.generate_example_data import ClientSpec, write_client
 from scripts.profiles.celery import CeleryStack, Settings
 from scripts.supervisor import free_ports
 from tests.e2e.conftest import AIRFLOW, wait_until_healthy
@@ -28,6 +31,7 @@ def celery_profile(tmp_path):
         pytest.skip("needs the PostgreSQL 15 server binaries and redis-server (see docs/celery.md)")
     dags = tmp_path / "dags"
     config = write_config(tmp_path / "clients.yaml", {"small_a": client_entry(features=FEATURES[:2])})
+    write_client(ClientSpec("small_a", 11, n_train=600, n_predict=200, n_categories=6), tmp_path / "data")
     assert generate_dags(["--config", str(config), "--output-dir", str(dags)]) == 0
     # Not under pytest's temp folder: that one is private to root, and PostgreSQL runs as another user.
     run_dir = Path(tempfile.mkdtemp(prefix="categories_celery_tests_"))
@@ -44,7 +48,8 @@ def celery_profile(tmp_path):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def test_every_socket_is_on_loopback_a_plain_airflow_agrees_and_stop_ends_it_with_sigterm(celery_profile, tmp_path):
+def test_every_socket_is_on_loopback_a_plain_airflow_agrees_the_flow_runs_on_celery_and_stop_ends_it_with_sigterm(
+        celery_profile, tmp_path):
     settings = celery_profile.settings
     wait_until_healthy(settings.airflow_url, 180)
     client = celery_profile.client()
@@ -66,6 +71,10 @@ def test_every_socket_is_on_loopback_a_plain_airflow_agrees_and_stop_ends_it_wit
     assert listing.returncode == 0, listing.stderr[-2000:]
     listed = json.loads(next(line for line in listing.stdout.splitlines() if line.startswith("[")))
     assert sorted(dag["dag_id"] for dag in listed) == DAG_IDS
+
+    # The proof of the flow: a promotion starts the prediction, a lost gate does not, each run on a Celery worker.
+    proof = airflow_e2e.prove_on_celery(celery_profile, "small_a")
+    assert list(Path(proof["output"]).glob("*.parquet"))
 
     started = time.monotonic()
     killed = celery_profile.stop(quiet=True)
