@@ -75,7 +75,7 @@ def run(ctx: BenchContext, profile: str = "standalone") -> Section:
         "(c) a DAG switched on and triggered has its task running < 30 s later; (d) a new DAG file is "
         "registered < 2 min after it appears.",
     )
-    got = _measure(ctx, profile, *((20, 30.0) if ctx.quick else (1000, 300.0)))
+    got = _measure(ctx, profile, *((10, 10.0) if ctx.quick else (1000, 300.0)))
     cores = os.cpu_count() or 1
     settings = parsing_settings(got.files, cores)
     charged = _CHARGED[profile]
