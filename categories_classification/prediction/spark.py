@@ -74,7 +74,7 @@ def get_spark(app_name: str = "categories_classification") -> SparkSession:
         return active
     remote = os.environ.get("SPARK_REMOTE")
     if remote:
-        return _connect(remote, app_name)
+        return _connect(remote)
     given = _given_conf()
     builder = SparkSession.builder.appName(app_name)  # pylint: disable=no-member  # builder is a class property
     master = os.environ.get("SPARK_MASTER") or given.get("spark.master") or "local[*]"
@@ -173,7 +173,7 @@ def ship_file(session: SparkSession, path: Path) -> None:
 _SHIPPED: set[tuple[int, str]] = set()
 
 
-def _connect(remote: str, app_name: str) -> SparkSession:
+def _connect(remote: str) -> SparkSession:
     """The shared session of this package on the Spark Connect service at ``remote``; one clear line if nothing answers.
 
     Every process running the same package (the same :func:`package_digest`) on the same UTC day
@@ -184,7 +184,8 @@ def _connect(remote: str, app_name: str) -> SparkSession:
     never released by a client (others may be using it): the service expires it when idle. An
     id the service has closed is refused for good: the next of :data:`SESSION_GENERATIONS` ids is
     tried, then a session of this process alone. A ``session_id`` given in ``SPARK_REMOTE`` is
-    used as it is.
+    used as it is. (No application name: the session is not this command's, and setting one would
+    be a call to the service before the session is known to be open.)
     """
     parsed = urlparse(remote)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or DEFAULT_CONNECT_PORT
@@ -204,14 +205,14 @@ def _connect(remote: str, app_name: str) -> SparkSession:
         urls = [with_session_id(remote, session_id) for session_id in
                 [*session_ids(package_digest(), SESSION_GENERATIONS), str(uuid.uuid4())]]
     for url in urls[:-1]:
-        session = _remote_session(url, app_name)
+        session = _remote_session(url)
         try:
             return _with_package(session)
         except PySparkException as exc:
             if not _session_closed(exc):
                 raise
             _leave(session)
-    return _with_package(_remote_session(urls[-1], app_name))
+    return _with_package(_remote_session(urls[-1]))
 
 
 def _with_package(session: SparkSession) -> SparkSession:
@@ -223,10 +224,10 @@ def _with_package(session: SparkSession) -> SparkSession:
     return session
 
 
-def _remote_session(url: str, app_name: str) -> SparkSession:
+def _remote_session(url: str) -> SparkSession:
     """A new client of the server-side session ``url`` names (created there by its first call), with our retries."""
     policy = retry_policy(timeout_seconds())
-    session = SparkSession.builder.remote(url).appName(app_name).create()  # pylint: disable=no-member
+    session = SparkSession.builder.remote(url).create()  # pylint: disable=no-member  # no call to the service yet
     session.release_session_on_close = False  # shared: stopping this client must not close it for the others
     session.client.set_retry_policies([policy])
     _POLICIES[id(session)] = policy
