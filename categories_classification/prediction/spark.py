@@ -308,7 +308,8 @@ def give_up(session: SparkSession) -> None:
     """Stop waiting on a lost Spark Connect service: no more retries, the session stopped (nothing left at exit).
 
     Every retry loop still running (a release in the background, pyspark's exit hook) ends at its
-    next wait; stopping the session closes its channel, so its exit hook makes no call at all.
+    next wait; stopping the session closes its channel, so its exit hook makes no call at all. The
+    server-side session is not released (it is shared, see :func:`_connect`).
     """
     if not is_connect(session):
         return
@@ -317,7 +318,8 @@ def give_up(session: SparkSession) -> None:
         policy.max_retries = 0
     else:
         session.client.set_retry_policies([DefaultPolicy(max_retries=0)])
-    session.stop()  # best effort, never raises (pyspark's word); its release now fails at once
+    session.release_session_on_close = False
+    session.stop()  # best effort, never raises (pyspark's word)
 
 
 def package_digest() -> str:
