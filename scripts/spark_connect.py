@@ -33,11 +33,22 @@ NAME = "spark-connect"  # its pid file and log in the run folder
 PORT = int(os.environ.get("SPARK_CONNECT_PORT", "15002"))
 MASTER = os.environ.get("SPARK_CONNECT_MASTER", "local[*]")
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-# A first job with a Python function: the JVM's lazy set-up and the Python worker daemon are paid
-# here, not by the first client.
-_WARM_UP = ("import sys; from pyspark.sql import SparkSession; "
-            "SparkSession.builder.remote(sys.argv[1]).getOrCreate().range(1)"
-            ".mapInArrow(lambda batches: (batch for batch in batches), 'id long').collect()")
+# A first job in the session the prediction commands of this package will share today (see
+# categories_classification.prediction.spark): the JVM's lazy set-up, the package's upload and the session's
+# Python workers with their imports (numpy, pyarrow, sklearn through skops) are paid here, not by the first client.
+_WARM_UP = """
+import os
+from categories_classification.prediction.spark import get_spark
+
+def warm(batches):
+    import skops.io  # what loading a model imports
+    from categories_classification.prediction import scoring
+    for batch in batches:
+        yield batch
+
+workers = os.cpu_count() or 1
+get_spark().range(0, workers, 1, workers).mapInArrow(warm, "id long").collect()
+"""
 
 
 class ServiceError(RuntimeError):
@@ -135,11 +146,11 @@ def server_env(run_dir: Path) -> dict[str, str]:
 
 
 def _warm_up(port: int, timeout: float) -> None:
-    """Run a first job on the server (:class:`StartError` if it cannot)."""
+    """Run a first job in the package's shared session on the server (:class:`StartError` if it cannot)."""
     url = f"sc://{HOST}:{port}"
     # In a process of its own: a process that already runs a classic session may not open a Connect one.
-    warm = subprocess.run([sys.executable, "-c", _WARM_UP, url], capture_output=True, text=True, check=False,
-                          timeout=max(10.0, timeout))
+    warm = subprocess.run([sys.executable, "-c", _WARM_UP], capture_output=True, text=True, check=False, cwd=ROOT,
+                          env=dict(os.environ, SPARK_REMOTE=url), timeout=max(10.0, timeout))
     if warm.returncode != 0:
         raise StartError(f"the service at {url} answers but could not run a first job: {warm.stderr[-1500:]}")
 

@@ -2,22 +2,30 @@
 
 ``SPARK_REMOTE`` (``sc://host:port``, Spark's own variable) connects to a running Spark Connect
 service instead of starting a JVM; otherwise ``SPARK_MASTER`` picks the master (default
-``local[*]``). Any setting already given the standard way (``spark-submit --conf``,
+``local[*]``). On a Connect service, every process running the same package shares one server-side
+session (its id derived from the package's digest and the day, see :func:`_connect`): the package
+is shipped once per version, not per command, and the session's Python workers (sklearn imported,
+models loaded) serve the next command warm. Any setting already given the standard way (``spark-submit --conf``,
 ``PYSPARK_SUBMIT_ARGS``) wins over the defaults below. Code that must work both ways uses only
 what both sessions offer (no ``sparkContext``): see :func:`ship_file` and :func:`is_connect`.
 """
+import hashlib
+import io
 import os
 import socket
 import sys
 import tempfile
+import uuid
 import warnings
 import zipfile
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
 from pyspark import SparkConf, SparkContext
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql.connect.client.retries import DefaultPolicy
 
@@ -27,6 +35,10 @@ from categories_classification.errors import InfrastructureError, connection_rea
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # categories_classification/
 DEFAULT_CONNECT_PORT = 15002  # Spark Connect's own default
 CONNECT_PROBE_SECONDS = 5.0
+# The shared session's conf key naming the package digest shipped into it (absent: not shipped yet).
+PACKAGE_CONF = "categories.package_digest"
+# Ids of closed sessions stay refused by the service (SESSION_CLOSED): the next generations are tried.
+SESSION_GENERATIONS = 4
 # How long a lost Spark Connect service may keep a command waiting (pyspark's own retries: ~30 min).
 TIMEOUT_VARIABLE = "CATEGORIES_SPARK_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -62,7 +74,7 @@ def get_spark(app_name: str = "categories_classification") -> SparkSession:
         return active
     remote = os.environ.get("SPARK_REMOTE")
     if remote:
-        return _connect(remote, app_name)
+        return _connect(remote)
     given = _given_conf()
     builder = SparkSession.builder.appName(app_name)  # pylint: disable=no-member  # builder is a class property
     master = os.environ.get("SPARK_MASTER") or given.get("spark.master") or "local[*]"
@@ -161,8 +173,20 @@ def ship_file(session: SparkSession, path: Path) -> None:
 _SHIPPED: set[tuple[int, str]] = set()
 
 
-def _connect(remote: str, app_name: str) -> SparkSession:
-    """A session on the Spark Connect service at ``remote``; one clear line if nothing answers there."""
+def _connect(remote: str) -> SparkSession:
+    """The shared session of this package on the Spark Connect service at ``remote``; one clear line if nothing answers.
+
+    Every process running the same package (the same :func:`package_digest`) on the same UTC day
+    uses the same server-side session: the package is shipped into it once (its conf
+    :data:`PACKAGE_CONF` says so), and its Python workers, with their imports and loaded models,
+    are reused by the next command (Spark Connect gives each session its own workers). Another
+    package version gets another session, so a worker never mixes two versions. The session is
+    never released by a client (others may be using it): the service expires it when idle. An
+    id the service has closed is refused for good: the next of :data:`SESSION_GENERATIONS` ids is
+    tried, then a session of this process alone. A ``session_id`` given in ``SPARK_REMOTE`` is
+    used as it is. (No application name: the session is not this command's, and setting one would
+    be a call to the service before the session is known to be open.)
+    """
     parsed = urlparse(remote)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or DEFAULT_CONNECT_PORT
     try:
@@ -173,14 +197,70 @@ def _connect(remote: str, app_name: str) -> SparkSession:
             f"Spark Connect service at {host}:{port} (SPARK_REMOTE) is not reachable ({exc.strerror or exc}): "
             "start it (make start-airflow, or python -m scripts.spark_connect start), or unset SPARK_REMOTE "
             "to run Spark in this process") from None
-    policy = retry_policy(timeout_seconds())
-    session = SparkSession.builder.remote(remote).appName(app_name).getOrCreate()  # pylint: disable=no-member
-    session.client.set_retry_policies([policy])
-    _POLICIES[id(session)] = policy
     if not os.environ.get("SPARK_LOG_LEVEL"):  # --verbose shows them
         warnings.filterwarnings("ignore", message=r"\[RETRIES_EXCEEDED\]")
-    _ship_package(session)
+    if ";session_id=" in remote:
+        urls = [remote]
+    else:
+        urls = [with_session_id(remote, session_id) for session_id in
+                [*session_ids(package_digest(), SESSION_GENERATIONS), str(uuid.uuid4())]]
+    for url in urls[:-1]:
+        session = _remote_session(url)
+        try:
+            return _with_package(session)
+        except PySparkException as exc:
+            if not _session_closed(exc):
+                raise
+            _leave(session)
+    return _with_package(_remote_session(urls[-1]))
+
+
+def _with_package(session: SparkSession) -> SparkSession:
+    """``session``, with this package shipped into it unless it holds it already (one cheap call to know)."""
+    digest = package_digest()
+    if session.conf.get(PACKAGE_CONF, None) != digest:
+        _ship_package(session)
+        session.conf.set(PACKAGE_CONF, digest)
     return session
+
+
+def _remote_session(url: str) -> SparkSession:
+    """A new client of the server-side session ``url`` names (created there by its first call), with our retries."""
+    policy = retry_policy(timeout_seconds())
+    session = SparkSession.builder.remote(url).create()  # pylint: disable=no-member  # no call to the service yet
+    session.release_session_on_close = False  # shared: stopping this client must not close it for the others
+    session.client.set_retry_policies([policy])
+    _POLICIES[id(session)] = policy
+    return session
+
+
+def _leave(session: SparkSession) -> None:
+    """Close this process's client of ``session`` (the server-side session stays as it is)."""
+    _POLICIES.pop(id(session), None)
+    session.release_session_on_close = False
+    session.stop()
+
+
+def _session_closed(error: BaseException) -> bool:
+    """True if the service refused the session id because that session was closed (released or expired)."""
+    return "SESSION_CLOSED" in error_text(error)
+
+
+def session_ids(digest: str, count: int, day: Optional[str] = None) -> list[str]:
+    """The ids of the shared session of package ``digest`` on ``day`` (default: today, UTC), in the order tried.
+
+    The day in the id bounds how many closed generations a command may have to skip (a service
+    expires an idle session after an hour by default): a daily run starts afresh.
+    """
+    day = day or datetime.now(timezone.utc).date().isoformat()
+    return [str(uuid.UUID(bytes=hashlib.sha256(f"categories_classification/{digest}/{day}/{generation}".encode()).digest()[:16],
+                          version=4)) for generation in range(count)]
+
+
+def with_session_id(remote: str, session_id: str) -> str:
+    """``sc://host:port[/;params]`` with ``session_id`` among its parameters."""
+    base, _, params = remote.partition("/;")
+    return f"{base.rstrip('/')}/;" + ";".join([*filter(None, params.split(";")), f"session_id={session_id}"])
 
 
 _POLICIES: dict[int, DefaultPolicy] = {}  # id(session) -> its retry policy (see give_up)
@@ -228,7 +308,8 @@ def give_up(session: SparkSession) -> None:
     """Stop waiting on a lost Spark Connect service: no more retries, the session stopped (nothing left at exit).
 
     Every retry loop still running (a release in the background, pyspark's exit hook) ends at its
-    next wait; stopping the session closes its channel, so its exit hook makes no call at all.
+    next wait; stopping the session closes its channel, so its exit hook makes no call at all. The
+    server-side session is not released (it is shared, see :func:`_connect`).
     """
     if not is_connect(session):
         return
@@ -237,18 +318,54 @@ def give_up(session: SparkSession) -> None:
         policy.max_retries = 0
     else:
         session.client.set_retry_policies([DefaultPolicy(max_retries=0)])
-    session.stop()  # best effort, never raises (pyspark's word); its release now fails at once
+    session.release_session_on_close = False
+    session.stop()  # best effort, never raises (pyspark's word)
+
+
+def package_digest() -> str:
+    """The SHA-256 of the package's Python files (their paths and bytes): names what is shipped to the workers."""
+    if not _DIGEST:
+        digest = hashlib.sha256()
+        for relative, content in _package_files():
+            digest.update(f"{relative}\0{len(content)}\0".encode())
+            digest.update(content)
+        _DIGEST.append(digest.hexdigest())
+    return _DIGEST[0]
+
+
+_DIGEST: list[str] = []  # package_digest, computed once per process
+
+
+def _package_files() -> list[tuple[str, bytes]]:
+    """``(path inside the archive, bytes)`` of every Python file of the package, sorted."""
+    return [((Path("categories_classification") / source.relative_to(PACKAGE_DIR)).as_posix(), source.read_bytes())
+            for source in sorted(PACKAGE_DIR.rglob("*.py"))]
+
+
+def package_archive(folder: Path) -> Path:
+    """The package as a zip in ``folder``, named by its digest; the same files always give the same bytes.
+
+    Fixed dates and modes: two checkouts of one version ship identical archives (a Connect
+    service refuses a second, different file under a name it already holds).
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        for relative, content in _package_files():
+            entry = zipfile.ZipInfo(relative, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            bundle.writestr(entry, content)
+    archive = folder / f"categories_classification-{package_digest()[:16]}.zip"
+    archive.write_bytes(buffer.getvalue())
+    return archive
 
 
 def _ship_package(session: SparkSession) -> None:
     # Workers (local, on a cluster or behind Spark Connect) import
     # categories_classification.prediction.scoring; shipping the package as a zip makes that work
     # whatever the workers' working directory or PYTHONPATH.
-    archive = Path(tempfile.mkdtemp(prefix="categories_pkg_")) / "categories_classification.zip"
-    with zipfile.ZipFile(archive, "w") as bundle:
-        for source in sorted(PACKAGE_DIR.rglob("*.py")):
-            bundle.write(source, Path("categories_classification") / source.relative_to(PACKAGE_DIR))
     if is_connect(session):
-        session.addArtifacts(str(archive), pyfile=True)
+        with tempfile.TemporaryDirectory(prefix="categories_pkg_") as folder:
+            session.addArtifacts(str(package_archive(Path(folder))), pyfile=True)
     else:
+        archive = package_archive(Path(tempfile.mkdtemp(prefix="categories_pkg_")))
         session.sparkContext.addPyFile(str(archive))

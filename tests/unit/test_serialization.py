@@ -1,9 +1,13 @@
 """skops with an exact list of trusted types: every model family round-trips, anything else is refused."""
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import skops.io
+from skops.io import _sklearn as skops_sklearn, _trusted_types as skops_trusted
 from skops.io.exceptions import UntrustedTypesFoundException
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
@@ -13,6 +17,7 @@ from sklearn.preprocessing import FunctionTransformer
 from categories_classification.calibrated import TemperatureScaledClassifier
 from categories_classification.config import MODEL_FAMILIES
 from categories_classification.serialization import (
+    KNOWN_SAFE_NODES,
     SKOPS_TRUSTED_TYPES,
     dump_model,
     load_model_bytes,
@@ -77,3 +82,34 @@ def test_a_model_needing_an_unlisted_type_is_refused():
     assert "builtins.print" in untrusted_types(data)
     with pytest.raises(UntrustedTypesFoundException):
         load_model_bytes(data)
+
+
+def test_the_nodes_checked_without_skops_are_trusted_by_skops_itself():
+    numpy_types = ["numpy.ndarray", *skops_trusted.NUMPY_DTYPE_TYPE_NAMES]
+    defaults = {
+        "DictNode": ["builtins.dict", "collections.OrderedDict"], "ListNode": ["builtins.list"],
+        "TupleNode": ["builtins.tuple"], "JsonNode": skops_trusted.PRIMITIVE_TYPE_NAMES, "NdArrayNode": numpy_types,
+        "TypeNode": [*skops_trusted.PRIMITIVE_TYPE_NAMES, *skops_trusted.CONTAINER_TYPE_NAMES,
+                     *skops_trusted.NUMPY_DTYPE_TYPE_NAMES],
+        "TreeNode": [], "LossNode": [f"{loss.__module__}.{loss.__name__}" for loss in skops_sklearn.ALLOWED_LOSSES],
+        "RandomStateNode": ["numpy.random.mtrand.RandomState"],
+        "ObjectNode": [*skops_trusted.SKLEARN_ESTIMATOR_TYPE_NAMES, *skops_trusted.SKLEARN_INTERNAL_TYPE_NAMES],
+    }
+    assert set(KNOWN_SAFE_NODES) <= set(defaults)
+    for loader, names in KNOWN_SAFE_NODES.items():
+        assert names <= set(defaults[loader]) | set(SKOPS_TRUSTED_TYPES), loader
+
+
+@pytest.mark.parametrize("family", REGISTERED)
+def test_the_check_without_skops_agrees_with_skops(family):
+    data = dump_model(_registered(family))
+    assert untrusted_types(data) == sorted(set(skops.io.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED_TYPES)) == []
+
+
+def test_a_driver_checks_a_forest_without_importing_skops_or_sklearn(tmp_path):
+    model_file = tmp_path / "forest.skops"
+    model_file.write_bytes(dump_model(_registered("random_forest")))
+    check = ("import sys; from pathlib import Path; from categories_classification.serialization import untrusted_types; "
+             f"assert untrusted_types(Path({str(model_file)!r}).read_bytes()) == []; "
+             "assert not {'skops', 'sklearn'} & set(sys.modules), sorted({'skops', 'sklearn'} & set(sys.modules))")
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=Path(__file__).resolve().parents[2])
