@@ -36,6 +36,7 @@ from categories_classification.serialization import DIGEST_TAG, SKOPS_TRUSTED_TY
 from categories_classification.topk import TOP_K
 from categories_classification.tracking.locks import promotion_lock
 from categories_classification.tracking.registry import ModelRef
+from categories_classification.tracking.runs import log_to_run
 from categories_classification.tracking.store import retrying, tracking_errors
 
 LOGGER = logging.getLogger(__name__)
@@ -133,10 +134,13 @@ class LoggedModel:
 
 
 def log_model(client_id: str, model: Any, input_example: Any, signature: Any,
-              companions: Optional[Mapping[str, str]] = None) -> LoggedModel:
+              companions: Optional[Mapping[str, str]] = None,
+              metrics: Optional[Mapping[str, float]] = None) -> LoggedModel:
     """Log ``model`` (deflated skops) in the active run, without registering it (see :func:`register`).
 
-    Logs the stored file's size as the run's ``model_size_bytes`` metric. ``companions`` (file
+    Logs the stored file's size as the run's ``model_size_bytes`` metric, with ``metrics`` (the
+    training's), in one request after the model: they are the logged model's metrics too (logged
+    before it, MLflow would copy them to it one metric history read at a time). ``companions`` (file
     name -> text) are stored in the model's folder, beside the model file (the drift reference).
     A lost database connection is tried again (a failed attempt's logged model stays unregistered).
     """
@@ -162,8 +166,10 @@ def log_model(client_id: str, model: Any, input_example: Any, signature: Any,
         )
 
     info = retrying(client_id, log)
-    retrying(client_id, lambda: mlflow.log_metric(MODEL_SIZE_METRIC, float(flavor.stored_bytes)))
-    return LoggedModel(client_id, mlflow.active_run().info.run_id, info.model_id, f"models:/{info.model_id}",
+    run_id = mlflow.active_run().info.run_id
+    retrying(client_id, lambda: log_to_run(run_id, metrics={**(metrics or {}), MODEL_SIZE_METRIC: float(flavor.stored_bytes)},
+                                           model_id=info.model_id))
+    return LoggedModel(client_id, run_id, info.model_id, f"models:/{info.model_id}",
                        flavor.digest, tuple(sorted(flavor.companion_digests.items())), flavor.stored_bytes)
 
 

@@ -40,7 +40,7 @@ from categories_classification.tracking.flavor import (
 )
 from categories_classification.tracking.locks import promotion_lock
 from categories_classification.tracking.registry import ModelRef, champion_version, describe_version, set_champion
-from categories_classification.tracking.runs import close_abandoned_runs, record_failed_run, training_run
+from categories_classification.tracking.runs import close_abandoned_runs, log_to_run, record_failed_run, training_run
 from categories_classification.tracking.store import configure_tracking, retrying
 from categories_classification.errors import CategoriesError, InfrastructureError, InputDataError, describe_os_error
 from categories_classification.config import (
@@ -133,7 +133,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
             return decision
 
         decision = retrying(client_id, gate)
-        retrying(client_id, lambda: _log_decision(decision, tolerance))
+        retrying(client_id, lambda: _log_decision(run_id, decision, tolerance))
         retrying(client_id, lambda: describe_version(
             ref,
             f"Trained {date} on {len(fitted.x_train)} rows ({', '.join(features)}); test top-5 accuracy "
@@ -157,10 +157,13 @@ def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: S
     chosen = fitted.chosen
     ref: Optional[ModelRef] = None
     try:
-        retrying(client_id, lambda: _log_run_details(chosen, fitted.metrics, features))
+        # Parameters and tags first: the logged model takes the run's parameters as its own.
+        retrying(client_id, lambda: log_to_run(run_id, params=_run_params(chosen, features), tags=_tags(chosen)))
         example = fitted.x_train.head(5)
+        # The metrics are logged with the model's size once the model is: on the run and on the logged model at once.
         logged = log_model(client_id, chosen.model, example, serving_signature(list(example.columns)),
-                           companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))})
+                           companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))},
+                           metrics=fitted.metrics)
         retrying(client_id, lambda: _log_evaluation_artifacts(client_id, fitted))
         ref = register(logged)
         return ref
@@ -192,23 +195,22 @@ def _artifact_store_error(client_id: str, error: CategoriesError) -> Optional[In
         "this attempt's files were removed and nothing was registered, the champion is unchanged", client_id)
 
 
-def _log_run_details(chosen: FittedModel, metrics: Mapping[str, float], features: Sequence[str]) -> None:
-    """The run's parameters (family, size, split), metrics and decision tags."""
-    mlflow.log_params(chosen.estimator_params())
-    mlflow.log_params({"features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
-                       MODEL_FAMILY_PARAM: chosen.family,
-                       "family_rule": "pinned" if chosen.pinned else FAMILY_RULE,
-                       **(chosen.forest.size_params() if chosen.forest is not None else
-                          {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})})
-    mlflow.log_metrics(metrics)
-    mlflow.set_tags(_tags(chosen))
+def _run_params(chosen: FittedModel, features: Sequence[str]) -> dict[str, Any]:
+    """The run's parameters: the estimator's, the family and size decisions, the split."""
+    return {**chosen.estimator_params(),
+            "features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
+            MODEL_FAMILY_PARAM: chosen.family,
+            "family_rule": "pinned" if chosen.pinned else FAMILY_RULE,
+            **(chosen.forest.size_params() if chosen.forest is not None else
+               {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})}
 
 
-def _log_decision(decision: Decision, tolerance: float) -> None:
-    """The gate's decision and both scores, on the training's run."""
-    mlflow.set_tags({PROMOTION_DECISION_TAG: decision.label, PROMOTION_REASON_TAG: decision.reason,
-                     CHAMPION_BEFORE_TAG: str(decision.champion_version or "")})
-    mlflow.log_metrics({CHALLENGER_SCORE: decision.challenger_score,
+def _log_decision(run_id: str, decision: Decision, tolerance: float) -> None:
+    """The gate's decision and both scores, on the training's run (one request)."""
+    log_to_run(run_id,
+               tags={PROMOTION_DECISION_TAG: decision.label, PROMOTION_REASON_TAG: decision.reason,
+                     CHAMPION_BEFORE_TAG: str(decision.champion_version or "")},
+               metrics={CHALLENGER_SCORE: decision.challenger_score,
                         PROMOTION_TOLERANCE_METRIC: tolerance,
                         **({PREVIOUS_SCORE: decision.champion_score}
                            if decision.champion_score is not None else {})})
@@ -246,7 +248,8 @@ def split_training_data(features: pd.DataFrame, labels: pd.Series) -> tuple[pd.D
 
 @dataclass(frozen=True)
 class _Evaluated:
-    """The fitted model with both splits, its predicted (calibrated) probabilities and the metrics on each."""
+    """The fitted model with both splits, its predicted (calibrated) probabilities, the uncalibrated ones on
+    the test split, and the metrics on each."""
 
     x_train: pd.DataFrame
     x_test: pd.DataFrame
@@ -254,6 +257,7 @@ class _Evaluated:
     y_test: pd.Series
     train_proba: np.ndarray
     test_proba: np.ndarray
+    raw_test_proba: np.ndarray
     metrics: dict[str, float]
     chosen: FittedModel
 
@@ -284,7 +288,7 @@ def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, model_params: M
         "n_test_rows": float(len(x_test)),
         "n_categories": float(len(model.classes_)),
     }
-    return _Evaluated(x_train, x_test, y_train, y_test, train_proba, test_proba, metrics, chosen)
+    return _Evaluated(x_train, x_test, y_train, y_test, train_proba, test_proba, raw_test, metrics, chosen)
 
 
 def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
@@ -295,7 +299,7 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
         "train": top_k_curve(fitted.y_train, fitted.train_proba, model.classes_),
         "test": top_k_curve(fitted.y_test, fitted.test_proba, model.classes_),
     }
-    bins = {"before": reliability(fitted.y_test, model.estimator.predict_proba(fitted.x_test), model.classes_),
+    bins = {"before": reliability(fitted.y_test, fitted.raw_test_proba, model.classes_),
             "after": reliability(fitted.y_test, fitted.test_proba, model.classes_)}
     candidates = [{"family": candidate.family, "val_top_5_accuracy": candidate.accuracy,
                    "size_bytes": candidate.size_bytes, "fit_seconds": candidate.fit_seconds,
