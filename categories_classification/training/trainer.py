@@ -121,7 +121,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
     with training_run(TrainingRecord(client_id, date, path)) as run_id:
         # The whole record first (parameters, metrics, model, evaluation files), the version last:
         # a training that fails half-way registers nothing and leaves none of its files.
-        ref = _write_record(client_id, run_id, fitted, features)
+        ref = _write_record(client_id, run_id, fitted, features, date)
 
         def gate() -> Decision:
             # One gate at a time per client (two DAG runs, or a manual run beside one): read the
@@ -138,7 +138,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
             ref,
             f"Trained {date} on {len(fitted.x_train)} rows ({', '.join(features)}); test top-5 accuracy "
             f"{metrics[TEST_TOP_5_METRIC]:.4f}. Gate: {decision.label}, {decision.reason}.",
-            {TRAINING_DATE_TAG: date, PROMOTION_DECISION_TAG: decision.label},
+            {PROMOTION_DECISION_TAG: decision.label},
         ))
     LOGGER.info("client %s: registered %s version %s (run %s), %s", client_id, ref.name, ref.version, ref.run_id,
                 decision.label)
@@ -146,7 +146,7 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
                           {"family": chosen.family, **chosen.params}, len(data.labels))
 
 
-def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: Sequence[str]) -> ModelRef:
+def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: Sequence[str], date: str) -> ModelRef:
     """Log the run's parameters, metrics and tags, the model and the evaluation files, then register the
     model: the version exists only once its whole training record does.
 
@@ -165,7 +165,7 @@ def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: S
                            companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))},
                            metrics=fitted.metrics)
         retrying(client_id, lambda: _log_evaluation_artifacts(client_id, fitted))
-        ref = register(logged)
+        ref = register(logged, {TRAINING_DATE_TAG: date})
         return ref
     except CategoriesError as exc:
         error = _artifact_store_error(client_id, exc)
