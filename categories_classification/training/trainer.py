@@ -111,17 +111,17 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         _record_failed_training(client_id, date, path, exc)
         raise
     fitted = _fit_and_evaluate(data.features, data.labels, model_params, max_model_mb, family)
-    chosen, metrics = fitted.chosen, fitted.metrics
-    if metrics[MODEL_MEMORY_METRIC] > chosen.budget_bytes:
+    chosen = fitted.chosen
+    if fitted.metrics[MODEL_MEMORY_METRIC] > chosen.budget_bytes:
         LOGGER.warning("client %s: the %s model takes %.1f MB in memory, over its %.1f MB budget (%s)", client_id,
-                       chosen.family, metrics[MODEL_MEMORY_METRIC] / MB, chosen.budget_bytes / MB,
+                       chosen.family, fitted.metrics[MODEL_MEMORY_METRIC] / MB, chosen.budget_bytes / MB,
                        _tags(chosen).get("size_choice", chosen.describe()["family_choice"]))
     configure_tracking(client_id)
     retrying(client_id, lambda: close_abandoned_runs(client_id))  # runs a killed process left RUNNING
     with training_run(TrainingRecord(client_id, date, path)) as run_id:
         # The whole record first (parameters, metrics, model, evaluation files), the version last:
         # a training that fails half-way registers nothing and leaves none of its files.
-        ref = _write_record(client_id, run_id, fitted, features, date)
+        ref, model_id = _write_record(client_id, run_id, fitted, features, date)
 
         def gate() -> Decision:
             # One gate at a time per client (two DAG runs, or a manual run beside one): read the
@@ -133,22 +133,23 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
             return decision
 
         decision = retrying(client_id, gate)
-        retrying(client_id, lambda: _log_decision(run_id, decision, tolerance))
+        retrying(client_id, lambda: _log_decision(run_id, model_id, decision, tolerance))
         retrying(client_id, lambda: describe_version(
             ref,
             f"Trained {date} on {len(fitted.x_train)} rows ({', '.join(features)}); test top-5 accuracy "
-            f"{metrics[TEST_TOP_5_METRIC]:.4f}. Gate: {decision.label}, {decision.reason}.",
+            f"{fitted.metrics[TEST_TOP_5_METRIC]:.4f}. Gate: {decision.label}, {decision.reason}.",
             {PROMOTION_DECISION_TAG: decision.label},
         ))
     LOGGER.info("client %s: registered %s version %s (run %s), %s", client_id, ref.name, ref.version, ref.run_id,
                 decision.label)
-    return TrainingResult(client_id, ref.name, ref.version, ref.run_id, metrics, decision,
+    return TrainingResult(client_id, ref.name, ref.version, ref.run_id, fitted.metrics, decision,
                           {"family": chosen.family, **chosen.params}, len(data.labels))
 
 
-def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: Sequence[str], date: str) -> ModelRef:
+def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: Sequence[str],
+                  date: str) -> tuple[ModelRef, str]:
     """Log the run's parameters, metrics and tags, the model and the evaluation files, then register the
-    model: the version exists only once its whole training record does.
+    model: the version exists only once its whole training record does. Returns it and its logged model's id.
 
     If any of it fails, what was written is undone (the version deleted, the run's and the logged
     model's files removed), the run gets a ``failure_reason`` tag, and the error is raised; a file
@@ -166,7 +167,7 @@ def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: S
                            metrics=fitted.metrics)
         retrying(client_id, lambda: _log_evaluation_artifacts(client_id, fitted))
         ref = register(logged, {TRAINING_DATE_TAG: date})
-        return ref
+        return ref, logged.model_id
     except CategoriesError as exc:
         error = _artifact_store_error(client_id, exc)
         if ref is not None:
@@ -205,9 +206,9 @@ def _run_params(chosen: FittedModel, features: Sequence[str]) -> dict[str, Any]:
                {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})}
 
 
-def _log_decision(run_id: str, decision: Decision, tolerance: float) -> None:
-    """The gate's decision and both scores, on the training's run (one request)."""
-    log_to_run(run_id,
+def _log_decision(run_id: str, model_id: str, decision: Decision, tolerance: float) -> None:
+    """The gate's decision and both scores, on the training's run and its logged model (one request)."""
+    log_to_run(run_id, model_id=model_id,
                tags={PROMOTION_DECISION_TAG: decision.label, PROMOTION_REASON_TAG: decision.reason,
                      CHAMPION_BEFORE_TAG: str(decision.champion_version or "")},
                metrics={CHALLENGER_SCORE: decision.challenger_score,
