@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -36,6 +37,7 @@ from categories_classification.serialization import DIGEST_TAG, SKOPS_TRUSTED_TY
 from categories_classification.topk import TOP_K
 from categories_classification.tracking.locks import promotion_lock
 from categories_classification.tracking.registry import ModelRef
+from categories_classification.tracking.runs import log_to_run
 from categories_classification.tracking.store import retrying, tracking_errors
 
 LOGGER = logging.getLogger(__name__)
@@ -133,10 +135,13 @@ class LoggedModel:
 
 
 def log_model(client_id: str, model: Any, input_example: Any, signature: Any,
-              companions: Optional[Mapping[str, str]] = None) -> LoggedModel:
+              companions: Optional[Mapping[str, str]] = None,
+              metrics: Optional[Mapping[str, float]] = None) -> LoggedModel:
     """Log ``model`` (deflated skops) in the active run, without registering it (see :func:`register`).
 
-    Logs the stored file's size as the run's ``model_size_bytes`` metric. ``companions`` (file
+    Logs the stored file's size as the run's ``model_size_bytes`` metric, with ``metrics`` (the
+    training's), in one request after the model: they are the logged model's metrics too (logged
+    before it, MLflow would copy them to it one metric history read at a time). ``companions`` (file
     name -> text) are stored in the model's folder, beside the model file (the drift reference).
     A lost database connection is tried again (a failed attempt's logged model stays unregistered).
     """
@@ -162,42 +167,64 @@ def log_model(client_id: str, model: Any, input_example: Any, signature: Any,
         )
 
     info = retrying(client_id, log)
-    retrying(client_id, lambda: mlflow.log_metric(MODEL_SIZE_METRIC, float(flavor.stored_bytes)))
-    return LoggedModel(client_id, mlflow.active_run().info.run_id, info.model_id, f"models:/{info.model_id}",
+    run_id = mlflow.active_run().info.run_id
+    retrying(client_id, lambda: log_to_run(run_id, metrics={**(metrics or {}), MODEL_SIZE_METRIC: float(flavor.stored_bytes)},
+                                           model_id=info.model_id))
+    return LoggedModel(client_id, run_id, info.model_id, f"models:/{info.model_id}",
                        flavor.digest, tuple(sorted(flavor.companion_digests.items())), flavor.stored_bytes)
 
 
-def register(logged: LoggedModel) -> ModelRef:
+def register(logged: LoggedModel, tags: Optional[Mapping[str, str]] = None) -> ModelRef:
     """Register a model of :func:`log_model` as a new version of the client's model, tagged with its
-    files' SHA-256 (``model_sha256``, ``<companion>.sha256``) and the client id."""
+    files' SHA-256 (``model_sha256``, ``<companion>.sha256``), the client id and ``tags``.
+
+    The tags are written with the version, in the same transaction: no version exists without its
+    digest. The registered model gets its description and ``client_id`` tag when it is created.
+    """
     client_id, name = logged.client_id, model_name(logged.client_id)
+    client = MlflowClient()
+    retrying(client_id, lambda: _ensure_registered_model(client, client_id, name))
+    version_tags = {DIGEST_TAG: logged.digest,
+                    **{companion + COMPANION_DIGEST_SUFFIX: digest for companion, digest in logged.companion_digests},
+                    CLIENT_ID_TAG: client_id, **(tags or {})}
     chatter = io.StringIO()
     # MLflow prints "Successfully registered model ..." straight to stderr: keep it for debug logs.
     with redirect_stderr(chatter):
-        version = retrying(client_id, lambda: mlflow.register_model(logged.model_uri, name).version)
+        version = retrying(client_id, lambda: mlflow.register_model(logged.model_uri, name, tags=version_tags).version)
     LOGGER.debug("%s", chatter.getvalue().strip())
-    client = MlflowClient()
+    return ModelRef(client_id, name, int(version), logged.run_id, logged.digest, logged.companion_digests)
 
-    def tag() -> None:
-        client.set_model_version_tag(name, str(version), DIGEST_TAG, logged.digest)
-        for companion, digest in logged.companion_digests:
-            client.set_model_version_tag(name, str(version), companion + COMPANION_DIGEST_SUFFIX, digest)
-        # The registered model's own tag is read-then-inserted by MLflow: two trainings of one client
-        # at once collide on PostgreSQL (a unique-key violation). One at a time, under the client's lock.
-        with promotion_lock(client_id):
-            if not client.get_registered_model(name).description:
-                client.update_registered_model(name, f"Product categoriser of client {client_id} (top-5 categories; "
-                                                     "the model family is chosen at each training).")
-            client.set_registered_model_tag(name, CLIENT_ID_TAG, client_id)
-        client.set_model_version_tag(name, str(version), CLIENT_ID_TAG, client_id)
 
-    ref = ModelRef(client_id, name, int(version), logged.run_id, logged.digest, logged.companion_digests)
+def _ensure_registered_model(client: MlflowClient, client_id: str, name: str) -> None:
+    """The client's registered model, created with its description and ``client_id`` tag if it does not exist
+    (one read when it does); one found without them (made by hand, or by an older release) gets them."""
     try:
-        retrying(client_id, tag)
-    except CategoriesError:
-        discard_version(ref)  # a version without its digest would be refused by every load
-        raise
-    return ref
+        found = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        found = None
+    if found is not None and found.description and found.tags.get(CLIENT_ID_TAG) == client_id:
+        return
+    if found is None:
+        try:
+            client.create_registered_model(name, tags={CLIENT_ID_TAG: client_id}, description=_description(client_id))
+            return
+        except MlflowException as exc:
+            # Another training of the client created it between our lookup and create.
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+    # The registered model's own tag is read-then-inserted by MLflow: two trainings of one client
+    # at once collide on PostgreSQL (a unique-key violation). One at a time, under the client's lock.
+    with promotion_lock(client_id):
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(name, _description(client_id))
+        client.set_registered_model_tag(name, CLIENT_ID_TAG, client_id)
+
+
+def _description(client_id: str) -> str:
+    return (f"Product categoriser of client {client_id} (top-5 categories; the model family is chosen at each "
+            "training).")
 
 
 def log_and_register(client_id: str, model: Any, input_example: Any, signature: Any,

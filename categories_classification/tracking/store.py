@@ -3,8 +3,10 @@ time, a database connection lost for a few seconds retried, and MLflow's failure
 naming the store (without credentials)."""
 import logging
 import os
+import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
 import mlflow
@@ -74,8 +76,26 @@ def configure_tracking(client_id: Optional[str] = None) -> str:
         database.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(lock_file(database, "store")), tracking_errors(None):
             MlflowClient(uri).search_experiments(max_results=1)
+            write_ahead_log(database)
         _READY_STORES.add(uri)
     return uri
+
+
+def write_ahead_log(database: Path) -> None:
+    """Put a SQLite store in write-ahead-log mode (once: the mode is kept in the file), if it is not yet.
+
+    Each of MLflow's commits then syncs one file once, instead of a rollback journal and the
+    database (a training makes dozens), and readers no longer wait for a writer: two trainings
+    side by side (``train-all``'s workers, parallel DAG runs) each go at their own pace. Every process
+    using the store must be on this machine (as SQLite's locks already require). If another
+    connection holds the store (an MLflow UI reading it), the mode is left as it is, to try next time.
+    """
+    try:
+        with closing(sqlite3.connect(database, timeout=1.0)) as connection:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        LOGGER.info("SQLite store %s: left in its journal mode (%s)", database, exc)
 
 
 def timeout_seconds() -> float:

@@ -28,8 +28,7 @@ def top_k_figure(curves: dict[str, Sequence[float]], title: str):
              ylim=(0, 1.02), xticks=list(range(1, max(len(v) for v in curves.values()) + 1)))
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure)
 
 
 def per_class_figure(report: pd.DataFrame, title: str, top: int = 30):
@@ -43,8 +42,7 @@ def per_class_figure(report: pd.DataFrame, title: str, top: int = 30):
     axes.set_xticks(positions, shown["category"], rotation=90, fontsize=7)
     axes.set(title=title, xlabel=f"category ({len(shown)} most frequent in the test split)", ylabel="recall", ylim=(0, 1.02))
     axes.legend()
-    figure.tight_layout()
-    return figure
+    return _laid_out(figure)
 
 
 def reliability_figure(bins: Mapping[str, Any], title: str):
@@ -63,7 +61,17 @@ def reliability_figure(bins: Mapping[str, Any], title: str):
              xlim=(0, 1), ylim=(0, 1))
     axes.grid(alpha=0.3)
     axes.legend()
+    return _laid_out(figure)
+
+
+def _laid_out(figure):
+    """``figure`` with its subplots fitted to it once (``tight_layout``), and no layout engine left on it.
+
+    ``tight_layout`` leaves a placeholder engine behind, for which ``savefig`` lays every text out
+    once more (drawing nothing) before it renders: the same pixels, without that pass.
+    """
     figure.tight_layout()
+    figure.set_layout_engine(None)
     return figure
 
 

@@ -40,7 +40,7 @@ from categories_classification.tracking.flavor import (
 )
 from categories_classification.tracking.locks import promotion_lock
 from categories_classification.tracking.registry import ModelRef, champion_version, describe_version, set_champion
-from categories_classification.tracking.runs import close_abandoned_runs, record_failed_run, training_run
+from categories_classification.tracking.runs import close_abandoned_runs, log_to_run, record_failed_run, training_run
 from categories_classification.tracking.store import configure_tracking, retrying
 from categories_classification.errors import CategoriesError, InfrastructureError, InputDataError, describe_os_error
 from categories_classification.config import (
@@ -111,17 +111,17 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
         _record_failed_training(client_id, date, path, exc)
         raise
     fitted = _fit_and_evaluate(data.features, data.labels, model_params, max_model_mb, family)
-    chosen, metrics = fitted.chosen, fitted.metrics
-    if metrics[MODEL_MEMORY_METRIC] > chosen.budget_bytes:
+    chosen = fitted.chosen
+    if fitted.metrics[MODEL_MEMORY_METRIC] > chosen.budget_bytes:
         LOGGER.warning("client %s: the %s model takes %.1f MB in memory, over its %.1f MB budget (%s)", client_id,
-                       chosen.family, metrics[MODEL_MEMORY_METRIC] / MB, chosen.budget_bytes / MB,
+                       chosen.family, fitted.metrics[MODEL_MEMORY_METRIC] / MB, chosen.budget_bytes / MB,
                        _tags(chosen).get("size_choice", chosen.describe()["family_choice"]))
     configure_tracking(client_id)
     retrying(client_id, lambda: close_abandoned_runs(client_id))  # runs a killed process left RUNNING
     with training_run(TrainingRecord(client_id, date, path)) as run_id:
         # The whole record first (parameters, metrics, model, evaluation files), the version last:
         # a training that fails half-way registers nothing and leaves none of its files.
-        ref = _write_record(client_id, run_id, fitted, features)
+        ref, model_id = _write_record(client_id, run_id, fitted, features, date)
 
         def gate() -> Decision:
             # One gate at a time per client (two DAG runs, or a manual run beside one): read the
@@ -133,22 +133,23 @@ def train_model(client_id: str, features: Sequence[str], model_params: Optional[
             return decision
 
         decision = retrying(client_id, gate)
-        retrying(client_id, lambda: _log_decision(decision, tolerance))
+        retrying(client_id, lambda: _log_decision(run_id, model_id, decision, tolerance))
         retrying(client_id, lambda: describe_version(
             ref,
             f"Trained {date} on {len(fitted.x_train)} rows ({', '.join(features)}); test top-5 accuracy "
-            f"{metrics[TEST_TOP_5_METRIC]:.4f}. Gate: {decision.label}, {decision.reason}.",
-            {TRAINING_DATE_TAG: date, PROMOTION_DECISION_TAG: decision.label},
+            f"{fitted.metrics[TEST_TOP_5_METRIC]:.4f}. Gate: {decision.label}, {decision.reason}.",
+            {PROMOTION_DECISION_TAG: decision.label},
         ))
     LOGGER.info("client %s: registered %s version %s (run %s), %s", client_id, ref.name, ref.version, ref.run_id,
                 decision.label)
-    return TrainingResult(client_id, ref.name, ref.version, ref.run_id, metrics, decision,
+    return TrainingResult(client_id, ref.name, ref.version, ref.run_id, fitted.metrics, decision,
                           {"family": chosen.family, **chosen.params}, len(data.labels))
 
 
-def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: Sequence[str]) -> ModelRef:
+def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: Sequence[str],
+                  date: str) -> tuple[ModelRef, str]:
     """Log the run's parameters, metrics and tags, the model and the evaluation files, then register the
-    model: the version exists only once its whole training record does.
+    model: the version exists only once its whole training record does. Returns it and its logged model's id.
 
     If any of it fails, what was written is undone (the version deleted, the run's and the logged
     model's files removed), the run gets a ``failure_reason`` tag, and the error is raised; a file
@@ -157,13 +158,16 @@ def _write_record(client_id: str, run_id: str, fitted: "_Evaluated", features: S
     chosen = fitted.chosen
     ref: Optional[ModelRef] = None
     try:
-        retrying(client_id, lambda: _log_run_details(chosen, fitted.metrics, features))
+        # Parameters and tags first: the logged model takes the run's parameters as its own.
+        retrying(client_id, lambda: log_to_run(run_id, params=_run_params(chosen, features), tags=_tags(chosen)))
         example = fitted.x_train.head(5)
+        # The metrics are logged with the model's size once the model is: on the run and on the logged model at once.
         logged = log_model(client_id, chosen.model, example, serving_signature(list(example.columns)),
-                           companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))})
+                           companions={drift.REFERENCE_FILE: json.dumps(drift_reference(fitted.x_train))},
+                           metrics=fitted.metrics)
         retrying(client_id, lambda: _log_evaluation_artifacts(client_id, fitted))
-        ref = register(logged)
-        return ref
+        ref = register(logged, {TRAINING_DATE_TAG: date})
+        return ref, logged.model_id
     except CategoriesError as exc:
         error = _artifact_store_error(client_id, exc)
         if ref is not None:
@@ -192,23 +196,22 @@ def _artifact_store_error(client_id: str, error: CategoriesError) -> Optional[In
         "this attempt's files were removed and nothing was registered, the champion is unchanged", client_id)
 
 
-def _log_run_details(chosen: FittedModel, metrics: Mapping[str, float], features: Sequence[str]) -> None:
-    """The run's parameters (family, size, split), metrics and decision tags."""
-    mlflow.log_params(chosen.estimator_params())
-    mlflow.log_params({"features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
-                       MODEL_FAMILY_PARAM: chosen.family,
-                       "family_rule": "pinned" if chosen.pinned else FAMILY_RULE,
-                       **(chosen.forest.size_params() if chosen.forest is not None else
-                          {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})})
-    mlflow.log_metrics(metrics)
-    mlflow.set_tags(_tags(chosen))
+def _run_params(chosen: FittedModel, features: Sequence[str]) -> dict[str, Any]:
+    """The run's parameters: the estimator's, the family and size decisions, the split."""
+    return {**chosen.estimator_params(),
+            "features": ",".join(features), "test_size": TEST_SIZE, "split_seed": SEED,
+            MODEL_FAMILY_PARAM: chosen.family,
+            "family_rule": "pinned" if chosen.pinned else FAMILY_RULE,
+            **(chosen.forest.size_params() if chosen.forest is not None else
+               {"max_model_mb": f"{chosen.budget_bytes / MB:g}"})}
 
 
-def _log_decision(decision: Decision, tolerance: float) -> None:
-    """The gate's decision and both scores, on the training's run."""
-    mlflow.set_tags({PROMOTION_DECISION_TAG: decision.label, PROMOTION_REASON_TAG: decision.reason,
-                     CHAMPION_BEFORE_TAG: str(decision.champion_version or "")})
-    mlflow.log_metrics({CHALLENGER_SCORE: decision.challenger_score,
+def _log_decision(run_id: str, model_id: str, decision: Decision, tolerance: float) -> None:
+    """The gate's decision and both scores, on the training's run and its logged model (one request)."""
+    log_to_run(run_id, model_id=model_id,
+               tags={PROMOTION_DECISION_TAG: decision.label, PROMOTION_REASON_TAG: decision.reason,
+                     CHAMPION_BEFORE_TAG: str(decision.champion_version or "")},
+               metrics={CHALLENGER_SCORE: decision.challenger_score,
                         PROMOTION_TOLERANCE_METRIC: tolerance,
                         **({PREVIOUS_SCORE: decision.champion_score}
                            if decision.champion_score is not None else {})})
@@ -246,7 +249,8 @@ def split_training_data(features: pd.DataFrame, labels: pd.Series) -> tuple[pd.D
 
 @dataclass(frozen=True)
 class _Evaluated:
-    """The fitted model with both splits, its predicted (calibrated) probabilities and the metrics on each."""
+    """The fitted model with both splits, its predicted (calibrated) probabilities, the uncalibrated ones on
+    the test split, and the metrics on each."""
 
     x_train: pd.DataFrame
     x_test: pd.DataFrame
@@ -254,6 +258,7 @@ class _Evaluated:
     y_test: pd.Series
     train_proba: np.ndarray
     test_proba: np.ndarray
+    raw_test_proba: np.ndarray
     metrics: dict[str, float]
     chosen: FittedModel
 
@@ -284,7 +289,7 @@ def _fit_and_evaluate(features: pd.DataFrame, labels: pd.Series, model_params: M
         "n_test_rows": float(len(x_test)),
         "n_categories": float(len(model.classes_)),
     }
-    return _Evaluated(x_train, x_test, y_train, y_test, train_proba, test_proba, metrics, chosen)
+    return _Evaluated(x_train, x_test, y_train, y_test, train_proba, test_proba, raw_test, metrics, chosen)
 
 
 def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
@@ -295,7 +300,7 @@ def _log_evaluation_artifacts(client_id: str, fitted: _Evaluated) -> None:
         "train": top_k_curve(fitted.y_train, fitted.train_proba, model.classes_),
         "test": top_k_curve(fitted.y_test, fitted.test_proba, model.classes_),
     }
-    bins = {"before": reliability(fitted.y_test, model.estimator.predict_proba(fitted.x_test), model.classes_),
+    bins = {"before": reliability(fitted.y_test, fitted.raw_test_proba, model.classes_),
             "after": reliability(fitted.y_test, fitted.test_proba, model.classes_)}
     candidates = [{"family": candidate.family, "val_top_5_accuracy": candidate.accuracy,
                    "size_bytes": candidate.size_bytes, "fit_seconds": candidate.fit_seconds,

@@ -9,12 +9,16 @@ import skops.io
 import pytest
 from mlflow.tracking import MlflowClient
 
+from categories_classification import drift
 from categories_classification.errors import InputDataError
 from categories_classification.records import (
+    CHALLENGER_SCORE,
     CLIENT_ID_TAG,
+    COMPANION_DIGEST_SUFFIX,
     FAILURE_REASON_TAG,
     MODEL_FAMILY_PARAM,
     MODEL_SIZE_METRIC,
+    PROMOTION_DECISION_TAG,
     STAGE_TAG,
     TEST_TOP_5_METRIC,
     TRAINING_DATE_TAG,
@@ -24,7 +28,7 @@ from categories_classification.records import (
 from categories_classification.tracking.artifacts import download_model_file, load_model
 from categories_classification.tracking.registry import ModelRef, resolve_model
 from categories_classification.prediction.scoring import predict_proba
-from categories_classification.serialization import SKOPS_TRUSTED_TYPES
+from categories_classification.serialization import DIGEST_TAG, SKOPS_TRUSTED_TYPES
 from categories_classification.training.fitting import FAMILY_ORDER
 from categories_classification.training.fitting import DEFAULT_MAX_MODEL_MB
 from categories_classification.training.trainer import train_model
@@ -96,6 +100,32 @@ def test_training_is_one_tracked_run_and_a_new_registered_version(small_data, tr
     reloaded = mlflow.sklearn.load_model(f"models:/small_a_model/{first.version}")
     assert reloaded.estimator.get_params()["n_estimators"] == 20
     assert model_file.stat().st_size < len(skops.io.dumps(reloaded)) / 2
+
+
+@pytest.mark.usefixtures("tracking_store")
+def test_the_version_and_its_logged_model_carry_the_training_record(small_data):
+    result = train_model("small_a", FEATURES, {"n_estimators": 10}, "2026-11-23", data_prefix=str(small_data),
+                         family="random_forest")
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    version = client.get_model_version(result.model_name, str(result.version))
+    assert {key: version.tags[key] for key in (CLIENT_ID_TAG, TRAINING_DATE_TAG, PROMOTION_DECISION_TAG)} == {
+        CLIENT_ID_TAG: "small_a", TRAINING_DATE_TAG: "2026-11-23", PROMOTION_DECISION_TAG: result.decision.label}
+    assert version.tags[DIGEST_TAG] and version.tags[drift.REFERENCE_FILE + COMPANION_DIGEST_SUFFIX]
+    assert "Trained 2026-11-23" in version.description
+    # The logged model has the run's parameters and metrics (the training's, its size, the gate's scores).
+    model_id = version.source.removeprefix("models:/")
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == result.run_id
+    assert logged.params[MODEL_FAMILY_PARAM] == run.data.params[MODEL_FAMILY_PARAM] == "random_forest"
+    logged_metrics = {metric.key: metric.value for metric in logged.metrics}
+    assert logged_metrics[TEST_TOP_5_METRIC] == run.data.metrics[TEST_TOP_5_METRIC]
+    assert logged_metrics[MODEL_SIZE_METRIC] == run.data.metrics[MODEL_SIZE_METRIC] > 0
+    assert logged_metrics[CHALLENGER_SCORE] == run.data.metrics[CHALLENGER_SCORE]
+    assert set(logged_metrics) == set(run.data.metrics)
+    # Each metric of the run was logged once.
+    assert [metric.value for metric in client.get_metric_history(result.run_id, TEST_TOP_5_METRIC)] == [
+        run.data.metrics[TEST_TOP_5_METRIC]]
 
 
 @pytest.mark.usefixtures("tracking_store")

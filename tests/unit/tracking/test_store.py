@@ -1,4 +1,7 @@
 """MLflow's HTTP bounds, the timeout variable, and the retry of a lost database connection, without a store."""
+import sqlite3
+from contextlib import closing
+
 import psycopg2
 import pytest
 from mlflow.exceptions import MlflowException
@@ -14,6 +17,7 @@ from categories_classification.tracking.store import (
     is_sql_database,
     retrying,
     timeout_seconds,
+    write_ahead_log,
 )
 
 
@@ -161,3 +165,27 @@ def test_a_lost_lock_session_counts_as_a_lost_connection():
     except TrackingError as exc:
         assert connection_lost(exc)
     assert not connection_lost(TrackingError("MLflow at x failed: RESOURCE_DOES_NOT_EXIST"))
+
+
+def _journal_mode(database) -> str:
+    with closing(sqlite3.connect(database)) as connection:
+        return connection.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def test_a_sqlite_store_is_put_in_write_ahead_log_mode_and_keeps_it(tmp_path):
+    database = tmp_path / "mlflow.db"
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE runs (id TEXT)")
+    write_ahead_log(database)
+    write_ahead_log(database)  # already: nothing to change
+    assert _journal_mode(database) == "wal"
+
+
+def test_a_store_held_by_another_connection_is_left_in_its_mode(tmp_path):
+    database = tmp_path / "mlflow.db"
+    with closing(sqlite3.connect(database, isolation_level=None)) as holder:
+        holder.execute("CREATE TABLE runs (id TEXT)")
+        holder.execute("BEGIN EXCLUSIVE")
+        write_ahead_log(database)  # told at INFO, never raised
+        holder.execute("ROLLBACK")
+    assert _journal_mode(database) == "delete"
