@@ -19,7 +19,8 @@ from scripts.generate_example_data import ClientSpec
 from scripts.spark_cluster import Cluster, start_cluster
 from scripts.supervisor import free_ports
 from tests.helpers import (caught_mid_run, client_entry, non_parquet_in_dataset, output_folder, read_manifest, read_output,
-                           run_cli, staging_leftovers, start_cli, write_config, write_and_train)
+                           run_cli, staging_leftovers, start_cli, wait_until, write_config,
+                           write_and_train)
 
 pytestmark = pytest.mark.slow
 LOCAL_DATE, CLUSTER_DATE, FLEET_DATE = "2026-11-22", "2026-11-23", "2026-11-24"
@@ -123,6 +124,18 @@ def _scoring_worker(cluster: Cluster, staging: Path) -> Optional[tuple[subproces
     return next(((worker, daemons[worker.pid]) for worker in cluster.workers if worker.pid in daemons), None)
 
 
+def _once_completed(cluster: Cluster, before: set[str]) -> dict[str, Any]:
+    """The master's state once it lists an application not in ``before`` as completed.
+
+    The master moves an application there on its own time, after the driver's JVM is gone
+    (which can be a moment after the CLI's own exit).
+    """
+    def completed() -> Optional[dict[str, Any]]:
+        state = cluster.state()
+        return state if any(app["id"] not in before for app in state["completedapps"]) else None
+    return wait_until(completed, timeout=60, what="the predictor's application among the master's completed ones")
+
+
 def test_cluster_output_equals_local_mode_output(cluster, prefix, spark, predict_on, tmp_path):
     predict_categories(SMALL.client_id, LOCAL_DATE, data_prefix=str(prefix), spark=spark)
     before = {app["id"] for app in cluster.state()["completedapps"]}
@@ -133,7 +146,7 @@ def test_cluster_output_equals_local_mode_output(cluster, prefix, spark, predict
     assert run.returncode == 0, stderr[-3000:]
     assert f"wrote {5 * SMALL.n_predict} rows" in stdout
     # It really ran on the cluster (not in a local fallback), with an executor on each worker.
-    apps = [app for app in cluster.state()["completedapps"] if app["id"] not in before]
+    apps = [app for app in _once_completed(cluster, before)["completedapps"] if app["id"] not in before]
     assert [(app["name"], app["state"]) for app in apps] == [("categories_classification", "FINISHED")]
     executors = [event for event in _events(tmp_path / "logs") if event["Event"] == "SparkListenerExecutorAdded"]
     assert len(executors) == 2
@@ -179,7 +192,7 @@ def test_worker_lost_mid_scoring_is_retried_on_the_other_worker(cluster, prefix,
     ends = [event for event in _events(tmp_path / "logs") if event["Event"] == "SparkListenerTaskEnd"]
     lost = [event for event in ends if event["Task End Reason"]["Reason"] == "ExecutorLostFailure"]
     assert lost, "the kill hit no running task"
-    state = cluster.state()
+    state = _once_completed(cluster, before)
     assert state["aliveworkers"] == 1
     assert sorted(worker["state"] for worker in state["workers"]) == ["ALIVE", "DEAD"]
     assert [app["state"] for app in state["completedapps"] if app["id"] not in before] == ["FINISHED"]
