@@ -184,7 +184,7 @@ def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str
             server.start()
             remote = timed({"SPARK_REMOTE": service.url, "MLFLOW_TRACKING_URI": server.url})
     # The DAG's command: pipenv of the system's Python (as the Makefile installs it), the project's venv.
-    pipenv = [shutil.which("python3") or "python3", "-m", "pipenv", "run", "python", "categories_classification_cli.py", "--help"]
+    pipenv = [_system_python(), "-m", "pipenv", "run", "python", "categories_classification_cli.py", "--help"]
     helps = [run_command([*cli, "--help"]).seconds for _ in range(samples)]
     pipenv_helps = [run_command(pipenv, env={"PIPENV_VENV_IN_PROJECT": "1", "PIPENV_VERBOSITY": "-1"}).seconds
                     for _ in range(samples)]
@@ -258,3 +258,14 @@ def _main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main())
+
+
+def _system_python() -> str:
+    """The first ``python3`` on PATH outside this venv: the one the Makefile installed pipenv into.
+
+    Under ``make bench`` (``pipenv run``) the venv's bin/ comes first on PATH, and the venv has no pipenv.
+    """
+    venv_bin = Path(sys.prefix, "bin").resolve()
+    path = os.pathsep.join(folder for folder in os.environ.get("PATH", "").split(os.pathsep)
+                           if folder and Path(folder).resolve() != venv_bin)
+    return shutil.which("python3", path=path) or "python3"
