@@ -19,7 +19,10 @@ from categories_classification.serialization import DIGEST_TAG, digest_problem, 
 from categories_classification.topk import ARROW_SCHEMA, TOP_K, top_k_indices
 
 # The package files a registered model carries: this loader and what it imports (nothing heavy).
-SHIPPED_MODULES = ("__init__.py", "calibrated.py", "serialization.py", "serving.py", "topk.py")
+# No ``__init__.py``: the copy is a namespace portion, so wherever the project's package is importable
+# too (a Spark worker reused by the project's own job after a ``spark_udf``, whose loading puts the
+# copy first on ``sys.path``), Python takes the whole package and the copy shadows none of it.
+SHIPPED_MODULES = ("calibrated.py", "serialization.py", "serving.py", "topk.py")
 # The request parameter setting how many categories come back per product (MLflow's params schema).
 K_PARAM = "k"
 # Keys of the model's python_function flavour (MLmodel) this loader reads besides MLflow's own.

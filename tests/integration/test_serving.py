@@ -91,6 +91,28 @@ def test_an_ensemble_of_pipelines_and_a_forest_loads_in_a_plain_python_elsewhere
     pd.testing.assert_frame_equal(exploded(loaded), exploded(expected), check_exact=True)
 
 
+_WITH_THE_PROJECT = """
+import json, sys, mlflow, pandas as pd
+rows = mlflow.pyfunc.load_model(sys.argv[1]).predict(pd.DataFrame(json.load(sys.stdin)))  # its code first on sys.path
+import categories_classification.prediction.scoring  # what the project's own job imports next in a reused worker
+print(json.dumps({"rows": rows.to_dict(orient="records"), "package": sys.modules["categories_classification"].__path__[0],
+                  "code": sys.modules["categories_classification.calibrated"].__file__}))
+"""
+
+
+def test_a_loaded_model_shadows_nothing_of_the_project_where_both_are_importable(served: Path, tmp_path: Path):
+    # A Spark worker that ran a spark_udf of a champion is reused by the project's own scoring job.
+    products = _products(served)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _WITH_THE_PROJECT, URI], input=json.dumps(products.to_dict(orient="records")),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    assert Path(answer["package"]) == ROOT / "categories_classification"
+    assert Path(answer["code"]).is_relative_to(ROOT)
+    pd.testing.assert_frame_equal(exploded(pd.DataFrame(answer["rows"])), read_output(served, CLIENT), check_exact=True)
+
+
 def _post(url: str, body: dict) -> pd.DataFrame:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:  # nosec: loopback only
