@@ -20,6 +20,9 @@ VENV_STAMP := .venv/.synced
 DATA_STAMP := data/train/client_id=client_9/data_train.csv.gz
 DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
+# `make test` spreads whole test files over the cores (a file's tests share their module's servers and
+# stores); most of the suite waits on servers and subprocesses. TEST_WORKERS= runs it in one process.
+TEST_WORKERS ?= -n logical --maxprocesses=4 --dist loadfile
 # The local stack's profile: standalone (Airflow on SQLite, LocalExecutor) or celery (CeleryExecutor,
 # PostgreSQL, Redis, two workers: scripts/profiles/celery.py). Both are started and stopped by scripts/supervisor.py.
 PROFILE ?= standalone
@@ -91,7 +94,7 @@ fleet-report: $(VENV_STAMP) ## One static, sortable HTML page of every client's 
 	@echo "open reports/fleet_status.html in a browser"
 
 test: $(VENV_STAMP) ## Run the whole test suite (unit, integration with MLflow + Spark, acceptance)
-	$(RUN) python -m pytest $(PYTEST_ARGS)
+	$(RUN) python -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 unit-tests: $(VENV_STAMP) ## Run the fast unit tests only (no Spark, no MLflow)
 	$(RUN) python -m pytest tests/unit $(PYTEST_ARGS)
@@ -100,7 +103,7 @@ unit-tests: $(VENV_STAMP) ## Run the fast unit tests only (no Spark, no MLflow)
 bench: $(VENV_STAMP) ## Run every benchmark at full size (about 2.5 hours on 2 cores): benchmarks/results.md and PNG plots
 	$(RUN) python -m benchmarks.run
 
-bench-quick: $(VENV_STAMP) ## Run the benchmarks at small sizes (about 18 min) into benchmarks/quick/ (CI keeps the harness green)
+bench-quick: $(VENV_STAMP) ## Run the benchmarks at small sizes (about 10 min) into benchmarks/quick/ (CI keeps the harness green)
 	$(RUN) python -m benchmarks.run --quick
 
 lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc; ruff's Airflow rules (AIR) on the generated DAGs
