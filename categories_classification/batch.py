@@ -12,14 +12,16 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from categories_classification.config import FOREST_FAMILIES, ClientConfig, ClientsConfig
 from categories_classification.errors import CategoriesError, infrastructure_error, unexpected
-from categories_classification.prediction.predictor import PredictionResult, predict_clients
-from categories_classification.training.trainer import TrainingResult, train_model
 
-Step = Callable[[], Union[TrainingResult, PredictionResult]]
+if TYPE_CHECKING:  # each command imports only its own stage (predict-all never loads the trainer)
+    from categories_classification.prediction.predictor import PredictionResult
+    from categories_classification.training.trainer import TrainingResult
+
+Step = Callable[[], Union["TrainingResult", "PredictionResult"]]
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class Outcome:
 
     client_id: str
     seconds: float
-    result: Optional[Union[TrainingResult, PredictionResult]] = None
+    result: Optional[Union["TrainingResult", "PredictionResult"]] = None
     error: Optional[str] = None
 
     @property
@@ -75,6 +77,9 @@ def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Ca
     client's input drift is checked against its config's ``drift_threshold`` (with
     ``fail_on_drift``, a client over it fails and keeps its previous output).
     """
+    # pylint: disable-next=import-outside-toplevel  # the prediction stage (Spark) only where it is used
+    from categories_classification.prediction.predictor import predict_clients
+
     started = time.perf_counter()
     clients = [client.client_id for client in config]
     thresholds = {client.client_id: client.drift_threshold for client in config}
@@ -108,6 +113,9 @@ def _for_client(error: CategoriesError, client_id: str) -> CategoriesError:
 
 def _train_one(client: ClientConfig, training_date: str, threads: int) -> Outcome:
     """One client's training (runs in a worker process when training in parallel)."""
+    # pylint: disable-next=import-outside-toplevel  # preloaded by the workers' fork server
+    from categories_classification.training.trainer import train_model
+
     # HistGradientBoosting has no n_jobs (OpenMP sizes its threads): only forests get the share.
     params = {"n_jobs": threads, **client.params} if client.family in (None, *FOREST_FAMILIES) else dict(client.params)
     return _run(client.client_id, lambda: train_model(

@@ -203,11 +203,11 @@ def exploded(served: pd.DataFrame) -> pd.DataFrame:
 
 def trained_and_predicted(source: Path, root: Path, clients: Sequence[str]) -> tuple[Path, dict[str, str]]:
     """A private copy of ``source``'s inputs under ``root``, each client trained (8 trees) and predicted for DATE
-    through the CLI, with its own SQLite store; returns the data prefix and the CLI's environment."""
+    through the CLI, with its own SQLite store and model cache; returns the data prefix and the CLI's environment."""
     data = root / "data"
     shutil.copytree(source, data, ignore=shutil.ignore_patterns("products_categories"))
     env = dict(os.environ, DATA_PREFIX=str(data), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
-               SPARK_MASTER="local[2]")
+               SPARK_MASTER="local[2]", CATEGORIES_MODEL_CACHE=str(root / "model_cache"))
     for client_id in clients:
         for args in (train_args(client_id, params='{"n_estimators": 8}'),
                      ["predictor", f"--client_id={client_id}", f"--inference_date={DATE}"]):

@@ -1,5 +1,6 @@
-"""The file system an output is written through: Hadoop's (a classic Spark session: ``file:``, ``s3a:``,
-``hdfs:``) or this machine's (behind Spark Connect, which gives this process no JVM)."""
+"""The file system an output is written through: this machine's (a local prefix, and always behind Spark
+Connect, which gives this process no JVM) or Hadoop's (a classic Spark session and a URI: ``file:``,
+``s3a:``, ``hdfs:``)."""
 import os
 import shutil
 from pathlib import Path
@@ -132,7 +133,13 @@ class LocalFiles:
 
 
 def files_for(spark: SparkSession, prefix: str) -> Files:
-    """The file system to swap outputs under ``prefix`` with, for this kind of session."""
+    """The file system to swap outputs under ``prefix`` with, for this kind of session and prefix.
+
+    A plain local path is this machine's even with a classic session: the same disk, without a
+    round trip to the JVM per call (a dozen per client, most of a small client's swap time).
+    """
+    if not is_uri(prefix):
+        return LocalFiles()
     if not is_connect(spark):
         return HadoopFiles(spark)
     if is_uri(prefix) and not prefix.startswith("file:"):

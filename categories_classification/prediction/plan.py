@@ -9,8 +9,6 @@ untrusted file, no input, a missing column) has that error as its outcome; the o
 import gzip
 import json
 import logging
-import tempfile
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +18,20 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
 
 from categories_classification import drift
-from categories_classification.config import validate_client_id
-from categories_classification.errors import CategoriesError, InputDataError, ModelNotFoundError, one_line
+from categories_classification.config import SAFE_NAME, validate_client_id
+from categories_classification.errors import CategoriesError, InputDataError, one_line
 from categories_classification.paths import is_uri, predict_path
 from categories_classification.prediction import output
 from categories_classification.prediction.checks import DriftCheck, threshold
 from categories_classification.prediction.scoring import ClientModel
 from categories_classification.prediction.spark import get_spark
 from categories_classification.records import CHAMPION
-from categories_classification.serialization import untrusted_types
-from categories_classification.tracking.artifacts import companion_problem, fetch_model_and_companion
-from categories_classification.tracking.registry import ModelRef, resolve_model
+from categories_classification.prediction.model_cache import cached_model
+from categories_classification.tracking.artifacts import companion_problem
+from categories_classification.tracking.registry import ModelRef, champions, resolve_model
 
 LOGGER = logging.getLogger(__name__)
 PINNED = "pinned"  # the model_selector of a version asked for (else CHAMPION)
-CACHE_FOLDER = "categories_models"  # under the temporary folder: the model files the workers are shipped
 
 
 @dataclass(frozen=True)
@@ -73,19 +70,38 @@ def plan_clients(client_ids: Sequence[str], date: str, prefix: str, versions: Ma
     """The plan of every client that can be planned, and the error of each that cannot (by its given id)."""
     plans: list[ClientPlan] = []
     failures: dict[str, Exception] = {}
+    known = _champions([client_id for client_id in client_ids if versions.get(client_id) is None])
     for client_id in client_ids:
         try:
             check = DriftCheck(threshold(client_id, thresholds.get(client_id)), fail_on_drift)
-            plans.append(plan_client(validate_client_id(client_id), date, prefix, versions.get(client_id), check))
+            plans.append(plan_client(validate_client_id(client_id), date, prefix, versions.get(client_id), check,
+                                     known.get(client_id)))
         except CategoriesError as exc:
             failures[client_id] = exc
     return plans, failures
 
 
-def plan_client(client_id: str, date: str, prefix: str, version: Optional[int], check: DriftCheck) -> ClientPlan:
-    """Everything that can be checked before the Spark job: the model, its file, its drift reference, the header."""
+def _champions(client_ids: Sequence[str]) -> dict[str, ModelRef]:
+    """The champions of a fleet in a few registry searches; {} for one client, or if the search fails (then each
+    client looks its own up, and a failure is that client's own line)."""
+    valid = [client_id for client_id in client_ids if isinstance(client_id, str) and SAFE_NAME.fullmatch(client_id)]
+    if len(valid) < 2:
+        return {}
+    try:
+        return champions(valid)
+    except CategoriesError as exc:
+        LOGGER.info("the fleet's champions were not found in one search (%s): looked up client by client", exc)
+        return {}
+
+
+def plan_client(client_id: str, date: str, prefix: str, version: Optional[int], check: DriftCheck,
+                champion: Optional[ModelRef] = None) -> ClientPlan:
+    """Everything that can be checked before the Spark job: the model, its file, its drift reference, the header.
+
+    ``champion``: the client's champion when already looked up (a fleet's, in one search).
+    """
     source, place = predict_path(client_id, prefix), output.placement(client_id, date, prefix)
-    ref = resolve_model(client_id, version)
+    ref = champion if champion is not None and version is None else resolve_model(client_id, version)
     model_file, features, stored = model_file_of(ref)
     check = _with_reference(check, ref, features, stored)
     header = read_header(client_id, source)
@@ -117,24 +133,9 @@ def _with_reference(check: DriftCheck, ref: ModelRef, features: Sequence[str], s
 
 
 def model_file_of(ref: ModelRef) -> tuple[Path, tuple[str, ...], Optional[str]]:
-    """The version's skops file on this machine (checked here, once), its input columns and its drift reference."""
-    model_bytes, features, reference = fetch_model_and_companion(ref, drift.REFERENCE_FILE)
-    # Checked on the driver so that an unsafe file fails once, clearly, instead of in every task.
-    refused = untrusted_types(model_bytes)
-    if refused:
-        raise ModelNotFoundError(
-            f"model {ref.name} version {ref.version} needs untrusted type(s) {', '.join(refused)}; refusing to load it",
-            ref.client_id)
-    if not features:
-        raise ModelNotFoundError(f"model {ref.name} version {ref.version} has no input signature", ref.client_id)
-    # Named by version and run, so that a shipped name always means the same bytes.
-    path = Path(tempfile.gettempdir()) / CACHE_FOLDER / f"{ref.name}-v{ref.version}-{ref.run_id[:12]}.skops"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_bytes() != model_bytes:
-        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        staging.write_bytes(model_bytes)
-        staging.replace(path)
-    return path, tuple(features), reference
+    """The version's checked skops file on this machine, its input columns and its drift reference (cached by digest)."""
+    cached = cached_model(ref, drift.REFERENCE_FILE)
+    return cached.path, cached.features, cached.reference
 
 
 def read_header(client_id: str, source: str) -> tuple[str, ...]:

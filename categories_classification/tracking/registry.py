@@ -1,7 +1,7 @@
 """A client's registered versions and its champion: resolve the version to serve, move the
 ``champion`` alias, list and describe versions, and tell whether a DAG run's training is the champion."""
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -21,6 +21,7 @@ from categories_classification.tracking.uri import display_tracking_uri
 
 # What MLflow answers for a version or an alias that is not there.
 _ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+NAMES_PER_SEARCH = 100  # model names in one registry search's IN list (a filter that stays a short request)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,41 @@ def champion_version(client_id: str) -> Optional[ModelRef]:
                 return None
             raise
     return version_ref(client_id, found)
+
+
+def champions(client_ids: Sequence[str]) -> dict[str, ModelRef]:
+    """The champion of every client of ``client_ids`` that has one, in a few registry searches for the fleet.
+
+    The registered models (their aliases) in searches of :data:`NAMES_PER_SEARCH` names, then the
+    champion versions (their run and digests) in one search per champion version number and as
+    many names: a fleet trained on one schedule has a handful of them. A client without a model or
+    a champion is absent (:func:`resolve_model` says why).
+    """
+    names = {model_name(client_id): client_id for client_id in client_ids}
+    client = MlflowClient()
+    with tracking_errors(None):
+        numbers: dict[str, list[str]] = {}
+        for chunk in _chunks(sorted(names)):
+            for model in client.search_registered_models(filter_string=f"name IN ({_quoted(chunk)})",
+                                                         max_results=len(chunk)):
+                if model.name in names and CHAMPION in model.aliases:
+                    numbers.setdefault(str(model.aliases[CHAMPION]), []).append(model.name)
+        found: dict[str, ModelRef] = {}
+        for number, holders in numbers.items():
+            for chunk in _chunks(holders):
+                for version in client.search_model_versions(
+                        filter_string=f"name IN ({_quoted(chunk)}) AND version_number = {int(number)}",
+                        max_results=len(chunk)):
+                    found[names[version.name]] = version_ref(names[version.name], version)
+    return found
+
+
+def _chunks(names: Sequence[str]) -> Iterable[Sequence[str]]:
+    return (names[start:start + NAMES_PER_SEARCH] for start in range(0, len(names), NAMES_PER_SEARCH))
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)  # client ids are validated: no quote in a name
 
 
 def set_champion(client_id: str, version: int) -> ModelRef:

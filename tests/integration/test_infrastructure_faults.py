@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -26,6 +27,7 @@ from tests.helpers import (
     FEATURES,
     flip_bytes_in_largest_entry,
     output_folder,
+    read_output,
     run_cli,
     snapshot,
     stored_model_file,
@@ -66,17 +68,29 @@ def _assert_one_line(result, start: str) -> None:
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-def test_a_damaged_champion_file_is_refused_on_one_line_and_nothing_is_lost(stack, damage):
+def test_a_damaged_champion_file_is_refused_on_one_line_and_nothing_is_lost(stack, damage, tmp_path):
     data, env = stack
     store = env["MLFLOW_TRACKING_URI"]
     before = snapshot(data, store, CLIENTS)
     model_file = stored_model_file(store, "small_a", 1)
     with _damaged(model_file, damage):
-        result = run_cli(_predict("small_a"), env)
+        # A machine without a checked copy in its model cache downloads the file: refused.
+        result = run_cli(_predict("small_a"), {**env, "CATEGORIES_MODEL_CACHE": str(tmp_path / "empty_cache")})
     _assert_one_line(result, "Error: client 'small_a': model small_a_model version 1: the stored file ")
     assert f"{model_file} does not match its digest (expected {DIGEST_TAG} " in result.stderr
     assert "set-champion --client_id=small_a" in result.stderr
     assert snapshot(data, store, CLIENTS) == before
+
+
+def test_a_machine_holding_the_checked_copy_serves_it_though_the_stored_file_is_damaged(stack):
+    data, env = stack
+    before = read_output(data, "small_a")
+    # The stack's predictions left small_a's file in its model cache, checked against the registered digest.
+    with _damaged(stored_model_file(env["MLFLOW_TRACKING_URI"], "small_a", 1), "flipped bytes"):
+        result = run_cli(_predict("small_a"), env)
+    assert result.returncode == 0, result.stderr
+    pd.testing.assert_frame_equal(read_output(data, "small_a").sort_values(["product_id", "rank"], ignore_index=True),
+                                  before.sort_values(["product_id", "rank"], ignore_index=True))
 
 
 def test_a_digest_mismatch_is_refused_before_the_file_is_deserialized(stack, monkeypatch):

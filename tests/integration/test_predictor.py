@@ -50,11 +50,16 @@ def test_fewer_categories_than_five(trained, spark):
     assert sorted(output["rank"].unique()) == [0, 1, 2]
 
 
-def test_rerun_replaces_the_output_whole(trained, spark):
-    predict_categories("small_a", "2026-11-25", data_prefix=str(trained), spark=spark)
+# A plain path is swapped through this machine's file system, a file: URI through Hadoop's (as s3a: or hdfs: are).
+PREFIX_FORMS = {"path": "{}", "file-uri": "file:{}"}
+
+
+@pytest.mark.parametrize("form", PREFIX_FORMS.values(), ids=PREFIX_FORMS.keys())
+def test_rerun_replaces_the_output_whole(trained, spark, form):
+    predict_categories("small_a", "2026-11-25", data_prefix=form.format(trained), spark=spark)
     folder = output_folder(trained, "small_a", "2026-11-25")
     (folder / "part-stale.parquet").write_bytes(b"left over from an older run")
-    predict_categories("small_a", "2026-11-25", data_prefix=str(trained), spark=spark)
+    predict_categories("small_a", "2026-11-25", data_prefix=form.format(trained), spark=spark)
     assert not (folder / "part-stale.parquet").exists()
     assert len(_output(trained, "small_a", "2026-11-25")) == 5 * 400
     assert not [p.name for p in folder.parent.iterdir() if p.name.startswith("_")]
@@ -124,16 +129,17 @@ KILLED_MID_SWAP = {
 }
 
 
+@pytest.mark.parametrize("form", PREFIX_FORMS.values(), ids=PREFIX_FORMS.keys())
 @pytest.mark.parametrize("previous, staging", KILLED_MID_SWAP.values(), ids=KILLED_MID_SWAP.keys())
-def test_leftovers_of_a_killed_run_are_recovered(trained, spark, previous, staging):
+def test_leftovers_of_a_killed_run_are_recovered(trained, spark, previous, staging, form):
     folder = output_folder(trained, "small_a").parent
-    predict_categories("small_a", "2026-11-27", data_prefix=str(trained), spark=spark)
+    predict_categories("small_a", "2026-11-27", data_prefix=form.format(trained), spark=spark)
     before = _output(trained, "small_a", "2026-11-27")
     (trained / previous).parent.mkdir(parents=True, exist_ok=True)
     (folder / "date=2026-11-27").rename(trained / previous)
     (trained / staging).mkdir()
     (trained / staging / "part-0.parquet").write_bytes(b"half written")
-    predict_categories("small_a", "2026-11-27", data_prefix=str(trained), spark=spark)
+    predict_categories("small_a", "2026-11-27", data_prefix=form.format(trained), spark=spark)
     assert sorted(p.name for p in folder.iterdir() if "2026-11-27" in p.name) == ["date=2026-11-27"]
     assert not staging_leftovers(trained, "small_a") and not non_parquet_in_dataset(trained)
     pd.testing.assert_frame_equal(
