@@ -10,7 +10,7 @@ that one client's bad file fails that client only. Nothing is swapped in here (s
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -28,7 +28,8 @@ from categories_classification.prediction.files import Files
 from categories_classification.prediction.failures import spark_failure
 from categories_classification.prediction.plan import ClientPlan
 from categories_classification.prediction.scoring import CLIENT, FEATURES, HASH, MALFORMED, OUTPUT_SCHEMA, STATS, Scorer, read_stats
-from categories_classification.prediction.spark import connection_lost, describe, give_up, is_connect, ship_file
+from categories_classification.prediction.spark import (connection_lost, describe, give_up, is_connect, shares_this_disk,
+                                                         ship_file)
 from categories_classification.topk import TOP_K
 
 LOGGER = logging.getLogger(__name__)
@@ -85,11 +86,15 @@ def _attempt(spark: SparkSession, files: Files, plans: Sequence[ClientPlan],
 
 def _score_together(spark: SparkSession, files: Files, plans: Sequence[ClientPlan], date: str) -> list[Scored]:
     """One Spark job: read every plan's file, score each row with its client's model, write staging folders."""
+    # Executors on this machine read the driver's cached model files where they are (no copy per file).
+    local = shares_this_disk(spark)
     for plan in plans:
         output.recover_interrupted_swap(files, plan.place)
-        ship_file(spark, plan.model_file)
-    scorer = Scorer({plan.client_id: plan.model for plan in plans}, TOP_K, n_jobs=max(1, _cores(spark) // len(plans)),
-                    hash_ids=True)
+        if not local:
+            ship_file(spark, plan.model_file)
+    models = {plan.client_id: replace(plan.model, file_name=str(plan.model_file)) if local else plan.model
+              for plan in plans}
+    scorer = Scorer(models, TOP_K, n_jobs=max(1, _cores(spark) // len(plans)), hash_ids=True)
     observed = Observation(f"scored_{uuid.uuid4().hex[:8]}")
     scored = (_products(spark, plans).mapInArrow(scorer, schema=SPARK_OUTPUT_SCHEMA)
               .observe(observed, F.collect_list(STATS).alias("stats"))

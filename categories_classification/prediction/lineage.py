@@ -34,8 +34,8 @@ class PredictionRun:
     spark: str
 
 
-def _open_run(plan: ClientPlan, spark: str) -> PredictionRun:
-    run_id = runs.open_run(plan.client_id, records.prediction_run_name(plan.date), run_tags(plan, spark))
+def _open_run(plan: ClientPlan, spark: str, experiment_id: Optional[str]) -> PredictionRun:
+    run_id = runs.open_run(plan.client_id, records.prediction_run_name(plan.date), run_tags(plan, spark), experiment_id)
     return PredictionRun(plan.client_id, run_id, spark)
 
 
@@ -103,12 +103,14 @@ class Bookkeeping:
         client by client: each plan's run, or its error."""
         try:
             runs.close_abandoned_runs(*(plan.client_id for plan in plans))
+            # A fleet's experiments in one search (one client: its own lookup, in open_run).
+            experiments = runs.fleet_experiments([plan.client_id for plan in plans]) if len(plans) > 1 else {}
         except TrackingError as exc:
             return [self.client_error(plan.client_id, exc, "before the prediction") for plan in plans]
         opened: list[Union[PredictionRun, CategoriesError]] = []
         for plan in plans:
             try:
-                opened.append(self._check() or _open_run(plan, spark))
+                opened.append(self._check() or _open_run(plan, spark, experiments.get(plan.client_id)))
             except TrackingError as exc:
                 opened.append(self.client_error(plan.client_id, exc, "before the prediction"))
         return opened

@@ -39,7 +39,7 @@ class CachedModel:
 
 def cache_folder() -> Path:
     """Where model files are kept (``$CATEGORIES_MODEL_CACHE``, else the temporary folder's ``categories_models``)."""
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "categories_models")
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "categories_models").absolute()
 
 
 def cached_model(ref: ModelRef, companion: str) -> CachedModel:

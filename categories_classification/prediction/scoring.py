@@ -270,9 +270,10 @@ def _partition_id() -> int:
 
 
 def _spark_file(file_name: str) -> bytes:
+    """A model file the driver shipped (its name), or one on this machine's disk (an absolute path)."""
     from pyspark import SparkFiles  # pylint: disable=import-outside-toplevel
 
-    with open(SparkFiles.get(file_name), "rb") as handle:
+    with open(file_name if os.path.isabs(file_name) else SparkFiles.get(file_name), "rb") as handle:
         return handle.read()
 
 

@@ -142,6 +142,11 @@ def _on_this_machine(master: str) -> bool:
     return master.startswith("spark://") and urlparse(master).hostname in ("127.0.0.1", "localhost")
 
 
+def shares_this_disk(session: SparkSession) -> bool:
+    """True for a classic session whose executors run on this machine (local mode, a loopback cluster)."""
+    return not is_connect(session) and _on_this_machine(session.sparkContext.master)
+
+
 def is_connect(session: SparkSession) -> bool:
     """True for a Spark Connect session (no SparkContext, no JVM in this process)."""
     return not hasattr(session, "_jsc")

@@ -118,10 +118,13 @@ def record_failed_run(record: TrainingRecord) -> str:
     return run.info.run_id
 
 
-def open_run(client_id: str, run_name: str, tags: Mapping[str, str]) -> str:
-    """A run of the client's experiment left open (not MLflow's active run): its id, for :func:`close_run`."""
+def open_run(client_id: str, run_name: str, tags: Mapping[str, str], experiment_id: Optional[str] = None) -> str:
+    """A run of the client's experiment left open (not MLflow's active run): its id, for :func:`close_run`.
+
+    ``experiment_id``: the client's experiment when already known (a fleet's, from one search).
+    """
     with tracking_errors(client_id):
-        experiment_id = ensure_experiment(client_id)
+        experiment_id = experiment_id or ensure_experiment(client_id)
         run = store_client().create_run(experiment_id, run_name=run_name,
                                         tags={**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
     return run.info.run_id
@@ -185,6 +188,13 @@ def close_abandoned_runs(*client_ids: str) -> list[str]:
                            run.data.tags.get(CLIENT_ID_TAG, "?"), run.info.run_id, reason)
             closed.append(run.info.run_id)
     return closed
+
+
+def fleet_experiments(client_ids: Sequence[str]) -> dict[str, str]:
+    """Client id -> experiment id of the clients whose experiment exists, in one paged search."""
+    with tracking_errors(None):
+        return {client_id: experiment_id
+                for experiment_id, client_id in client_experiments(store_client(), client_ids).items()}
 
 
 def _experiment_ids(client: MlflowClient, client_ids: Sequence[str]) -> list[str]:
