@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from categories_classification.errors import ModelNotFoundError
+from categories_classification.errors import InfrastructureError, ModelNotFoundError, describe_os_error
 from categories_classification.serialization import sha256_hex, untrusted_types
 from categories_classification.tracking.artifacts import fetch_model_and_companion
 from categories_classification.tracking.registry import ModelRef
@@ -64,10 +64,15 @@ def cached_model(ref: ModelRef, companion: str) -> CachedModel:
             ref.client_id)
     if not features:
         raise ModelNotFoundError(f"model {ref.name} version {ref.version} has no input signature", ref.client_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write(model_path, model_bytes)
-    # The meta file last: an entry without one is never read, whatever stopped this process.
-    _write(meta_path, json.dumps({"features": list(features), "reference": reference}).encode("utf-8"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write(model_path, model_bytes)
+        # The meta file last: an entry without one is never read, whatever stopped this process.
+        _write(meta_path, json.dumps({"features": list(features), "reference": reference}).encode("utf-8"))
+    except OSError as exc:
+        raise InfrastructureError(f"model {ref.name} version {ref.version}: cannot keep its file in the model cache "
+                                  f"{folder} ({describe_os_error(exc)}): expected a writable folder "
+                                  f"(${CACHE_ENV})", ref.client_id) from None
     _prune(folder)
     return CachedModel(model_path, tuple(features), reference)
 

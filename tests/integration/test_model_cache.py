@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from categories_classification import drift
+from categories_classification.errors import InfrastructureError
 from categories_classification.prediction import model_cache
 from categories_classification.prediction.model_cache import cached_model
 from categories_classification.records import CHAMPION
@@ -130,3 +131,14 @@ def test_entries_unused_for_a_week_are_removed_and_used_ones_kept(fleet, cache):
     cached_model(resolve_model("cache_d"), drift.REFERENCE_FILE)  # a download: prunes
     assert not [path for path in stale if path.exists()]
     assert used.path.exists() and used.path.with_suffix(model_cache.META_SUFFIX).exists()
+
+
+def test_a_cache_that_cannot_be_written_is_the_clients_one_line_error(fleet, tmp_path, monkeypatch):  # pylint: disable=unused-argument
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be", encoding="utf-8")
+    monkeypatch.setenv(model_cache.CACHE_ENV, str(not_a_folder))
+    with pytest.raises(InfrastructureError) as raised:
+        cached_model(resolve_model("cache_a"), drift.REFERENCE_FILE)
+    assert raised.value.client_id == "cache_a" and "\n" not in str(raised.value)
+    assert f"cannot keep its file in the model cache {not_a_folder} (EEXIST" in str(raised.value)
+    assert f"expected a writable folder (${model_cache.CACHE_ENV})" in str(raised.value)
