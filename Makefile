@@ -103,7 +103,7 @@ unit-tests: $(VENV_STAMP) ## Run the fast unit tests only (no Spark, no MLflow)
 bench: $(VENV_STAMP) ## Run every benchmark at full size (about 2.5 hours on 2 cores): benchmarks/results.md and PNG plots
 	$(RUN) python -m benchmarks.run
 
-bench-quick: $(VENV_STAMP) ## Run the benchmarks at small sizes (about 10 min) into benchmarks/quick/ (CI keeps the harness green)
+bench-quick: $(VENV_STAMP) ## Run the benchmarks at small sizes (about 12 min) into benchmarks/quick/ (CI keeps the harness green)
 	$(RUN) python -m benchmarks.run --quick
 
 lint: $(VENV_STAMP) ## Lint with pylint and the project's .pylintrc; ruff's Airflow rules (AIR) on the generated DAGs
