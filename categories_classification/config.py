@@ -67,9 +67,14 @@ def config_file(path: Optional[Union[str, Path]] = None) -> Path:
     return Path(path or os.environ.get("CONFIG_FILE") or DEFAULT_CONFIG_FILE)
 
 
+def is_client_id(value: Any) -> bool:
+    """True if ``value`` is a safe, non-empty name (what :func:`validate_client_id` accepts)."""
+    return isinstance(value, str) and bool(SAFE_NAME.fullmatch(value))
+
+
 def validate_client_id(client_id: Any) -> str:
     """Return ``client_id`` if it is a safe, non-empty name; raise :class:`ConfigError` otherwise."""
-    if not isinstance(client_id, str) or not SAFE_NAME.fullmatch(client_id):
+    if not is_client_id(client_id):
         raise ConfigError(f"client id: expected {_SAFE_NAME_HINT}, found {client_id!r}")
     return client_id
 

@@ -33,6 +33,11 @@ def is_uri(path: str) -> bool:
     return bool(_URI.match(path))
 
 
+def is_local(path: str) -> bool:
+    """True for a path on this machine's disk: a plain path or a ``file:`` URI."""
+    return not is_uri(path) or path.startswith("file:")
+
+
 def absolute(path: str) -> str:
     """``path`` as an absolute local path, or unchanged if it is a URI (lineage means the same from anywhere)."""
     return path if is_uri(path) else os.path.abspath(path)

@@ -22,7 +22,7 @@ from py4j.protocol import Py4JError
 
 from categories_classification.config import seconds_setting
 from categories_classification.errors import CategoriesError, one_line
-from categories_classification.paths import is_uri
+from categories_classification.paths import is_local
 from categories_classification.prediction.files import Files, LocalFiles
 from categories_classification.prediction.output import LOCK_SUFFIX, Placement, discard_own_staging, owner_record
 
@@ -89,7 +89,7 @@ def date_locks(files: Files, plans: Sequence[PlanT], refused: dict[str, Exceptio
 
 def _lock_path(place: Placement) -> Path:
     """The lock file: beside the staging folders on a local prefix; else in this machine's temp folder."""
-    if not is_uri(place.lock) or place.lock.startswith("file:"):
+    if is_local(place.lock):
         return LocalFiles.local(place.lock)
     digest = hashlib.sha256(place.lock.encode("utf-8")).hexdigest()[:32]
     return Path(tempfile.gettempdir()) / "categories_locks" / f"{digest}{LOCK_SUFFIX}"

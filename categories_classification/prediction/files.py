@@ -9,7 +9,7 @@ from typing import Any, Optional, Protocol
 from pyspark.sql import SparkSession
 
 from categories_classification.errors import ConfigError
-from categories_classification.paths import is_uri
+from categories_classification.paths import is_local, is_uri
 from categories_classification.prediction.spark import is_connect
 
 __all__ = ["Files", "HadoopFiles", "LocalFiles", "files_for"]
@@ -142,7 +142,7 @@ def files_for(spark: SparkSession, prefix: str) -> Files:
         return LocalFiles()
     if not is_connect(spark):
         return HadoopFiles(spark)
-    if is_uri(prefix) and not prefix.startswith("file:"):
+    if not is_local(prefix):
         raise ConfigError(f"DATA_PREFIX {prefix!r}: with Spark Connect (SPARK_REMOTE) the output must be a local path "
                           "or file: URI shared with the service; unset SPARK_REMOTE to write to other file systems")
     return LocalFiles()

@@ -22,7 +22,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from categories_classification.errors import CategoriesError, one_line, service_lost
-from categories_classification.paths import is_uri
+from categories_classification.paths import is_local
 from categories_classification.prediction import checks, output
 from categories_classification.prediction.files import Files
 from categories_classification.prediction.failures import spark_failure
@@ -118,7 +118,7 @@ def _score_together(spark: SparkSession, files: Files, plans: Sequence[ClientPla
 
 def _products(spark: SparkSession, plans: Sequence[ClientPlan]) -> DataFrame:
     """Every plan's input rows as ``client_id, product_id, features, _corrupt, _hash``: one read per file layout."""
-    if len(plans) > 1 and all(not is_uri(plan.source) or plan.source.startswith("file:") for plan in plans):
+    if len(plans) > 1 and all(is_local(plan.source) for plan in plans):
         # Files on this machine's disk: the driver lists them in milliseconds (an object store keeps the job).
         spark.conf.set(LISTING_THRESHOLD, str(max(len(plans) + 1, 32)))
     groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[ClientPlan]] = {}

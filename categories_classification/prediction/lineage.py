@@ -102,9 +102,10 @@ class Bookkeeping:
         """One prediction run per plan (in order), after closing the runs a killed process left ``RUNNING``;
         client by client: each plan's run, or its error."""
         try:
-            runs.close_abandoned_runs(*(plan.client_id for plan in plans))
-            # A fleet's experiments in one search (one client: its own lookup, in open_run).
-            experiments = runs.fleet_experiments([plan.client_id for plan in plans]) if len(plans) > 1 else {}
+            # A fleet's experiments in one search, for both (one client: its own lookups).
+            ids = [plan.client_id for plan in plans]
+            experiments = runs.fleet_experiments(ids) if len(ids) > 1 else {}
+            runs.close_abandoned_runs(*ids, experiment_ids=list(experiments.values()) if len(ids) > 1 else None)
         except TrackingError as exc:
             return [self.client_error(plan.client_id, exc, "before the prediction") for plan in plans]
         opened: list[Union[PredictionRun, CategoriesError]] = []

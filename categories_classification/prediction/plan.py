@@ -18,9 +18,9 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
 
 from categories_classification import drift
-from categories_classification.config import SAFE_NAME, validate_client_id
+from categories_classification.config import is_client_id, validate_client_id
 from categories_classification.errors import CategoriesError, InputDataError, one_line
-from categories_classification.paths import is_uri, predict_path
+from categories_classification.paths import is_local, predict_path
 from categories_classification.prediction import output
 from categories_classification.prediction.checks import DriftCheck, threshold
 from categories_classification.prediction.scoring import ClientModel
@@ -84,7 +84,7 @@ def plan_clients(client_ids: Sequence[str], date: str, prefix: str, versions: Ma
 def _champions(client_ids: Sequence[str]) -> dict[str, ModelRef]:
     """The champions of a fleet in a few registry searches; {} for one client, or if the search fails (then each
     client looks its own up, and a failure is that client's own line)."""
-    valid = [client_id for client_id in client_ids if isinstance(client_id, str) and SAFE_NAME.fullmatch(client_id)]
+    valid = [client_id for client_id in client_ids if is_client_id(client_id)]
     if len(valid) < 2:
         return {}
     try:
@@ -102,8 +102,9 @@ def plan_client(client_id: str, date: str, prefix: str, version: Optional[int], 
     """
     source, place = predict_path(client_id, prefix), output.placement(client_id, date, prefix)
     ref = champion if champion is not None and version is None else resolve_model(client_id, version)
-    model_file, features, stored = model_file_of(ref)
-    check = _with_reference(check, ref, features, stored)
+    cached = cached_model(ref, drift.REFERENCE_FILE)  # checked against the registered digest
+    model_file, features = cached.path, cached.features
+    check = _with_reference(check, ref, features, cached.reference)
     header = read_header(client_id, source)
     missing = [column for column in ["product_id", *features] if column not in header]
     if missing:
@@ -132,15 +133,9 @@ def _with_reference(check: DriftCheck, ref: ModelRef, features: Sequence[str], s
     return DriftCheck(check.threshold, check.fail, reference)
 
 
-def model_file_of(ref: ModelRef) -> tuple[Path, tuple[str, ...], Optional[str]]:
-    """The version's checked skops file on this machine, its input columns and its drift reference (cached by digest)."""
-    cached = cached_model(ref, drift.REFERENCE_FILE)
-    return cached.path, cached.features, cached.reference
-
-
 def read_header(client_id: str, source: str) -> tuple[str, ...]:
     """The input's column names, read on the driver (one line, not a Spark job), or through Spark for a URI."""
-    if is_uri(source) and not source.startswith("file:"):
+    if not is_local(source):
         return _spark_header(client_id, source)
     local = Path(source[len("file:"):]) if source.startswith("file:") else Path(source)
     try:
