@@ -262,6 +262,14 @@ def _stats_batch(stats: dict[str, ClientStats]) -> pa.RecordBatch:
         schema=OUTPUT_SCHEMA)
 
 
+def warm_up(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A ``mapInArrow`` function that imports what loading and scoring a model imports (skops, sklearn)."""
+    # pylint: disable-next=import-outside-toplevel  # the import is the point
+    import skops.io  # noqa: F401  # pylint: disable=unused-import
+
+    yield from batches
+
+
 def _partition_id() -> int:
     from pyspark import TaskContext  # pylint: disable=import-outside-toplevel  # light, and absent outside Spark
 

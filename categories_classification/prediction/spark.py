@@ -16,12 +16,13 @@ import socket
 import sys
 import tempfile
 import uuid
+import threading
 import warnings
 import zipfile
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 from urllib.parse import urlparse
 
 from pyspark import SparkConf, SparkContext
@@ -31,6 +32,7 @@ from pyspark.sql.connect.client.retries import DefaultPolicy
 
 from categories_classification.config import seconds_setting
 from categories_classification.errors import InfrastructureError, connection_reason, error_text
+from categories_classification.prediction import jvm
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # categories_classification/
 DEFAULT_CONNECT_PORT = 15002  # Spark Connect's own default
@@ -63,23 +65,59 @@ DEFAULT_CONF = {
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
     "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
     # Quiet JVM logs (warnings, one line each) instead of Spark's INFO banner and stack traces.
-    "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={(Path(__file__).with_name('log4j2.properties')).as_uri()}",
+    jvm.JAVA_OPTIONS: f"-Dlog4j.configurationFile={(Path(__file__).with_name('log4j2.properties')).as_uri()}",
 }
 
 
 def get_spark(app_name: str = "categories_classification") -> SparkSession:
-    """Return the active session or build one (``SPARK_REMOTE``, else ``SPARK_MASTER`` or ``local[*]``)."""
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active
-    remote = os.environ.get("SPARK_REMOTE")
-    if remote:
-        return _connect(remote)
+    """Return the active (or default) session or build one (``SPARK_REMOTE``, else ``SPARK_MASTER`` or ``local[*]``)."""
+    with _BUILDING:  # one session per process, whichever thread asks first
+        existing = _existing()
+        if existing is not None:
+            return existing
+        remote = os.environ.get("SPARK_REMOTE")
+        if remote:
+            return _connect(remote)
+        return _classic(app_name)
+
+
+def start_session(app_name: str = "categories_classification") -> "Future[SparkSession]":
+    """:func:`get_spark` in a thread: the JVM starts while the caller does other work (MLflow, planning)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-start")
+    try:
+        return executor.submit(_warm_session, app_name)
+    finally:
+        executor.shutdown(wait=False)
+
+
+def _warm_session(app_name: str) -> SparkSession:
+    """:func:`get_spark`; a session this process started also gets its Python workers started, with their imports."""
+    session = get_spark(app_name)
+    if shares_this_disk(session) and id(session._jsc) not in _WARMED:  # pylint: disable=protected-access
+        _WARMED.add(id(session._jsc))  # pylint: disable=protected-access
+        warm_workers(session, session.sparkContext.defaultParallelism)
+    return session
+
+
+def warm_workers(session: SparkSession, workers: int) -> None:
+    """One small job over ``workers`` partitions: each (reused) Python worker imports what scoring needs."""
+    # pylint: disable-next=import-outside-toplevel  # the workers' module, only where a job is run
+    from categories_classification.prediction.scoring import warm_up
+
+    session.range(0, workers, 1, workers).mapInArrow(warm_up, "id long").collect()
+
+
+def _existing() -> Optional[SparkSession]:
+    try:
+        return SparkSession.active()  # this thread's session, or the one another thread built
+    except PySparkException:
+        return None
+
+
+def _classic(app_name: str) -> SparkSession:
     given = _given_conf()
-    builder = SparkSession.builder.appName(app_name)  # pylint: disable=no-member  # builder is a class property
     master = os.environ.get("SPARK_MASTER") or given.get("spark.master") or "local[*]"
-    builder = builder.master(master)
-    conf = dict(DEFAULT_CONF)
+    conf = {"spark.master": master, "spark.app.name": app_name, **DEFAULT_CONF}
     if _on_this_machine(master):
         # Local mode or a cluster on loopback (make spark-cluster): loopback only, and workers
         # run the very interpreter (venv) of the driver.
@@ -88,42 +126,18 @@ def get_spark(app_name: str = "categories_classification") -> SparkSession:
         # PySpark reads the worker interpreter from this variable only (not from the conf).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    for key, value in conf.items():
-        if not given.contains(key):
-            builder = builder.config(key, value)
-    with _jvm_stderr_to_log(app_name):
-        session = builder.getOrCreate()
+    settings = {key: value for key, value in conf.items() if not given.contains(key)}
+    # The JVM's own output (the "Using incubator modules" warning at every start, task failures with
+    # their Java stack traces) goes to a log file unless SPARK_LOG_LEVEL is set (--verbose sets it).
+    jvm.launch(settings, app_name, quiet=not os.environ.get("SPARK_LOG_LEVEL"))
+    session = SparkSession.builder.config(map=settings).getOrCreate()  # pylint: disable=no-member  # a class property
     session.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
     _ship_package(session)
     return session
 
 
-@contextmanager
-def _jvm_stderr_to_log(app_name: str) -> Iterator[None]:
-    """Point the stderr of the JVM launched inside the block at a log file (quiet mode only).
-
-    The JVM writes to the terminal on its own (the "Using incubator modules" warning at every
-    start, task failures with their Java stack traces) around the one-line errors the CLI
-    prints. Unless ``SPARK_LOG_LEVEL`` is set (``--verbose`` sets it), that output goes to
-    ``$SPARK_JVM_LOG``, default ``<tmp>/categories_spark/<app>-<pid>.log``. Under spark-submit
-    the JVM exists already and keeps its own stderr.
-    """
-    if os.environ.get("PYSPARK_GATEWAY_PORT") or os.environ.get("SPARK_LOG_LEVEL"):
-        yield
-        return
-    log = Path(os.environ.get("SPARK_JVM_LOG")
-               or Path(tempfile.gettempdir()) / "categories_spark" / f"{app_name}-{os.getpid()}.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(target, 2)  # the JVM (and the Python workers it forks) inherit this descriptor
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(target)
+_BUILDING = threading.Lock()
+_WARMED: set[int] = set()
 
 
 def _given_conf() -> SparkConf:
@@ -359,7 +373,7 @@ def package_archive(folder: Path) -> Path:
             entry = zipfile.ZipInfo(relative, date_time=(1980, 1, 1, 0, 0, 0))
             entry.external_attr = 0o644 << 16
             bundle.writestr(entry, content)
-    archive = folder / f"categories_classification-{package_digest()[:16]}.zip"
+    archive = folder / _archive_name()
     archive.write_bytes(buffer.getvalue())
     return archive
 
@@ -372,5 +386,15 @@ def _ship_package(session: SparkSession) -> None:
         with tempfile.TemporaryDirectory(prefix="categories_pkg_") as folder:
             session.addArtifacts(str(package_archive(Path(folder))), pyfile=True)
     else:
-        archive = package_archive(Path(tempfile.mkdtemp(prefix="categories_pkg_")))
+        # One file per package version, kept (workers of this session read it while it runs).
+        folder = jvm.scratch_folder()
+        archive = folder / _archive_name()
+        if not archive.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder, prefix="package_") as staging:
+                os.replace(package_archive(Path(staging)), archive)
         session.sparkContext.addPyFile(str(archive))
+
+
+def _archive_name() -> str:
+    return f"categories_classification-{package_digest()[:16]}.zip"
