@@ -77,7 +77,10 @@ def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Ca
     client's input drift is checked against its config's ``drift_threshold`` (with
     ``fail_on_drift``, a client over it fails and keeps its previous output).
     """
-    # pylint: disable-next=import-outside-toplevel  # the prediction stage (Spark) only where it is used
+    # pylint: disable=import-outside-toplevel  # the prediction stage (Spark) only where it is used
+    from categories_classification.prediction.spark import start_session
+
+    start_session()  # the JVM starts while the prediction code and MLflow load (predict_clients takes it)
     from categories_classification.prediction.predictor import predict_clients
 
     started = time.perf_counter()

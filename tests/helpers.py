@@ -1,11 +1,13 @@
 """What several tests need: the project root, the CLI as a subprocess, configs, output paths, a top-k reference,
 a trained-and-predicted stack, a snapshot of what a failed command must leave as it was, and the sockets a
 stack's processes listen on."""
+import ctypes
 import hashlib
 import io
 import ipaddress
 import json
 import os
+import select
 import shutil
 import signal
 import struct
@@ -13,8 +15,9 @@ import subprocess
 import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -368,6 +371,25 @@ def listening_sockets(pids: Iterable[int]) -> dict[tuple[str, int], str]:
     return {(connection.laddr.ip, connection.laddr.port): tree[connection.pid]
             for connection in psutil.net_connections(kind="tcp")
             if connection.pid in tree and connection.status == psutil.CONN_LISTEN}
+
+
+@contextmanager
+def opened_after(path: Path) -> Iterator[Callable[[float], bool]]:
+    """Watch ``path`` (Linux inotify, no timing): yields ``opened(timeout)``, True once a process has opened the
+    file since the watch began (within ``timeout`` seconds)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    watch = libc.inotify_init1(os.O_NONBLOCK)
+    if watch < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    try:
+        if libc.inotify_add_watch(watch, str(path).encode(), IN_OPEN) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
+        yield lambda timeout: bool(select.select([watch], [], [], timeout)[0])
+    finally:
+        os.close(watch)
+
+
+IN_OPEN = 0x20  # <sys/inotify.h>
 
 
 def is_loopback(address: str) -> bool:

@@ -27,7 +27,7 @@ from categories_classification.prediction.files import Files, files_for
 from categories_classification.prediction.date_lock import date_locks
 from categories_classification.prediction.checks import DriftError
 from categories_classification.prediction.plan import ClientPlan, plan_clients
-from categories_classification.prediction.spark import describe, get_spark
+from categories_classification.prediction.spark import describe, start_session
 from categories_classification.tracking.registry import ModelRef
 from categories_classification.tracking.store import configure_tracking
 
@@ -106,23 +106,30 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     started = time.perf_counter()
     date = normalize_date(inference_date, "inference_date")
     prefix = resolve_prefix(data_prefix)
+    # Spark starts (a JVM: seconds) while the registry and the model cache are read.
+    session = start_session() if spark is None else None
     configure_tracking()
     plans, outcomes = plan_clients(client_ids, date, prefix, model_versions or {}, drift_thresholds or {}, fail_on_drift)
     if plans:
-        spark = spark or get_spark()
-        files, book = files_for(spark, prefix), lineage.Bookkeeping(date)
-        # One run per client and date: a client whose date another run holds fails alone (its outcome).
-        with date_locks(files, plans, outcomes) as held:
-            ready = []
-            for plan, run in zip(held, book.open_runs(held, describe(spark)) if held else []):
-                if isinstance(run, Exception):
-                    outcomes[plan.client_id] = run
-                else:
-                    ready.append((plan, run))
-            scored = job.score(spark, files, [plan for plan, _ in ready], date) if ready else []
-            for (plan, run), result in zip(ready, scored):
-                outcomes[plan.client_id] = _finish(spark, files, book, Step(plan, run, result, started))
+        _predict_planned(spark or session.result(), prefix, plans, outcomes, started)
     return {client_id: outcomes[client_id] for client_id in client_ids}
+
+
+def _predict_planned(spark: SparkSession, prefix: str, plans: list[ClientPlan], outcomes: dict[str, Outcome],
+                     started: float) -> None:
+    """Open the planned clients' runs, score them in one job, then check, close and swap each (into ``outcomes``)."""
+    files, book = files_for(spark, prefix), lineage.Bookkeeping(plans[0].date)
+    # One run per client and date: a client whose date another run holds fails alone (its outcome).
+    with date_locks(files, plans, outcomes) as held:
+        ready = []
+        for plan, run in zip(held, book.open_runs(held, describe(spark)) if held else []):
+            if isinstance(run, Exception):
+                outcomes[plan.client_id] = run
+            else:
+                ready.append((plan, run))
+        scored = job.score(spark, files, [plan for plan, _ in ready], plans[0].date) if ready else []
+        for (plan, run), result in zip(ready, scored):
+            outcomes[plan.client_id] = _finish(spark, files, book, Step(plan, run, result, started))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -22,6 +21,7 @@ from tests.helpers import (
     FEATURES,
     SMALL_CLIENTS,
     client_entry,
+    opened_after,
     read_manifest,
     read_output,
     run_cli,
@@ -72,11 +72,8 @@ def _owner_record(data: Path, client_id: str) -> bool:
     return any(name.endswith(".owner") for name in staging_leftovers(data, client_id))
 
 
-def _has_jvm(process: subprocess.Popen) -> bool:
-    try:
-        return any(child.name() == "java" for child in psutil.Process(process.pid).children(recursive=True))
-    except psutil.Error:
-        return False
+def _date_lock(data: Path, client_id: str) -> Path:
+    return data / "_staging" / f"client_id={client_id}" / f"date={DATE}.lock"
 
 
 def _prediction_runs(client_id: str) -> list:
@@ -167,10 +164,11 @@ def test_the_first_swaps_while_the_second_waits_then_the_second_replaces_it_whol
             wait_until(lambda: _owner_record(data, "small_a") or first.poll() is not None, 120, "the first run's job")
             assert first.poll() is None, log_first.read_text(encoding="utf-8")
             os.killpg(first.pid, signal.SIGSTOP)
-            second = _predict_all(stack, second_err, CATEGORIES_PREDICTION_LOCK_WAIT="120")
-            # The second has planned and started Spark: it is at the lock; the first then finishes its job and swaps.
-            wait_until(lambda: _has_jvm(second) or second.poll() is not None, 120, "the second run's Spark")
-            time.sleep(2.0)
+            # The second opens small_a's lock file once it has planned (the first, stopped, opens nothing): it is
+            # at the lock; the first then finishes its job and swaps.
+            with opened_after(_date_lock(data, "small_a")) as opened:
+                second = _predict_all(stack, second_err, CATEGORIES_PREDICTION_LOCK_WAIT="120")
+                assert opened(120), "the second run never reached small_a's lock"
         finally:
             os.killpg(first.pid, signal.SIGCONT)
         first_code, first_stderr = _finish(first, log_first, 240)
