@@ -17,6 +17,7 @@ from typing import Optional
 import click
 
 from benchmarks._common import PROJECT_ROOT, BenchContext, Section, machine
+from categories_classification.prediction import jvm
 
 # Module names in benchmarks/, in the order of the targets.
 BENCHMARKS = ("model_size", "model_quality", "scoring", "many_clients", "fleet", "fleet_status", "dags",
@@ -36,6 +37,9 @@ def main(quick: bool, only: tuple[str, ...], output_dir: Optional[Path]) -> None
     workdir = Path(tempfile.mkdtemp(prefix="categories_bench_"))
     results = outdir / "results.md"
     where, started_at = machine(), datetime.now(timezone.utc)  # once: the run's machine and start
+    # The Spark JVM's class-data archive, as a machine has it after its first command: built now,
+    # not in the background of whatever the first section times.
+    jvm.ensure_archive()
     # With --only, the other sections (and the hand-written summary) of an earlier run stay.
     previous = results.read_text(encoding="utf-8") if only and results.exists() else None
     sections: list[Section] = []
