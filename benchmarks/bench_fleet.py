@@ -73,7 +73,7 @@ def run(ctx: BenchContext) -> Section:
         fit_alone[size] = fit_with_pool(data, [spec.client_id for spec in specs[:size]])
 
     fleet, cold, limits = _predict(ctx, cli, sizes, configs, env)
-    alone = _per_client(ctx, cli, specs[0].client_id, env)
+    alone = _per_client(ctx, cli, specs[0].client_id, env, {size: configs[size] for size in sizes})
     _rows(section, sizes, (fleet, cold), limits, alone, specs[0].client_id)
     for size in sizes:
         section.rows.append(Row(
@@ -97,6 +97,10 @@ def run(ctx: BenchContext) -> Section:
         "(the first prediction after a retraining that changed it), the second finds them in the cache (checked "
         "against the registered digest: a champion unchanged since the last prediction); the target is judged on "
         "the second, the first is shown beside it. The limit downloads every champion each time.",
+        "predict-all starts Spark's JVM in a thread while it loads the prediction code and reads the registry, with "
+        "the machine's class-data archive (built before the run, as after a machine's first command). On the shared "
+        "Spark Connect service (local[2], as `make spark-connect` runs it) there is no JVM to start: the rows 'on the "
+        "shared service' run the same command with SPARK_REMOTE set, after the one-client samples' service started.",
         "Fit alone: the same `fit_model` calls (candidates, choice, final fit) in a pool of 2 warm processes, "
         "clock started once the workers are up; `train-all` is timed as a whole command (start-up included).",
         "Per-client time per fleet size: " + "; ".join(
@@ -149,6 +153,10 @@ def _rows(section: Section, sizes: tuple[int, ...], runs: tuple[dict, dict], lim
             Row(f"the same, {size} clients, first run of these versions (every champion downloaded)",
                 seconds(cold[size].seconds), f"{seconds(limits[size]['seconds'])} limit",
                 ratio(cold[size].seconds, limits[size]["seconds"])),
+            Row(f"the same, {size} clients, on the shared Spark Connect service (no JVM to start; its session "
+                f"had the champions; its first run: {seconds(alone['on_service'][size][0])})",
+                seconds(alone["on_service"][size][1]), f"{seconds(limits[size]['seconds'])} limit",
+                ratio(alone["on_service"][size][1], limits[size]["seconds"])),
         ]
     one_client = limits[sizes[-1]]["per_client"][client_id]
     overhead = alone["connect"] - one_client
@@ -178,9 +186,11 @@ def _limit(ctx: BenchContext, config: Path, env: dict[str, str]) -> dict[str, An
     return measured
 
 
-def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str, str]) -> dict[str, Any]:
+def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str, str],
+                configs: dict[int, Path]) -> dict[str, Any]:
     """The `predictor` command for one client (SAMPLES each): shared service with an MLflow server and with
-    the SQLite file, and no service; the CLI's ``--help`` with and without ``pipenv run``."""
+    the SQLite file, and no service; `predict-all` on the service at every size (twice: its session gets
+    the champions, then has them); the CLI's ``--help`` with and without ``pipenv run``."""
     # pylint: disable=import-outside-toplevel
     from scripts.profiles.test_servers import MlflowServer
     from scripts.spark_connect import start_service
@@ -194,6 +204,7 @@ def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str
 
     local = timed({})
     with start_service(port=free_ports(1)[0], master="local[2]", run_dir=ctx.scratch("connect")) as service:
+        on_service = _fleet_on_service(ctx, cli, configs, {**env, "SPARK_REMOTE": service.url})
         sqlite = timed({"SPARK_REMOTE": service.url})
         with MlflowServer(ctx.scratch("mlflow_server"), backend_uri=env["MLFLOW_TRACKING_URI"]) as server:
             server.start()
@@ -203,9 +214,23 @@ def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str
     helps = [run_command([*cli, "--help"]).seconds for _ in range(samples)]
     pipenv_helps = [run_command(pipenv, env={"PIPENV_VENV_IN_PROJECT": "1", "PIPENV_VERBOSITY": "-1"}).seconds
                     for _ in range(samples)]
-    return {"local": statistics.median(local), "connect": statistics.median(remote),
+    return {"on_service": on_service, "local": statistics.median(local), "connect": statistics.median(remote),
             "sqlite": statistics.median(sqlite), "local_samples": local, "connect_samples": remote,
             "sqlite_samples": sqlite, "help": statistics.median(helps), "pipenv_help": statistics.median(pipenv_helps)}
+
+
+def _fleet_on_service(ctx: BenchContext, cli: list[str], configs: dict[int, Path],
+                      env: dict[str, str]) -> dict[int, tuple[float, float]]:
+    """predict-all on the service (``env``'s SPARK_REMOTE) at every size, twice: (first, second) seconds."""
+    on_service = {}
+    for size, config in configs.items():
+        fleet_env = {**env, "CATEGORIES_MODEL_CACHE": str(ctx.scratch(f"model_cache_{size}"))}
+        runs = [run_command([*cli, "predict-all", f"--config={config}", f"--inference_date={DATE}"], env=fleet_env)
+                for _ in range(2)]
+        for run in runs:
+            _check_all(run.result, size, "predict-all on the service")
+        on_service[size] = (runs[0].seconds, runs[1].seconds)
+    return on_service
 
 
 def _plot(ctx: BenchContext, sizes: tuple[int, ...], runs: tuple[dict, dict], limits: dict, alone: dict[str, Any]) -> str:
@@ -219,6 +244,8 @@ def _plot(ctx: BenchContext, sizes: tuple[int, ...], runs: tuple[dict, dict], li
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.plot(sizes, [fleet[size].seconds / size for size in sizes], marker="o", label="predict-all, models cached")
     axes.plot(sizes, [cold[size].seconds / size for size in sizes], marker="o", label="predict-all, models downloaded")
+    axes.plot(sizes, [alone["on_service"][size][1] / size for size in sizes], marker="o",
+              label="predict-all on the shared service")
     axes.plot(sizes, [limits[size]["seconds"] / size for size in sizes], marker="o", label="single-process limit")
     axes.plot(sizes, [alone["local"]] * len(sizes), linestyle="--", label="predictor per client, own JVM")
     axes.plot(sizes, [alone["connect"]] * len(sizes), linestyle=":", label="predictor per client, shared service")

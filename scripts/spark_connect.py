@@ -38,16 +38,9 @@ SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 # Python workers with their imports (numpy, pyarrow, sklearn through skops) are paid here, not by the first client.
 _WARM_UP = """
 import os
-from categories_classification.prediction.spark import get_spark
+from categories_classification.prediction.spark import get_spark, warm_workers
 
-def warm(batches):
-    import skops.io  # what loading a model imports
-    from categories_classification.prediction import scoring
-    for batch in batches:
-        yield batch
-
-workers = os.cpu_count() or 1
-get_spark().range(0, workers, 1, workers).mapInArrow(warm, "id long").collect()
+warm_workers(get_spark(), os.cpu_count() or 1)
 """
 
 
