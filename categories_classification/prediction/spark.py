@@ -93,8 +93,8 @@ def start_session(app_name: str = "categories_classification") -> "Future[SparkS
 def _warm_session(app_name: str) -> SparkSession:
     """:func:`get_spark`; a session this process started also gets its Python workers started, with their imports."""
     session = get_spark(app_name)
-    if shares_this_disk(session) and id(session._jsc) not in _WARMED:  # pylint: disable=protected-access
-        _WARMED.add(id(session._jsc))  # pylint: disable=protected-access
+    if shares_this_disk(session) and session.sparkContext.applicationId not in _WARMED:
+        _WARMED.add(session.sparkContext.applicationId)
         warm_workers(session, session.sparkContext.defaultParallelism)
     return session
 
@@ -137,7 +137,7 @@ def _classic(app_name: str) -> SparkSession:
 
 
 _BUILDING = threading.Lock()
-_WARMED: set[int] = set()
+_WARMED: set[str] = set()  # the applications whose workers were started
 
 
 def _given_conf() -> SparkConf:
