@@ -6,6 +6,7 @@ Its output must equal what the local-mode predictor writes for the same model ve
 """
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -28,6 +29,9 @@ SMALL = ClientSpec("cluster_small", 111, n_train=900, n_predict=400, n_categorie
 SMALL_TOO = ClientSpec("cluster_small_too", 113, n_train=700, n_predict=300, n_categories=5)
 # Enough rows that scoring lasts seconds (one gzip file: one task, or a few if the input is split).
 BIG = ClientSpec("cluster_big", 112, n_train=800, n_predict=150_000, n_categories=10)
+# An executor's log lines for a task it starts and one it ends ("task 0.1 in stage 1.0").
+_TASK_RUNNING = re.compile(r"Executor: Running task (\S+ in stage \S+)")
+_TASK_FINISHED = re.compile(r"Executor: Finished task (\S+ in stage \S+)")
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +105,23 @@ def _assert_same_output(prefix: Path, client_id: str) -> None:
     assert not staging_leftovers(prefix, client_id) and not non_parquet_in_dataset(prefix)
 
 
-def _scoring_worker(cluster: Cluster, staging: Path) -> Optional[tuple[subprocess.Popen, list[int]]]:
-    """The worker whose executor is scoring right now, with its Python daemons' process groups.
+def _scoring_worker(cluster: Cluster, staging: Path, before: set[str]) -> Optional[tuple[subprocess.Popen, list[int]]]:
+    """The worker whose executor is running a write task right now, with its Python daemons' process groups.
 
-    A write task is in progress while its attempt folder exists (it goes at commit), and only
-    scoring starts Python workers on an executor: a ``pyspark.daemon``, child of the executor
-    JVM (which is in its worker's process group), leading a process group of its own.
+    A write task is in progress while its attempt folder exists (it goes at commit). Which executor
+    runs it, its own log says (``Running task`` without its ``Finished task``, in the worker's
+    ``work/<app>/<executor>/stderr``): both executors have Python daemons, started by the session's
+    warm-up job, so a daemon alone does not tell. The executor JVM is in its worker's process group;
+    each ``pyspark.daemon``, its child, leads a process group of its own.
     """
     if not list(staging.glob("date=*/_temporary/0/_temporary/attempt_*")):
         return None
+    busy = set()  # (application, executor id) running a task
+    for log in cluster.run_dir.glob("work/app-*/*/stderr"):
+        if log.parent.parent.name not in before:
+            text = log.read_text(encoding="utf-8", errors="replace")
+            if set(_TASK_RUNNING.findall(text)) - set(_TASK_FINISHED.findall(text)):
+                busy.add((log.parent.parent.name, log.parent.name))
     processes = {}  # pid -> (parent pid, process group, command line)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -117,10 +129,13 @@ def _scoring_worker(cluster: Cluster, staging: Path) -> Optional[tuple[subproces
             processes[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), (stat.parent / "cmdline").read_bytes())
         except (OSError, IndexError, ValueError):
             continue  # the process ended meanwhile
-    daemons = {}  # worker's process group -> its executors' Python daemon groups
+    executors = {pid: group for pid, (_, group, command) in processes.items()
+                 if any(f"\0--app-id\0{app}\0".encode() in command and f"\0--executor-id\0{executor}\0".encode()
+                        in command for app, executor in busy)}
+    daemons: dict[int, list[int]] = {}  # worker's process group -> its busy executor's Python daemon groups
     for pid, (parent, group, command) in processes.items():
-        if b"pyspark.daemon" in command and pid == group and parent in processes:
-            daemons.setdefault(processes[parent][1], []).append(group)
+        if b"pyspark.daemon" in command and pid == group and parent in executors:
+            daemons.setdefault(executors[parent], []).append(group)
     return next(((worker, daemons[worker.pid]) for worker in cluster.workers if worker.pid in daemons), None)
 
 
@@ -176,7 +191,7 @@ def test_worker_lost_mid_scoring_is_retried_on_the_other_worker(cluster, prefix,
 
     run = predict_on(BIG.client_id)
     # Not a fixed sleep: wait until a worker's executor is scoring, however many tasks the job has.
-    scoring = caught_mid_run(run, lambda: _scoring_worker(cluster, staging), "a worker's executor scoring")
+    scoring = caught_mid_run(run, lambda: _scoring_worker(cluster, staging, before), "a worker's executor scoring")
     # A lost machine: the Worker daemon, its executor JVM and their Python workers, all at once.
     for group in (scoring[0].pid, *scoring[1]):
         os.killpg(group, signal.SIGKILL)
