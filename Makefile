@@ -21,7 +21,8 @@ DATA_STAMP := data/train/client_id=client_9/data_train.csv.gz
 DATE ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
 # `make test` spreads whole test files over the cores (a file's tests share their module's servers and
-# stores); most of the suite waits on servers and subprocesses. TEST_WORKERS= runs it in one process.
+# stores; the files that start a whole Airflow stack share one worker: tests/conftest.py); most of the
+# suite waits on servers and subprocesses. TEST_WORKERS= runs it in one process.
 TEST_WORKERS ?= -n logical --maxprocesses=4 --dist loadfile
 # The local stack's profile: standalone (Airflow on SQLite, LocalExecutor) or celery (CeleryExecutor,
 # PostgreSQL, Redis, two workers: scripts/profiles/celery.py). Both are started and stopped by scripts/supervisor.py.

@@ -7,10 +7,11 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
 import mlflow
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from categories_classification.prediction.spark import get_spark
 from scripts import services
@@ -24,6 +25,26 @@ if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow_home_tests_")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
+
+# The test files that start a whole Airflow stack (API server, scheduler, DAG processor, workers, MLflow):
+# `make test` (xdist, --dist loadfile) runs them on one worker, one after the other, as if they were one
+# file. Two stacks at once on 2 cores starve each other's health checks and REST calls.
+AIRFLOW_STACK_FILES = frozenset({
+    "tests/e2e/test_celery_stack.py", "tests/e2e/test_celery_worker_lost.py", "tests/e2e/test_local_stack.py",
+    "tests/e2e/test_prediction_follows_promotion.py", "tests/faults/test_redis_restart.py"})
+
+
+class _FilesAndAirflowStacks(LoadFileScheduling):  # pylint: disable=abstract-method  # as xdist's own (work stealing only)
+    """xdist's whole-file scheduling, with :data:`AIRFLOW_STACK_FILES` as one unit."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        file = super()._split_scope(nodeid)
+        return "airflow stacks" if file in AIRFLOW_STACK_FILES else file
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Optional[LoadFileScheduling]:
+    """``--dist loadfile`` groups the Airflow stack files; any other ``--dist`` is xdist's own."""
+    return _FilesAndAirflowStacks(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 @pytest.fixture(scope="session")
