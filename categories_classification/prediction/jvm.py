@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator, Mapping, Optional
 
+from categories_classification.scratch import mark_used, prune
+
 LOGGER = logging.getLogger(__name__)
 ARCHIVE_VARIABLE = "CATEGORIES_JVM_ARCHIVE"
 JAVA_OPTIONS = "spark.driver.extraJavaOptions"
@@ -33,7 +35,8 @@ _OPTION = "_CATEGORIES_JVM_ARCHIVE_OPTION"  # set in the builder's own JVMs only
 
 
 def scratch_folder() -> Path:
-    """``<tmp>/categories_spark``: the JVMs' logs, the package shipped to workers, the class-data archives."""
+    """``<tmp>/categories_spark``: the JVMs' logs, the package shipped to workers, the class-data archives
+    (each removed once unused for a week)."""
     return Path(tempfile.gettempdir()) / "categories_spark"
 
 
@@ -53,6 +56,7 @@ def launch(settings: Mapping[str, str], app_name: str, *, quiet: bool) -> None:
 
     if SparkContext._gateway is not None or os.environ.get("PYSPARK_GATEWAY_PORT"):
         return
+    prune(scratch_folder())  # logs, package zips and archives of earlier commands, unused for a week
     settings = dict(settings)
     option = class_data_option()
     if option:
@@ -113,7 +117,9 @@ def class_data_option() -> str:
     if archive is None:
         return ""
     if archive.is_file():
+        mark_used(archive)
         return f"-XX:SharedArchiveFile={archive}"
+    prune(archive.parent, "spark-*.jsa*")  # those of another Java or Spark (a folder of $CATEGORIES_JVM_ARCHIVE)
     _build_in_background(archive)
     return ""
 

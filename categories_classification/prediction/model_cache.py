@@ -5,26 +5,23 @@ kept, with its input columns and drift reference beside it, under a name made of
 registered with it (so one name always means the same bytes, whichever run or process made it).
 A later prediction of the same version reads the file back and checks it against that digest;
 anything missing, unreadable or different is downloaded again. A version registered without a
-digest is downloaded every time. Entries unused for :data:`MAX_AGE_SECONDS` are removed.
+digest is downloaded every time. Entries unused for a week are removed (:mod:`categories_classification.scratch`).
 """
 import json
-import logging
 import os
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from categories_classification.errors import InfrastructureError, ModelNotFoundError, describe_os_error
+from categories_classification.scratch import prune
 from categories_classification.serialization import sha256_hex, untrusted_types
 from categories_classification.tracking.artifacts import fetch_model_and_companion
 from categories_classification.tracking.registry import ModelRef
 
-LOGGER = logging.getLogger(__name__)
 CACHE_ENV = "CATEGORIES_MODEL_CACHE"  # the cache folder; default <temp folder>/categories_models
-MAX_AGE_SECONDS = 7 * 24 * 3600.0
 MODEL_SUFFIX, META_SUFFIX = ".skops", ".json"
 
 
@@ -73,7 +70,7 @@ def cached_model(ref: ModelRef, companion: str) -> CachedModel:
         raise InfrastructureError(f"model {ref.name} version {ref.version}: cannot keep its file in the model cache "
                                   f"{folder} ({describe_os_error(exc)}): expected a writable folder "
                                   f"(${CACHE_ENV})", ref.client_id) from None
-    _prune(folder)
+    prune(folder)
     return CachedModel(model_path, tuple(features), reference)
 
 
@@ -85,7 +82,7 @@ def _read(model_path: Path, meta_path: Path, digest: str) -> Optional[CachedMode
             return None
         features, reference = tuple(str(name) for name in meta["features"]), meta["reference"]
         for path in (model_path, meta_path):
-            os.utime(path)  # used: kept by the pruning
+            os.utime(path)  # used: kept by the pruning (a cache that cannot be marked is not read)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not features or not isinstance(reference, (str, type(None))):
@@ -98,14 +95,3 @@ def _write(path: Path, data: bytes) -> None:
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     staging.write_bytes(data)
     staging.replace(path)
-
-
-def _prune(folder: Path) -> None:
-    """Remove the files unused for :data:`MAX_AGE_SECONDS` (entries, and the staging files of a killed process)."""
-    limit = time.time() - MAX_AGE_SECONDS
-    for path in folder.iterdir():
-        try:
-            if path.is_file() and path.stat().st_mtime < limit:
-                path.unlink(missing_ok=True)
-        except OSError as exc:  # another process pruned it first, or a read-only file
-            LOGGER.debug("model cache: %s not pruned (%s)", path, exc)

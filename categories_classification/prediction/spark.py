@@ -33,6 +33,7 @@ from pyspark.sql.connect.client.retries import DefaultPolicy
 from categories_classification.config import seconds_setting
 from categories_classification.errors import InfrastructureError, connection_reason, error_text
 from categories_classification.prediction import jvm
+from categories_classification.scratch import mark_used
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # categories_classification/
 DEFAULT_CONNECT_PORT = 15002  # Spark Connect's own default
@@ -389,7 +390,9 @@ def _ship_package(session: SparkSession) -> None:
         # One file per package version, kept (workers of this session read it while it runs).
         folder = jvm.scratch_folder()
         archive = folder / _archive_name()
-        if not archive.is_file():
+        if archive.is_file():
+            mark_used(archive)
+        else:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=folder, prefix="package_") as staging:
                 os.replace(package_archive(Path(staging)), archive)

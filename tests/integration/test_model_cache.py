@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification import drift
+from categories_classification import drift, scratch
 from categories_classification.errors import InfrastructureError
 from categories_classification.prediction import model_cache
 from categories_classification.prediction.model_cache import cached_model
@@ -123,7 +123,7 @@ def test_entries_unused_for_a_week_are_removed_and_used_ones_kept(fleet, cache):
     used = cached_model(resolve_model("cache_a"), drift.REFERENCE_FILE)
     stale = [cache / "old_model-v1-0123456789abcdef.skops", cache / "old_model-v1-0123456789abcdef.json",
              cache / ".old_model-v2-fedcba9876543210.skops.1a2b3c4d"]  # a killed process's staging file
-    long_ago = time.time() - model_cache.MAX_AGE_SECONDS - 60
+    long_ago = time.time() - scratch.MAX_AGE_SECONDS - 60
     for path in [*stale, used.path, used.path.with_suffix(model_cache.META_SUFFIX)]:
         path.touch()
         os.utime(path, (long_ago, long_ago))

@@ -35,11 +35,34 @@ def test_the_archive_is_named_by_the_jvm_it_must_match(tmp_path, monkeypatch, ja
     assert jvm.archive_path() != first  # a JDK updated in place: a new archive, never the old one
 
 
-def test_an_existing_archive_is_used(tmp_path, monkeypatch):
+def test_an_existing_archive_is_used_and_kept_from_pruning(tmp_path, monkeypatch):
     monkeypatch.setenv(jvm.ARCHIVE_VARIABLE, str(tmp_path))
     archive = jvm.archive_path()
     archive.write_bytes(b"archive")
+    _age(archive, days=30)
     assert jvm.class_data_option() == f"-XX:SharedArchiveFile={archive}"
+    assert time.time() - archive.stat().st_mtime < 60
+
+
+def test_archives_unused_for_a_week_go_when_another_is_needed_and_nothing_else(tmp_path, monkeypatch):
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    monkeypatch.setenv(jvm.ARCHIVE_VARIABLE, str(folder))
+    archive = jvm.archive_path()
+    lock = archive.with_name(archive.name + ".lock")
+    lock.touch()  # a build runs: none is started here
+    old_java, recent, not_ours = folder / "spark-0123456789abcdef.jsa", folder / "spark-fedcba9876543210.jsa", folder / "notes.txt"
+    for path in (old_java, old_java.with_name(old_java.name + ".log"), recent, not_ours):
+        path.write_bytes(b"x")
+    for path in (old_java, old_java.with_name(old_java.name + ".log"), not_ours):
+        _age(path, days=8)
+    assert jvm.class_data_option() == ""
+    assert sorted(path.name for path in folder.iterdir()) == sorted([lock.name, recent.name, not_ours.name])
+
+
+def _age(path: Path, days: float) -> None:
+    then = time.time() - days * 24 * 3600
+    os.utime(path, (then, then))
 
 
 def test_while_a_build_holds_the_lock_a_command_starts_without_archive_and_starts_no_build(tmp_path, monkeypatch):
