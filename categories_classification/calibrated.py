@@ -12,6 +12,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 
+ROW_BLOCK = 32  # rows per block of a BLAS matrix product (16 on AVX-512, 8 on AVX2), with room to spare
+
+
 def temper(proba: np.ndarray, temperature: float) -> np.ndarray:
     """Rows of ``proba`` raised to ``1 / temperature`` and renormalised (order within a row kept)."""
     proba = np.asarray(proba, dtype=np.float64)
@@ -25,17 +28,21 @@ def temper(proba: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def row_stable_proba(estimator: Any, x: Any) -> np.ndarray:
-    """``estimator.predict_proba(x)``; a single row is scored as the first of two copies of itself.
+    """``estimator.predict_proba(x)``, always computed over a whole number of :data:`ROW_BLOCK` rows.
 
-    numpy multiplies a one-row matrix by another routine (a matrix-vector product) whose sums may
-    differ in the last bit from the same row's among others (seen with logistic, MLP, QDA and
-    gradient boosting): a product scored alone, an online request, would not get the batch's
-    scores. From two rows on, a row's scores do not depend on the others.
+    A BLAS multiplies the rows that do not fill its last block of a matrix product (and numpy a
+    lone row: a matrix-vector product) by other routines, whose sums may differ in the last bit
+    (seen with logistic, MLP, QDA and gradient boosting; on AMD's CPUs for any count not a multiple
+    of 8). Copies of the first row fill the last block and their scores are dropped: a product gets
+    the same scores alone (an online request), in any batch, and in any share of a batch.
     """
-    if len(x) != 1:
+    rows = len(x)
+    missing = -rows % ROW_BLOCK
+    if not missing:
         return estimator.predict_proba(x)
-    twice = x.iloc[[0, 0]] if hasattr(x, "iloc") else np.asarray(x)[[0, 0]]
-    return estimator.predict_proba(twice)[:1]
+    index = np.concatenate([np.arange(rows), np.zeros(missing, dtype=np.intp)])
+    padded = x.iloc[index] if hasattr(x, "iloc") else np.asarray(x)[index]
+    return estimator.predict_proba(padded)[:rows]
 
 
 class TemperatureScaledClassifier(ClassifierMixin, BaseEstimator):
