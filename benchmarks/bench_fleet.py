@@ -2,14 +2,16 @@
 
 For N generated clients of 5,000 prediction rows each (N = 10, 100, 1,000), side by side in one run:
 
-- `predict-all` (one Spark job for the fleet; run twice: champions downloaded, then from its model
-  cache) against a single-process fleet limit: for every
+- `predict-all` (a small fleet in the command's own process, else one Spark job; run twice: champions
+  downloaded, then from its model cache; then with Spark forced, its own JVM) against a single-process
+  fleet limit: for every
   client, fetch its champion from the registry, load it, read its CSV with pyarrow, score,
   top-5, write parquet (:func:`limit_side`, run as its own command like the CLI);
 - `train-all` for the fleet (each size in a fresh store) against fitting the same clients' models
   alone (the same choice and fit, no MLflow);
 - one client's `predictor` command in a fresh process, against a running Spark Connect service
-  (MLflow a server, as a DAG task has it, and a SQLite file) and with no service (its own JVM),
+  (MLflow a server, as a DAG task has it, and a SQLite file), with no service (in its own process)
+  and with Spark forced (its own JVM),
   against that client's work inside the limit; the CLI's `--help` and a DAG task's start
   (`pipenv run ... --help`, what the BashOperator runs).
 """
@@ -30,7 +32,8 @@ import pyarrow.parquet as pq
 
 from benchmarks._common import BenchContext, Row, Section, ratio, run_command, seconds, write_config
 from benchmarks.bench_many_clients import fit_with_pool
-from categories_classification.paths import predict_path
+from categories_classification.config import load_config
+from categories_classification.paths import manifest_path, predict_path
 from categories_classification.prediction.scoring import labels_of, score_batch
 from categories_classification.topk import TOP_K
 from scripts.generate_example_data import ClientSpec, write_client
@@ -72,7 +75,8 @@ def run(ctx: BenchContext) -> Section:
         _check_all(trained[size].result, size, "train-all")
         fit_alone[size] = fit_with_pool(data, [spec.client_id for spec in specs[:size]])
 
-    fleet, cold, limits = _predict(ctx, cli, sizes, configs, env)
+    where: dict[int, str] = {}  # where predict-all scored, per size (its first client's manifest)
+    fleet, cold, limits = _predict(ctx, cli, sizes, configs, env, where)
     alone = _per_client(ctx, cli, specs[0].client_id, env, {size: configs[size] for size in sizes})
     _rows(section, sizes, (fleet, cold), limits, alone, specs[0].client_id)
     for size in sizes:
@@ -97,7 +101,10 @@ def run(ctx: BenchContext) -> Section:
         "(the first prediction after a retraining that changed it), the second finds them in the cache (checked "
         "against the registered digest: a champion unchanged since the last prediction); the target is judged on "
         "the second, the first is shown beside it. The limit downloads every champion each time.",
-        "predict-all starts Spark's JVM in a thread while it loads the prediction code and reads the registry, with "
+        "Where predict-all scored (each client's manifest): its first client's, per size: " + "; ".join(
+            f"{size}: {where[size]}" for size in sizes) + " (in its own process up to 32 MiB of "
+        "input, CATEGORIES_SCORING=auto; else one Spark job).",
+        "predict-all, when it uses Spark, starts the JVM in a thread while it loads the prediction code and reads the registry, with "
         "the machine's class-data archive (built before the run, as after a machine's first command). On the shared "
         "Spark Connect service (local[2], as `make spark-connect` runs it) there is no JVM to start: the rows 'on the "
         "shared service' run the same command with SPARK_REMOTE set, after the one-client samples' service started.",
@@ -105,12 +112,13 @@ def run(ctx: BenchContext) -> Section:
         "clock started once the workers are up; `train-all` is timed as a whole command (start-up included).",
         "Per-client time per fleet size: " + "; ".join(
             f"{size}: fleet {seconds(fleet[size].seconds / size)}, limit {seconds(limits[size]['seconds'] / size)}"
-            for size in sizes) + f"; per-client command {seconds(alone['local'])} (own JVM), "
+            for size in sizes) + f"; per-client command {seconds(alone['here'])} (its own process), {seconds(alone['local'])} (own JVM), "
         f"{seconds(alone['connect'])} (shared service, MLflow server).",
         "One client's task: a DAG task reaches MLflow through the stack's MLflow server (the target's row); the "
         "SQLite row is the same command on the store file (each process pays SQLAlchemy's start on it).",
         "Every `predictor` sample: " + ", ".join(seconds(s) for s in alone["connect_samples"]) + " (service, server); "
         + ", ".join(seconds(s) for s in alone["sqlite_samples"]) + " (service, SQLite); "
+        + ", ".join(seconds(s) for s in alone["here_samples"]) + " (its own process); "
         + ", ".join(seconds(s) for s in alone["local_samples"]) + " (own JVM).",
     ]
     section.plots.append(_plot(ctx, sizes, (fleet, cold), limits, alone))
@@ -118,8 +126,9 @@ def run(ctx: BenchContext) -> Section:
 
 
 def _predict(ctx: BenchContext, cli: list[str], sizes: tuple[int, ...], configs: dict[int, Path],
-             env: dict[str, str]) -> tuple[dict, dict, dict]:
-    """predict-all twice (its model cache empty, then filled by the first run) and the limit, at every size."""
+             env: dict[str, str], where: dict[int, str]) -> tuple[dict, dict, dict]:
+    """predict-all twice (its model cache empty, then filled by the first run), then with Spark forced, and the
+    limit, at every size; where the second run scored goes into ``where``."""
     fleet, cold, limits = {}, {}, {}
     for size in sizes:
         # A model cache of this size's own: its first run downloads every champion (the day after a retraining).
@@ -133,6 +142,10 @@ def _predict(ctx: BenchContext, cli: list[str], sizes: tuple[int, ...], configs:
                 _check_all(cold[size].result, size, "predict-all")
                 fleet[size] = run_command(command, env=fleet_env)
                 _check_all(fleet[size].result, size, "predict-all")
+                first = next(iter(load_config(configs[size]))).client_id
+                where[size] = json.loads(Path(manifest_path(first, DATE, env["DATA_PREFIX"])).read_text(encoding="utf-8"))["spark"]
+                fleet[(size, "spark")] = run_command(command, env={**fleet_env, "CATEGORIES_SCORING": "spark"})
+                _check_all(fleet[(size, "spark")].result, size, "predict-all with Spark")
             else:
                 limits[size] = _limit(ctx, configs[size], env)
     return fleet, cold, limits
@@ -145,11 +158,14 @@ def _rows(section: Section, sizes: tuple[int, ...], runs: tuple[dict, dict], lim
         value = fleet[size].seconds / limits[size]["seconds"]
         judged = size >= 100 or size == sizes[-1]
         section.rows += [
-            Row(f"`predict-all`, {size} clients (one command: start-up, one Spark job, {size} MLflow runs; "
+            Row(f"`predict-all`, {size} clients (one command: start-up, scoring, {size} MLflow runs; "
                 "champions in the model cache)",
                 seconds(fleet[size].seconds), f"{seconds(limits[size]['seconds'])} limit",
                 ratio(fleet[size].seconds, limits[size]["seconds"]),
                 f"<= {PREDICT_TARGET:g}x" if judged else "", value <= PREDICT_TARGET if judged else None),
+            Row(f"the same, {size} clients, with Spark forced (`CATEGORIES_SCORING=spark`: its own JVM)",
+                seconds(fleet[(size, "spark")].seconds), f"{seconds(limits[size]['seconds'])} limit",
+                ratio(fleet[(size, "spark")].seconds, limits[size]["seconds"])),
             Row(f"the same, {size} clients, first run of these versions (every champion downloaded)",
                 seconds(cold[size].seconds), f"{seconds(limits[size]['seconds'])} limit",
                 ratio(cold[size].seconds, limits[size]["seconds"])),
@@ -167,7 +183,9 @@ def _rows(section: Section, sizes: tuple[int, ...], runs: tuple[dict, dict], lim
             f"{seconds(overhead)} over its work", f"<= {OVERHEAD_TARGET:g} s", overhead <= OVERHEAD_TARGET),
         Row("the same command, shared service, MLflow on the SQLite file", seconds(alone["sqlite"]),
             f"{seconds(one_client)}: its work inside the limit", f"{seconds(alone['sqlite'] - one_client)} over its work"),
-        Row("the same command, no service (its own Spark JVM), SQLite", seconds(alone["local"]),
+        Row("the same command, no service (scored in its own process), SQLite", seconds(alone["here"]),
+            f"{seconds(one_client)}: its work inside the limit", f"{seconds(alone['here'] - one_client)} over its work"),
+        Row("the same command, Spark forced (its own JVM), SQLite", seconds(alone["local"]),
             f"{seconds(one_client)}: its work inside the limit", f"{seconds(alone['local'] - one_client)} over its work"),
     ]
 
@@ -202,21 +220,21 @@ def _per_client(ctx: BenchContext, cli: list[str], client_id: str, env: dict[str
     def timed(extra: dict[str, str]) -> list[float]:
         return [run_command(command, env={**env, **extra}).seconds for _ in range(samples)]
 
-    local = timed({})
+    runs = {"here": timed({}), "local": timed({"CATEGORIES_SCORING": "spark"})}
     with start_service(port=free_ports(1)[0], master="local[2]", run_dir=ctx.scratch("connect")) as service:
         on_service = _fleet_on_service(ctx, cli, configs, {**env, "SPARK_REMOTE": service.url})
-        sqlite = timed({"SPARK_REMOTE": service.url})
+        runs["sqlite"] = timed({"SPARK_REMOTE": service.url})
         with MlflowServer(ctx.scratch("mlflow_server"), backend_uri=env["MLFLOW_TRACKING_URI"]) as server:
             server.start()
-            remote = timed({"SPARK_REMOTE": service.url, "MLFLOW_TRACKING_URI": server.url})
+            runs["connect"] = timed({"SPARK_REMOTE": service.url, "MLFLOW_TRACKING_URI": server.url})
     # The DAG's command: pipenv of the system's Python (as the Makefile installs it), the project's venv.
     pipenv = [_system_python(), "-m", "pipenv", "run", "python", "categories_classification_cli.py", "--help"]
     helps = [run_command([*cli, "--help"]).seconds for _ in range(samples)]
     pipenv_helps = [run_command(pipenv, env={"PIPENV_VENV_IN_PROJECT": "1", "PIPENV_VERBOSITY": "-1"}).seconds
                     for _ in range(samples)]
-    return {"on_service": on_service, "local": statistics.median(local), "connect": statistics.median(remote),
-            "sqlite": statistics.median(sqlite), "local_samples": local, "connect_samples": remote,
-            "sqlite_samples": sqlite, "help": statistics.median(helps), "pipenv_help": statistics.median(pipenv_helps)}
+    return {"on_service": on_service, **{name: statistics.median(values) for name, values in runs.items()},
+            **{f"{name}_samples": values for name, values in runs.items()},
+            "help": statistics.median(helps), "pipenv_help": statistics.median(pipenv_helps)}
 
 
 def _fleet_on_service(ctx: BenchContext, cli: list[str], configs: dict[int, Path],
@@ -266,7 +284,6 @@ def limit_side(config: Path, output: Path) -> dict[str, Any]:
     from categories_classification.tracking.artifacts import fetch_model_bytes
     from categories_classification.tracking.registry import resolve_model
     from categories_classification.tracking.store import configure_tracking
-    from categories_classification.config import load_config
     from categories_classification.serialization import load_model_bytes
 
     configure_tracking()

@@ -78,13 +78,17 @@ def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Ca
     ``fail_on_drift``, a client over it fails and keeps its previous output).
     """
     # pylint: disable=import-outside-toplevel  # the prediction stage (Spark) only where it is used
-    from categories_classification.prediction.spark import start_session
+    from categories_classification.paths import data_prefix
+    from categories_classification.prediction.engine import in_this_process
 
-    start_session()  # the JVM starts while the prediction code and MLflow load (predict_clients takes it)
+    clients = [client.client_id for client in config]
+    if not in_this_process(clients, data_prefix()):
+        from categories_classification.prediction.spark import start_session
+
+        start_session()  # the JVM starts while the prediction code and MLflow load (predict_clients takes it)
     from categories_classification.prediction.predictor import predict_clients
 
     started = time.perf_counter()
-    clients = [client.client_id for client in config]
     thresholds = {client.client_id: client.drift_threshold for client in config}
     try:
         results = predict_clients(clients, inference_date, drift_thresholds=thresholds, fail_on_drift=fail_on_drift)

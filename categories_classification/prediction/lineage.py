@@ -23,6 +23,7 @@ from categories_classification.tracking import runs
 from categories_classification.tracking.uri import display_tracking_uri
 
 LOGGER = logging.getLogger(__name__)
+SPARK_TAG = "spark"  # where the client was scored: a Spark Connect URL, a master, or engine.IN_PROCESS
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def run_tags(plan: ClientPlan, spark: str) -> dict[str, str]:
             "model_version": str(plan.ref.version), "model_run_id": plan.ref.run_id, "model_selector": plan.selector,
             "output_path": plan.target,
             "drift_reference": "stored" if plan.drift.reference is not None else "none",
-            "drift_threshold": f"{plan.drift.threshold:g}", "spark": spark}
+            "drift_threshold": f"{plan.drift.threshold:g}", SPARK_TAG: spark}
 
 
 def manifest(plan: ClientPlan, run: PredictionRun, stats: Stats, report: Optional[drift.DriftReport]) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def manifest(plan: ClientPlan, run: PredictionRun, stats: Stats, report: Optiona
         "prediction_run_id": run.run_id,
         "tracking_uri": display_tracking_uri(),
         "input_path": absolute(plan.source),
-        "spark": run.spark,  # where it ran: a shared Spark Connect service, or a master
+        SPARK_TAG: run.spark,  # where it ran: a shared Spark Connect service, a master, or in this process
         "features": list(plan.features),
         "rows_written": checks.count(stats, "written"),
         "rows_skipped": checks.count(stats, "skipped"),
@@ -82,7 +83,8 @@ def close_finished(run: PredictionRun, plan: ClientPlan, stats: Stats, seconds: 
     metrics = {records.ROWS_OUT_METRIC: checks.count(stats, "written"),
                records.ROWS_SKIPPED_METRIC: checks.count(stats, "skipped"), records.DURATION_METRIC: seconds,
                records.MODEL_VERSION_METRIC: plan.ref.version, **(report.metrics() if report is not None else {})}
-    runs.close_run(run.client_id, run.run_id, metrics)
+    # Where it ran, again: a client opened to be scored in this process may have gone to Spark after all.
+    runs.close_run(run.client_id, run.run_id, metrics, tags={SPARK_TAG: run.spark})
 
 
 class Bookkeeping:

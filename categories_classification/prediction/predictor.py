@@ -11,7 +11,8 @@ explained in docs/prediction.md.
 """
 import logging
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from py4j.protocol import Py4JError
@@ -22,8 +23,8 @@ from categories_classification.config import validate_client_id
 from categories_classification.errors import CategoriesError
 from categories_classification.paths import data_prefix as resolve_prefix
 from categories_classification.paths import normalize_date
-from categories_classification.prediction import checks, job, lineage, output
-from categories_classification.prediction.files import Files, files_for
+from categories_classification.prediction import checks, engine, in_process, job, lineage, output
+from categories_classification.prediction.files import Files, LocalFiles, files_for
 from categories_classification.prediction.date_lock import date_locks
 from categories_classification.prediction.checks import DriftError
 from categories_classification.prediction.plan import ClientPlan, plan_clients
@@ -106,30 +107,63 @@ def predict_clients(client_ids: Sequence[str], inference_date: str, *,
     started = time.perf_counter()
     date = normalize_date(inference_date, "inference_date")
     prefix = resolve_prefix(data_prefix)
-    # Spark starts (a JVM: seconds) while the registry and the model cache are read.
-    session = start_session() if spark is None else None
+    # A small fleet on this machine is scored in this process (no JVM); else Spark starts (seconds)
+    # while the registry and the model cache are read.
+    here = spark is None and engine.in_this_process(client_ids, prefix)
+    session = _Spark(spark, None if spark is not None or here else start_session())
     configure_tracking()
     plans, outcomes = plan_clients(client_ids, date, prefix, model_versions or {}, drift_thresholds or {}, fail_on_drift)
     if plans:
-        _predict_planned(spark or session.result(), prefix, plans, outcomes, started)
+        _predict_planned(session, prefix, plans, outcomes, started)
     return {client_id: outcomes[client_id] for client_id in client_ids}
 
 
-def _predict_planned(spark: SparkSession, prefix: str, plans: list[ClientPlan], outcomes: dict[str, Outcome],
+class _Spark:
+    """The Spark session of a command: given, starting, or started only when a client needs it."""
+
+    def __init__(self, given: Optional[SparkSession], starting: Optional["Future[SparkSession]"]) -> None:
+        self._session, self._starting = given, starting
+        self.in_process = given is None and starting is None
+
+    def get(self) -> SparkSession:
+        """The session (started now if nothing started it)."""
+        if self._session is None:
+            self._session = (self._starting or start_session()).result()
+        return self._session
+
+
+def _predict_planned(spark: _Spark, prefix: str, plans: list[ClientPlan], outcomes: dict[str, Outcome],
                      started: float) -> None:
     """Open the planned clients' runs, score them in one job, then check, close and swap each (into ``outcomes``)."""
-    files, book = files_for(spark, prefix), lineage.Bookkeeping(plans[0].date)
+    files = LocalFiles() if spark.in_process else files_for(spark.get(), prefix)
+    book = lineage.Bookkeeping(plans[0].date)
     # One run per client and date: a client whose date another run holds fails alone (its outcome).
     with date_locks(files, plans, outcomes) as held:
         ready = []
-        for plan, run in zip(held, book.open_runs(held, describe(spark)) if held else []):
+        where = engine.IN_PROCESS if spark.in_process else describe(spark.get())
+        for plan, run in zip(held, book.open_runs(held, where) if held else []):
             if isinstance(run, Exception):
                 outcomes[plan.client_id] = run
             else:
                 ready.append((plan, run))
-        scored = job.score(spark, files, [plan for plan, _ in ready], plans[0].date) if ready else []
-        for (plan, run), result in zip(ready, scored):
+        scored = _score(spark, files, [plan for plan, _ in ready]) if ready else []
+        for (plan, run), (result, scored_by) in zip(ready, scored):
+            run = replace(run, spark=scored_by)
             outcomes[plan.client_id] = _finish(spark, files, book, Step(plan, run, result, started))
+
+
+def _score(spark: _Spark, files: Files, plans: list[ClientPlan]) -> list[tuple[job.Scored, str]]:
+    """Every plan scored, and where: in this process where it can be, the others (or all) in one Spark job."""
+    here = in_process.score(files, plans) if spark.in_process else [None] * len(plans)
+    left = [plan for plan, result in zip(plans, here) if result is None]
+    if not left:
+        return [(result, engine.IN_PROCESS) for result in here if result is not None]
+    try:
+        session = spark.get()
+    except CLIENT_FAULTS as exc:  # e.g. no Java here: the clients scored in this process go on
+        return [(result, engine.IN_PROCESS) if result else (job.Scored(error=exc), engine.IN_PROCESS) for result in here]
+    by_spark, where = iter(job.score(session, files, left, plans[0].date)), describe(session)
+    return [(result, engine.IN_PROCESS) if result is not None else (next(by_spark), where) for result in here]
 
 
 @dataclass(frozen=True)
@@ -146,7 +180,7 @@ class Step:
 CLIENT_FAULTS = (CategoriesError, OSError, PySparkException, Py4JError)
 
 
-def _finish(spark: SparkSession, files: Files, book: lineage.Bookkeeping, step: Step) -> Outcome:
+def _finish(spark: _Spark, files: Files, book: lineage.Bookkeeping, step: Step) -> Outcome:
     """Check what the job saw of this client; close its run, then swap its output in; or discard it."""
     plan, run, scored = step.plan, step.run, step.scored
     error, verdict = scored.error, checks.DriftVerdict()
@@ -183,7 +217,7 @@ def _discard(files: Files, staging: str) -> None:
         LOGGER.warning("staging folder %s not removed (%s): the next run of this date removes it", staging, exc)
 
 
-def _verify(spark: SparkSession, plan: ClientPlan, stats: checks.Stats) -> checks.DriftVerdict:
+def _verify(spark: _Spark, plan: ClientPlan, stats: checks.Stats) -> checks.DriftVerdict:
     """Raise the client's input problem (a row that did not parse, a duplicate id); else its drift verdict.
 
     A drift over the threshold is the verdict's problem (with ``fail_on_drift``) or a warning logged here.
@@ -192,7 +226,7 @@ def _verify(spark: SparkSession, plan: ClientPlan, stats: checks.Stats) -> check
     if problem is not None:
         raise problem
     if checks.may_have_duplicates(stats):
-        job.raise_on_duplicates(plan.client_id, plan.source, job.input_ids(spark, plan))
+        job.raise_on_duplicates(plan.client_id, plan.source, job.input_ids(spark.get(), plan))
     verdict = checks.drift_verdict(plan.client_id, plan.source, plan.model_label, plan.drift, stats, plan.features)
     if verdict.report is None:
         LOGGER.info("client %s: no drift check (%s)", plan.client_id, plan.drift.missing)

@@ -139,12 +139,22 @@ class Scorer:
                 seen.malformed += count
                 rows = rows.filter(pa.array(~broken))
         values = feature_matrix(rows.column(FEATURES), len(spec.features))
-        if spec.drift_edges:  # counted in this pass: drift costs no second read of the input
-            seen.count_bins(values, spec.drift_edges)
-        scored, skipped = score_matrix(model, labels, list(spec.features), values, rows.column(PRODUCT), self.k,
-                                       threads=threads)
-        seen.skipped += skipped
-        return scored
+        return score_client((model, labels), spec, values, rows.column(PRODUCT), seen, self.k, threads=threads)
+
+
+def score_client(loaded: tuple[Any, pa.Array], spec: ClientModel, values: np.ndarray, product_ids: pa.Array,
+                 seen: ClientStats, k: int, *, threads: int = 1) -> Optional[pa.RecordBatch]:
+    """One client's rows (``values``, one column per feature) scored by its model and labels (``loaded``): its
+    top-``k`` rows, counted in ``seen``.
+
+    The rows are added to the drift reference's bins in the same pass (drift costs no second read).
+    """
+    if spec.drift_edges:
+        seen.count_bins(values, spec.drift_edges)
+    model, labels = loaded
+    scored, skipped = score_matrix(model, labels, list(spec.features), values, product_ids, k, threads=threads)
+    seen.skipped += skipped
+    return scored
 
 
 def split_by_client(batch: pa.RecordBatch) -> Iterator[tuple[str, pa.RecordBatch]]:

@@ -130,13 +130,16 @@ def open_run(client_id: str, run_name: str, tags: Mapping[str, str], experiment_
     return run.info.run_id
 
 
-def close_run(client_id: str, run_id: str, metrics: Mapping[str, float], failed: bool = False) -> None:
-    """Log ``metrics`` on a run of :func:`open_run` and end it FINISHED (or FAILED), in one batch and one update."""
+def close_run(client_id: str, run_id: str, metrics: Mapping[str, float], failed: bool = False,
+              tags: Optional[Mapping[str, str]] = None) -> None:
+    """Log ``metrics`` (and ``tags``) on a run of :func:`open_run` and end it FINISHED (or FAILED), in one batch
+    and one update."""
     now = int(time.time() * 1000)
     with tracking_errors(client_id):
         client = store_client()
-        if metrics:
-            client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
+        if metrics or tags:
+            client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+                             tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()])
         client.set_terminated(run_id, "FAILED" if failed else "FINISHED", end_time=now)
 
 
