@@ -65,6 +65,10 @@ def _score_client(files: Files, plan: ClientPlan) -> Optional[Scored]:
         return Scored(error=InfrastructureError(
             f"output {plan.target}: scoring {plan.source} into its staging folder failed: {describe_os_error(exc)}; "
             f"{NOTHING_WRITTEN}", plan.client_id))
+    except Exception as exc:  # pylint: disable=broad-except  # e.g. a model that cannot score these rows
+        _remove(files, staging)
+        LOGGER.info("client %s: left to Spark after %s", plan.client_id, one_line(exc))
+        return None  # Spark's job scores it, or names the fault as it always did
     return Scored(token, staging, (seen,))
 
 

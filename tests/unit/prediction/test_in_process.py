@@ -169,3 +169,11 @@ def test_a_staging_folder_it_cannot_write_fails_that_client_on_one_line(plan):
     (result,) = in_process.score(LocalFiles(), [client])
     assert isinstance(result.error, InfrastructureError) and "\n" not in str(result.error)
     assert str(result.error).startswith("client 'c1': output ") and "nothing written" in str(result.error)
+
+
+def test_a_model_that_cannot_score_the_rows_is_left_to_spark_with_nothing_staged(plan):
+    client = plan(_rows(5))
+    narrower = RandomForestClassifier(n_estimators=2, random_state=0).fit(pd.DataFrame({"f0": [0.0, 1.0]}), ["a", "b"])
+    client.model_file.write_bytes(dump_model(narrower))  # fitted on one feature: two given
+    assert in_process.score(LocalFiles(), [client]) == [None]
+    assert not [path for path in Path(client.place.work).iterdir() if not path.name.endswith(".owner")]
