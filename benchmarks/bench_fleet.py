@@ -34,6 +34,7 @@ from benchmarks._common import BenchContext, Row, Section, ratio, run_command, s
 from benchmarks.bench_many_clients import fit_with_pool
 from categories_classification.config import load_config
 from categories_classification.paths import manifest_path, predict_path
+from categories_classification.prediction.engine import IN_PROCESS
 from categories_classification.prediction.scoring import labels_of, score_batch
 from categories_classification.topk import TOP_K
 from scripts.generate_example_data import ClientSpec, write_client
@@ -144,8 +145,11 @@ def _predict(ctx: BenchContext, cli: list[str], sizes: tuple[int, ...], configs:
                 _check_all(fleet[size].result, size, "predict-all")
                 first = next(iter(load_config(configs[size]))).client_id
                 where[size] = json.loads(Path(manifest_path(first, DATE, env["DATA_PREFIX"])).read_text(encoding="utf-8"))["spark"]
-                fleet[(size, "spark")] = run_command(command, env={**fleet_env, "CATEGORIES_SCORING": "spark"})
-                _check_all(fleet[(size, "spark")].result, size, "predict-all with Spark")
+                if where[size] == IN_PROCESS:  # else the run above was Spark's already
+                    fleet[(size, "spark")] = run_command(command, env={**fleet_env, "CATEGORIES_SCORING": "spark"})
+                    _check_all(fleet[(size, "spark")].result, size, "predict-all with Spark")
+                else:
+                    fleet[(size, "spark")] = fleet[size]
             else:
                 limits[size] = _limit(ctx, configs[size], env)
     return fleet, cold, limits
