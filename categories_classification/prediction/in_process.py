@@ -10,8 +10,9 @@ GIL).
 The Spark job stays the reference for any input that is not plainly clean: a row pyarrow cannot
 read strictly (a field count that differs from the header, a value that is not a plain number),
 a quote or a backslash anywhere, an empty ``product_id``, a value that is not finite, a repeated
-``product_id``, no rows. Such a client is left to the Spark job,
-which tells exactly what is wrong (or scores it) as it always did.
+``product_id``, no rows; so is a client whose scoring or writing fails here (a model that cannot
+score its rows, a full disk). Such a client is left to the Spark job, which tells exactly what is
+wrong (or scores it) as it always did.
 """
 import gzip
 import json
@@ -27,9 +28,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from categories_classification.errors import InfrastructureError, describe_os_error, one_line
+from categories_classification.errors import one_line
 from categories_classification.prediction import output
-from categories_classification.prediction.failures import NOTHING_WRITTEN
 from categories_classification.prediction.files import Files, LocalFiles
 from categories_classification.prediction.job import Scored
 from categories_classification.prediction.plan import ClientPlan
@@ -60,12 +60,7 @@ def _score_client(files: Files, plan: ClientPlan) -> Optional[Scored]:
         staging = plan.place.staging(token)
         files.mkdirs(staging)
         seen = _write_scores(model, plan, table, f"{staging}/part-00000-{token}.snappy.parquet")
-    except OSError as exc:  # a full disk, a folder it may not write: this client's failure only
-        _remove(files, staging)
-        return Scored(error=InfrastructureError(
-            f"output {plan.target}: scoring {plan.source} into its staging folder failed: {describe_os_error(exc)}; "
-            f"{NOTHING_WRITTEN}", plan.client_id))
-    except Exception as exc:  # pylint: disable=broad-except  # e.g. a model that cannot score these rows
+    except Exception as exc:  # pylint: disable=broad-except  # a full disk, a model that cannot score these rows
         _remove(files, staging)
         LOGGER.info("client %s: left to Spark after %s", plan.client_id, one_line(exc))
         return None  # Spark's job scores it, or names the fault as it always did
