@@ -8,6 +8,7 @@ what describes or prepares it lives beside it, under ``_manifests/`` and ``_stag
 import os
 import re
 from datetime import date, datetime
+from pathlib import Path
 from typing import Optional
 
 from categories_classification.errors import ConfigError
@@ -36,6 +37,11 @@ def is_uri(path: str) -> bool:
 def is_local(path: str) -> bool:
     """True for a path on this machine's disk: a plain path or a ``file:`` URI."""
     return not is_uri(path) or path.startswith("file:")
+
+
+def local_path(path: str) -> Path:
+    """``path`` (a plain path or a ``file:`` URI) as a path on this machine."""
+    return Path(path[len("file:"):] if path.startswith("file:") else path)
 
 
 def absolute(path: str) -> str:

@@ -4,11 +4,10 @@ Light on purpose (no Spark, no MLflow): the CLI asks before anything heavy is im
 Spark's JVM is started early only when it will be used.
 """
 import os
-from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from categories_classification.errors import ConfigError
-from categories_classification.paths import is_local, predict_path
+from categories_classification.paths import is_local, local_path, predict_path
 
 IN_PROCESS = "in process"  # where a client was scored (its run's tag, its manifest) when no Spark ran it
 ENGINE_VARIABLE = "CATEGORIES_SCORING"
@@ -32,9 +31,8 @@ def in_this_process(client_ids: Sequence[str], prefix: str, environ: Optional[Ma
         return False
     total = 0
     for client_id in client_ids:
-        path = predict_path(client_id, prefix)
         try:
-            total += Path(path[len("file:"):] if path.startswith("file:") else path).stat().st_size
+            total += local_path(predict_path(client_id, prefix)).stat().st_size
         except (OSError, ValueError):
             continue
         if total > MAX_BYTES:

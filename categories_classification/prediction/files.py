@@ -9,7 +9,7 @@ from typing import Any, Optional, Protocol
 from pyspark.sql import SparkSession
 
 from categories_classification.errors import ConfigError
-from categories_classification.paths import is_local, is_uri
+from categories_classification.paths import is_local, is_uri, local_path
 from categories_classification.prediction.spark import is_connect
 
 __all__ = ["Files", "HadoopFiles", "LocalFiles", "files_for"]
@@ -96,7 +96,7 @@ class LocalFiles:
     @staticmethod
     def local(path: str) -> Path:
         """``path`` (a plain path or a ``file:`` URI) as a local path."""
-        return Path(path[len("file:"):] if path.startswith("file:") else path)
+        return local_path(path)
 
     def exists(self, path: str) -> bool:
         return self.local(path).exists()

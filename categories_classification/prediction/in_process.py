@@ -53,27 +53,18 @@ def _score_client(files: Files, plan: ClientPlan) -> Optional[Scored]:
     try:
         output.recover_interrupted_swap(files, plan.place)
         table = clean_input(plan)
-        model = _model(plan) if table is not None else None
-        if table is None or model is None:
+        if table is None:
             return None
+        model = load_model_bytes(Path(plan.model_file).read_bytes())
         token = output.claim_staging(files, [plan.place])
         staging = plan.place.staging(token)
         files.mkdirs(staging)
         seen = _write_scores(model, plan, table, f"{staging}/part-00000-{token}.snappy.parquet")
-    except Exception as exc:  # pylint: disable=broad-except  # a full disk, a model that cannot score these rows
+    except Exception as exc:  # pylint: disable=broad-except  # a model that does not load or score, a full disk
         _remove(files, staging)
         LOGGER.info("client %s: left to Spark after %s", plan.client_id, one_line(exc))
         return None  # Spark's job scores it, or names the fault as it always did
     return Scored(token, staging, (seen,))
-
-
-def _model(plan: ClientPlan) -> Optional[object]:
-    """The plan's model, or None: a file that does not load is left to Spark's job, which names the fault."""
-    try:
-        return load_model_bytes(Path(plan.model_file).read_bytes())
-    except Exception as exc:  # pylint: disable=broad-except  # any fault: Spark's job is the reference
-        LOGGER.info("client %s: model file %s left to Spark (%s)", plan.client_id, plan.model_file, one_line(exc))
-        return None
 
 
 def _remove(files: Files, staging: str) -> None:

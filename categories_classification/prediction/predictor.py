@@ -161,7 +161,7 @@ def _score(spark: _Spark, files: Files, plans: list[ClientPlan]) -> list[tuple[j
     try:
         session = spark.get()
     except CLIENT_FAULTS as exc:  # e.g. no Java here: the clients scored in this process go on
-        return [(result, engine.IN_PROCESS) if result else (job.Scored(error=exc), engine.IN_PROCESS) for result in here]
+        return [(result or job.Scored(error=exc), engine.IN_PROCESS) for result in here]
     by_spark, where = iter(job.score(session, files, left, plans[0].date)), describe(session)
     return [(result, engine.IN_PROCESS) if result is not None else (next(by_spark), where) for result in here]
 
