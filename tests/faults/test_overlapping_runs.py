@@ -35,6 +35,9 @@ pytestmark = pytest.mark.slow
 PREDICTED = {spec.client_id: spec.n_predict for spec in SMALL_CLIENTS}
 CATEGORIES = {spec.client_id: spec.n_categories for spec in SMALL_CLIENTS}
 WAITING = "another prediction of 2026-11-23 is running"
+# The first run is caught and stopped mid-job: in process, three small clients are scored in milliseconds, too short
+# a window to catch; Spark's job lasts seconds. The second run and the first test keep the default engine.
+IN_SPARK = {"CATEGORIES_SCORING": "spark"}
 
 
 @pytest.fixture(scope="module", name="stack")
@@ -129,7 +132,7 @@ def test_told_not_to_wait_a_second_run_during_the_first_s_job_fails_on_one_line(
     runs_before = {run.info.run_id for run in _prediction_runs("small_a")}
     log_first, log_second = tmp_path / "all.err", tmp_path / "one.err"
     with log_first.open("w") as first_err, log_second.open("w") as second_err:
-        first = _predict_all(stack, first_err)
+        first = _predict_all(stack, first_err, **IN_SPARK)
         try:
             wait_until(lambda: _owner_record(data, "small_a") or first.poll() is not None, 120, "the first run's job")
             assert first.poll() is None, log_first.read_text(encoding="utf-8")
@@ -159,7 +162,7 @@ def test_the_first_swaps_while_the_second_waits_then_the_second_replaces_it_whol
     data = stack[0]
     log_first, log_second = tmp_path / "one.err", tmp_path / "all.err"
     with log_first.open("w") as first_err, log_second.open("w") as second_err:
-        first = _predictor(stack, first_err)
+        first = _predictor(stack, first_err, **IN_SPARK)
         try:
             wait_until(lambda: _owner_record(data, "small_a") or first.poll() is not None, 120, "the first run's job")
             assert first.poll() is None, log_first.read_text(encoding="utf-8")
