@@ -29,7 +29,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from categories_classification.paths import manifest_path, output_path, staging_root
-from categories_classification.records import model_name
+from categories_classification.records import INFERENCE_DATE_TAG, PREDICTION, STAGE_TAG, experiment_name, model_name
 from categories_classification.tracking.locks import promotion_lock
 from categories_classification.topk import top_k_arrow
 from scripts.generate_example_data import ClientSpec
@@ -252,6 +252,15 @@ def snapshot(data: Path, store_uri: str, clients: Sequence[str]) -> dict:
                                 for path in sorted(tree.rglob("*")) if path.is_file()}
         state[f"{folder} entries"] = sorted(path.name for path in folder.iterdir())
     return state
+
+
+def prediction_runs(client_id: str, date: str = DATE) -> list:
+    """A client's prediction runs of ``date`` in the current tracking store, oldest first."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name(client_id))
+    runs = [run for run in client.search_runs([experiment.experiment_id]) if run.data.tags.get(STAGE_TAG) == PREDICTION
+            and run.data.tags.get(INFERENCE_DATE_TAG) == date]
+    return sorted(runs, key=lambda run: run.info.start_time)
 
 
 def stored_model_file(store_uri: str, client_id: str, version: int) -> Path:

@@ -61,18 +61,10 @@ def _score_client(files: Files, plan: ClientPlan) -> Optional[Scored]:
         files.mkdirs(staging)
         seen = _write_scores(model, plan, table, f"{staging}/part-00000-{token}.snappy.parquet")
     except Exception as exc:  # pylint: disable=broad-except  # a model that does not load or score, a full disk
-        _remove(files, staging)
+        output.drop_staging(files, staging)
         LOGGER.info("client %s: left to Spark after %s", plan.client_id, one_line(exc))
         return None  # Spark's job scores it, or names the fault as it always did
     return Scored(token, staging, (seen,))
-
-
-def _remove(files: Files, staging: str) -> None:
-    try:
-        if staging:
-            files.delete(staging)
-    except OSError as exc:
-        LOGGER.warning("staging folder %s not removed (%s): the next run of this date removes it", staging, exc)
 
 
 def _write_scores(model: object, plan: ClientPlan, table: pa.Table, path: str) -> dict:

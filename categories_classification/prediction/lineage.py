@@ -73,8 +73,9 @@ def manifest(plan: ClientPlan, run: PredictionRun, stats: Stats, report: Optiona
 
 
 def close_failed(run: PredictionRun, report: Optional[drift.DriftReport]) -> None:
-    """End the run ``FAILED`` (a drift failure keeps its scores)."""
-    runs.close_run(run.client_id, run.run_id, report.metrics() if report is not None else {}, failed=True)
+    """End the run ``FAILED`` (a drift failure keeps its scores), tagged with where it was scored."""
+    runs.close_run(run.client_id, run.run_id, report.metrics() if report is not None else {}, failed=True,
+                   tags={SPARK_TAG: run.spark})
 
 
 def close_finished(run: PredictionRun, plan: ClientPlan, stats: Stats, seconds: float,

@@ -190,6 +190,17 @@ def discard_own_staging(files: Files, place: Placement) -> None:
             _clean_token(files, place, token)
 
 
+def drop_staging(files: Files, staging: str, faults: tuple[type[BaseException], ...] = (OSError,)) -> None:
+    """Remove a failed client's staging folder; a file system that fails here (``faults``) leaves it to the
+    next run of this date, with a warning."""
+    if not staging:
+        return
+    try:
+        files.delete(staging)
+    except faults as exc:
+        LOGGER.warning("staging folder %s not removed (%s): the next run of this date removes it", staging, exc)
+
+
 def _clean_token(files: Files, place: Placement, token: str) -> None:
     """Undo (or finish) one run's staging: before its data went in, drop it; after, its manifest follows."""
     staging, staged, previous = place.staging(token), place.staged_manifest(token), place.previous(token)

@@ -196,7 +196,7 @@ def _finish(spark: _Spark, files: Files, book: lineage.Bookkeeping, step: Step) 
     except CLIENT_FAULTS as exc:
         error = exc
     if error is not None:
-        _discard(files, scored.staging)
+        output.drop_staging(files, scored.staging, CLIENT_FAULTS)
         book.close_failed(run, verdict.report)
         return error
     written, skipped = checks.count(scored.stats, "written"), checks.count(scored.stats, "skipped")
@@ -205,16 +205,6 @@ def _finish(spark: _Spark, files: Files, book: lineage.Bookkeeping, step: Step) 
                        plan.source)
     return PredictionResult(plan.client_id, plan.date, plan.target, plan.ref, written, skipped,
                             time.perf_counter() - step.started, run.run_id, checks.drift_record(plan.drift, verdict.report))
-
-
-def _discard(files: Files, staging: str) -> None:
-    """Remove a failed client's staging folder (a file system that fails here leaves it to the next run)."""
-    if not staging:
-        return
-    try:
-        files.delete(staging)
-    except CLIENT_FAULTS as exc:
-        LOGGER.warning("staging folder %s not removed (%s): the next run of this date removes it", staging, exc)
 
 
 def _verify(spark: _Spark, plan: ClientPlan, stats: checks.Stats) -> checks.DriftVerdict:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from categories_classification.records import INFERENCE_DATE_TAG, ROWS_OUT_METRIC, STAGE_TAG, PREDICTION, experiment_name
+from categories_classification.records import ROWS_OUT_METRIC
 from categories_classification.training.trainer import train_model
 from tests.helpers import (
     DATE,
@@ -22,6 +22,7 @@ from tests.helpers import (
     SMALL_CLIENTS,
     client_entry,
     opened_after,
+    prediction_runs,
     read_manifest,
     read_output,
     run_cli,
@@ -79,13 +80,6 @@ def _date_lock(data: Path, client_id: str) -> Path:
     return data / "_staging" / f"client_id={client_id}" / f"date={DATE}.lock"
 
 
-def _prediction_runs(client_id: str) -> list:
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(experiment_name(client_id))
-    return [run for run in client.search_runs([experiment.experiment_id]) if run.data.tags.get(STAGE_TAG) == PREDICTION
-            and run.data.tags.get(INFERENCE_DATE_TAG) == DATE]
-
-
 def _one_whole_run_each(data: Path) -> None:
     """Each client's output is the whole output of its manifest's FINISHED run; no run RUNNING, nothing staged;
     the runs of one client and date never overlapped in time."""
@@ -98,7 +92,7 @@ def _one_whole_run_each(data: Path) -> None:
         assert output["product_id"].nunique() == products
         assert (output.groupby("product_id").size() == min(5, CATEGORIES[client_id])).all()
         assert not staging_leftovers(data, client_id)
-        runs = sorted(_prediction_runs(client_id), key=lambda run: run.info.start_time)
+        runs = prediction_runs(client_id)
         assert all(run.info.status in ("FINISHED", "FAILED") for run in runs)
         for first, second in zip(runs, runs[1:]):
             assert first.info.end_time <= second.info.start_time, "two runs of one client and date overlapped"
@@ -123,13 +117,13 @@ def test_started_together_the_second_waits_and_replaces_the_output_whole(stack, 
         assert code == 0, stderr
         _clean(stderr)
     _one_whole_run_each(data)
-    runs = sorted(_prediction_runs("small_a"), key=lambda run: run.info.start_time)
+    runs = prediction_runs("small_a")
     assert read_manifest(data, "small_a")["prediction_run_id"] == runs[-1].info.run_id  # the later one, whole
 
 
 def test_told_not_to_wait_a_second_run_during_the_first_s_job_fails_on_one_line(stack, tmp_path):
     data = stack[0]
-    runs_before = {run.info.run_id for run in _prediction_runs("small_a")}
+    runs_before = {run.info.run_id for run in prediction_runs("small_a")}
     log_first, log_second = tmp_path / "all.err", tmp_path / "one.err"
     with log_first.open("w") as first_err, log_second.open("w") as second_err:
         first = _predict_all(stack, first_err, **IN_SPARK)
@@ -152,7 +146,7 @@ def test_told_not_to_wait_a_second_run_during_the_first_s_job_fails_on_one_line(
     _clean(stderr)
     assert first_code == 0, first_stderr
     _clean(first_stderr)
-    new_runs = [run for run in _prediction_runs("small_a") if run.info.run_id not in runs_before]
+    new_runs = [run for run in prediction_runs("small_a") if run.info.run_id not in runs_before]
     assert len(new_runs) == 1  # the loser opened no run: nothing to leave RUNNING
     assert read_manifest(data, "small_a")["prediction_run_id"] == new_runs[0].info.run_id
     _one_whole_run_each(data)

@@ -17,7 +17,7 @@ from categories_classification.errors import InputDataError
 from categories_classification.prediction.engine import IN_PROCESS
 from categories_classification.prediction.predictor import predict_clients
 from scripts.generate_example_data import ClientSpec
-from tests.helpers import (client_entry, non_parquet_in_dataset, output_folder, read_manifest, read_output, run_cli,
+from tests.helpers import (client_entry, non_parquet_in_dataset, output_folder, prediction_runs, read_manifest, read_output, run_cli,
                            staging_leftovers, write_and_train, write_config)
 
 pytestmark = pytest.mark.slow
@@ -108,6 +108,8 @@ def test_a_file_pyarrow_cannot_read_plainly_goes_to_spark_and_the_others_stay_he
     manifest_c = read_manifest(prefix, "here_c", MIXED)
     assert manifest_c["spark"] not in ("", IN_PROCESS)  # scored by Spark after all, and its lineage says so
     assert MlflowClient().get_run(manifest_c["prediction_run_id"]).data.tags["spark"] == manifest_c["spark"]
+    failed = prediction_runs("here_a", MIXED)  # its FAILED run names Spark, where its fault was found, too
+    assert [(run.info.status, run.data.tags["spark"]) for run in failed] == [("FAILED", manifest_c["spark"])]
     for client_id in IDS:
         assert not staging_leftovers(prefix, client_id)
     assert not non_parquet_in_dataset(prefix)
