@@ -90,11 +90,15 @@ def archive_path() -> Optional[Path]:
 
 
 def archive_key(java: Path) -> str:
-    """Names the archive by what it must match: the JVM (its library's path, size and time) and Spark's jars."""
+    """Names the archive by what it must match: the JVM (its library's path, size and time) and Spark's jars
+    (their folder, and when it was written: a virtual environment made again at the same path has new jars,
+    which the JVM refuses an archive of the old ones for)."""
     # pylint: disable=import-outside-toplevel
     import pyspark
 
-    parts = [str(java.resolve()), pyspark.__version__, str(Path(pyspark.__file__).resolve().parent)]
+    spark = Path(pyspark.__file__).resolve().parent
+    jars = spark / "jars"
+    parts = [str(java.resolve()), pyspark.__version__, str(spark), str(jars.stat().st_mtime_ns if jars.is_dir() else 0)]
     for library in sorted(java.resolve().parent.parent.glob("lib/server/libjvm.so")):
         stat = library.stat()
         parts += [str(stat.st_size), str(int(stat.st_mtime))]

@@ -35,6 +35,20 @@ def test_the_archive_is_named_by_the_jvm_it_must_match(tmp_path, monkeypatch, ja
     assert jvm.archive_path() != first  # a JDK updated in place: a new archive, never the old one
 
 
+def test_spark_installed_again_at_the_same_path_gets_a_new_archive(tmp_path, monkeypatch):
+    import pyspark  # pylint: disable=import-outside-toplevel
+
+    jars = tmp_path / "pyspark" / "jars"
+    jars.mkdir(parents=True)
+    monkeypatch.setattr(pyspark, "__file__", str(jars.parent / "__init__.py"))
+    monkeypatch.setenv(jvm.ARCHIVE_VARIABLE, str(tmp_path / "archives"))
+    first = jvm.archive_path()
+    assert jvm.archive_path() == first
+    later = time.time() + 60
+    os.utime(jars, (later, later))  # the jars written again (a virtual environment made again)
+    assert jvm.archive_path() != first
+
+
 def test_an_existing_archive_is_used_and_kept_from_pruning(tmp_path, monkeypatch):
     monkeypatch.setenv(jvm.ARCHIVE_VARIABLE, str(tmp_path))
     archive = jvm.archive_path()
