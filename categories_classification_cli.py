@@ -140,6 +140,10 @@ def trainer(client_id: str, features: list, model_params: dict, training_date: s
 def predictor(client_id: str, inference_date: str, model_version: Optional[int], drift_threshold: float,
               fail_on_drift: bool) -> None:
     """Predict the top-5 categories of one client's products with its champion model."""
+    from categories_classification.paths import data_prefix
+    from categories_classification.prediction.engine import prepare
+
+    prepare([validate_client_id(client_id)], data_prefix())  # before the prediction code and MLflow load
     from categories_classification.prediction.predictor import predict_categories
 
     result = predict_categories(client_id, inference_date, model_version=model_version,

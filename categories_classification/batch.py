@@ -79,13 +79,10 @@ def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Ca
     """
     # pylint: disable=import-outside-toplevel  # the prediction stage (Spark) only where it is used
     from categories_classification.paths import data_prefix
-    from categories_classification.prediction.engine import in_this_process
+    from categories_classification.prediction.engine import prepare
 
     clients = [client.client_id for client in config]
-    if not in_this_process(clients, data_prefix()):
-        from categories_classification.prediction.spark import start_session
-
-        start_session()  # the JVM starts while the prediction code and MLflow load (predict_clients takes it)
+    prepare(clients, data_prefix())  # Spark starts, or the model loader loads, before the prediction code and MLflow
     from categories_classification.prediction.predictor import predict_clients
 
     started = time.perf_counter()

@@ -160,6 +160,11 @@ def _only_known_safe_nodes(data: bytes) -> bool:
     return True
 
 
+def preload() -> None:
+    """Import skops (and the scikit-learn it loads) now: see :func:`~categories_classification.prediction.engine.prepare`."""
+    _skops()
+
+
 def _skops() -> Any:
     # skops (and the sklearn it imports) takes seconds to import: only what writes or reads a
     # model pays for it, not the registry lookups of fleet-status or the CLI's start.

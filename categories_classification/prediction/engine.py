@@ -1,7 +1,7 @@
 """Where a fleet is scored: in this process (:mod:`.in_process`, no JVM) or by Spark (:mod:`.job`).
 
-Light on purpose (no Spark, no MLflow): the CLI asks before anything heavy is imported, so that
-Spark's JVM is started early only when it will be used.
+Light on purpose (no Spark, no MLflow): the CLI asks before anything heavy is imported (:func:`prepare`),
+so that Spark's JVM is started early only when it will be used.
 """
 import os
 from typing import Mapping, Optional, Sequence
@@ -38,3 +38,22 @@ def in_this_process(client_ids: Sequence[str], prefix: str, environ: Optional[Ma
         if total > MAX_BYTES:
             return False
     return True
+
+
+def prepare(client_ids: Sequence[str], prefix: str) -> bool:
+    """Set off what scoring this fleet needs before the prediction code and MLflow are imported; True when in process.
+
+    For Spark, its session starts in a thread (a JVM's seconds overlap those imports). In this process,
+    the model loader comes first: skops lists the types it trusts by searching every loaded module for
+    SciPy's ufuncs, about 1 s less before MLflow and Spark have loaded their thousands of modules.
+    """
+    # pylint: disable=import-outside-toplevel  # only the engine that will run is imported
+    if in_this_process(client_ids, prefix):
+        from categories_classification.serialization import preload
+
+        preload()
+        return True
+    from categories_classification.prediction.spark import start_session
+
+    start_session()  # predict_clients takes the session this starts
+    return False
