@@ -52,12 +52,8 @@ def train_all(config: ClientsConfig, training_date: str, on_done: Optional[Calla
     threads = max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
         return [_report(_train_one(client, training_date, threads), on_done) for client in clients]
-    context = multiprocessing.get_context("forkserver")
-    # Workers fork from a server that has imported the trainer once (not once per worker).
-    context.set_forkserver_preload(["categories_classification.training.trainer"])
     outcomes: dict[str, Outcome] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(logging.getLogger().getEffectiveLevel(), dict(os.environ))) as pool:
+    with training_pool(workers) as pool:
         pending: dict[Future, ClientConfig] = {
             pool.submit(_train_one, client, training_date, threads): client for client in clients
         }
@@ -67,6 +63,16 @@ def train_all(config: ClientsConfig, training_date: str, on_done: Optional[Calla
                 client = pending.pop(future)
                 outcomes[client.client_id] = _report(_collect(future, client), on_done)
     return [outcomes[client.client_id] for client in clients]
+
+
+def training_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` processes that fork from a server which has imported the trainer once (not once per worker)."""
+    context = multiprocessing.get_context("forkserver")
+    # skops first: it lists the types it trusts by searching every loaded module (~0.7 s imported
+    # alone, ~2 s after MLflow and the rest of the trainer, in each worker's first training).
+    context.set_forkserver_preload(["skops.io", "categories_classification.training.trainer"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(logging.getLogger().getEffectiveLevel(), dict(os.environ)))
 
 
 def predict_all(config: ClientsConfig, inference_date: str, on_done: Optional[Callable[[Outcome], None]] = None,
